@@ -1,0 +1,863 @@
+//! Datainfo: the type system of SECoP values.
+//!
+//! A [`DataInfo`] is parsed from its JSON description (from config or from a remote
+//! node), keeps that JSON for `describe`, and validates values that clients send.
+//! Validation returns the value in its canonical wire form (enum names become their
+//! numbers, `5.0` for an int becomes `5`), or the error class the spec asks for:
+//! `WrongType` when the JSON kind is wrong, `RangeError` when the kind is right but the
+//! value is outside what the datainfo allows.
+
+use crate::error::SecopError;
+use base64::Engine as _;
+use serde_json::{Map, Value};
+
+/// Element type of a `matrix`: byte order, kind and size, e.g. `<f4`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElementType {
+    pub little_endian: bool,
+    pub kind: char,
+    pub size: usize,
+}
+
+impl ElementType {
+    fn parse(text: &str) -> Result<ElementType, String> {
+        let bytes = text.as_bytes();
+        let ok = bytes.len() == 2 || bytes.len() == 3;
+        let (order, kind, size) = if ok && bytes.len() == 3 {
+            (bytes[0], bytes[1], &text[2..])
+        } else {
+            (b'?', b'?', "")
+        };
+        let size: usize = size.parse().unwrap_or(0);
+        let valid = matches!(order, b'<' | b'>')
+            && matches!(kind, b'i' | b'u' | b'f')
+            && matches!(size, 1 | 2 | 4 | 8)
+            && !(kind == b'f' && size < 4);
+        if !valid {
+            return Err(format!(
+                "elementtype {text:?} is not one of '<'/'>' + 'i'/'u'/'f' + 1/2/4/8 (floats 4 or 8)"
+            ));
+        }
+        Ok(ElementType {
+            little_endian: order == b'<',
+            kind: kind as char,
+            size,
+        })
+    }
+}
+
+/// The structure of a datainfo, without the descriptive properties.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    Double {
+        min: Option<f64>,
+        max: Option<f64>,
+    },
+    Scaled {
+        scale: f64,
+        min: i64,
+        max: i64,
+    },
+    Int {
+        min: i64,
+        max: i64,
+    },
+    Bool,
+    Enum {
+        members: Vec<(String, i64)>,
+    },
+    String {
+        minchars: usize,
+        maxchars: Option<usize>,
+        is_utf8: bool,
+    },
+    Blob {
+        minbytes: usize,
+        maxbytes: usize,
+    },
+    Array {
+        members: Box<DataInfo>,
+        minlen: usize,
+        maxlen: usize,
+    },
+    Tuple {
+        members: Vec<DataInfo>,
+    },
+    Struct {
+        members: Vec<(String, DataInfo)>,
+        optional: Vec<String>,
+    },
+    Matrix {
+        names: Vec<String>,
+        maxlen: Vec<usize>,
+        elementtype: ElementType,
+    },
+    Command {
+        argument: Option<Box<DataInfo>>,
+        result: Option<Box<DataInfo>>,
+    },
+}
+
+/// A parsed datainfo together with its JSON description.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataInfo {
+    pub kind: Kind,
+    json: Value,
+}
+
+/// The data properties each type knows (besides `type`); unknown ones are an error in
+/// our own config, unless they are custom (`_name`).
+fn known_properties(type_name: &str) -> &'static [&'static str] {
+    match type_name {
+        "double" => &[
+            "min",
+            "max",
+            "unit",
+            "fmtstr",
+            "absolute_resolution",
+            "relative_resolution",
+        ],
+        "scaled" => &[
+            "scale",
+            "min",
+            "max",
+            "unit",
+            "fmtstr",
+            "absolute_resolution",
+            "relative_resolution",
+        ],
+        "int" => &["min", "max", "unit"],
+        "bool" => &[],
+        "enum" => &["members"],
+        "string" => &["minchars", "maxchars", "isUTF8"],
+        "blob" => &["minbytes", "maxbytes"],
+        "array" => &["members", "minlen", "maxlen"],
+        "tuple" => &["members"],
+        "struct" => &["members", "optional"],
+        "matrix" => &["names", "maxlen", "elementtype", "compression"],
+        "command" => &["argument", "result"],
+        _ => &[],
+    }
+}
+
+impl DataInfo {
+    /// Parse a datainfo description. Errors name the offending property; nested errors
+    /// are prefixed with the path (`members.x: ...`).
+    pub fn from_json(json: &Value) -> Result<DataInfo, String> {
+        let obj = json
+            .as_object()
+            .ok_or_else(|| "datainfo must be an object with a \"type\"".to_owned())?;
+        let type_name = obj
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| "datainfo has no string \"type\"".to_owned())?;
+        let known = known_properties(type_name);
+        for key in obj.keys() {
+            if key != "type" && !key.starts_with('_') && !known.contains(&key.as_str()) {
+                return Err(format!("{type_name}: unknown property {key:?}"));
+            }
+        }
+        for key in ["unit", "fmtstr"] {
+            if let Some(v) = obj.get(key) {
+                if !v.is_string() {
+                    return Err(format!("{type_name}: {key} must be a string"));
+                }
+            }
+        }
+        if let Some(Value::String(f)) = obj.get("fmtstr") {
+            if !valid_fmtstr(f) {
+                return Err(format!(
+                    "{type_name}: fmtstr {f:?} must look like %.3f, %.6g or %.2e"
+                ));
+            }
+        }
+        for key in ["absolute_resolution", "relative_resolution"] {
+            if let Some(v) = obj.get(key) {
+                if !v.as_f64().is_some_and(|x| x >= 0.0) {
+                    return Err(format!("{type_name}: {key} must be a number >= 0"));
+                }
+            }
+        }
+        let kind = match type_name {
+            "double" => {
+                let min = opt_f64(obj, "min")?;
+                let max = opt_f64(obj, "max")?;
+                if let (Some(a), Some(b)) = (min, max) {
+                    if a > b {
+                        return Err(format!("double: min {a} > max {b}"));
+                    }
+                }
+                Kind::Double { min, max }
+            }
+            "scaled" => {
+                let scale = opt_f64(obj, "scale")?
+                    .ok_or_else(|| "scaled: \"scale\" is mandatory".to_owned())?;
+                if scale <= 0.0 {
+                    return Err("scaled: scale must be > 0".into());
+                }
+                let (min, max) = int_limits(obj, "scaled")?;
+                Kind::Scaled { scale, min, max }
+            }
+            "int" => {
+                let (min, max) = int_limits(obj, "int")?;
+                Kind::Int { min, max }
+            }
+            "bool" => Kind::Bool,
+            "enum" => {
+                let members = obj
+                    .get("members")
+                    .and_then(Value::as_object)
+                    .ok_or("enum: \"members\" must be an object {name: number}")?;
+                if members.is_empty() {
+                    return Err("enum: \"members\" is empty".into());
+                }
+                let mut list = Vec::with_capacity(members.len());
+                for (name, v) in members {
+                    let n = v
+                        .as_i64()
+                        .ok_or_else(|| format!("enum: member {name:?} must be an integer"))?;
+                    if list.iter().any(|(other, m): &(String, i64)| {
+                        *m == n || other.to_lowercase() == name.to_lowercase()
+                    }) {
+                        return Err(format!("enum: member {name:?}={n} is not unique"));
+                    }
+                    list.push((name.clone(), n));
+                }
+                Kind::Enum { members: list }
+            }
+            "string" => {
+                let minchars = opt_usize(obj, "minchars")?.unwrap_or(0);
+                let maxchars = opt_usize(obj, "maxchars")?;
+                if maxchars.is_some_and(|m| m < minchars) {
+                    return Err("string: maxchars < minchars".into());
+                }
+                let is_utf8 = match obj.get("isUTF8") {
+                    None => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(_) => return Err("string: isUTF8 must be true or false".into()),
+                };
+                Kind::String {
+                    minchars,
+                    maxchars,
+                    is_utf8,
+                }
+            }
+            "blob" => {
+                let maxbytes =
+                    opt_usize(obj, "maxbytes")?.ok_or("blob: \"maxbytes\" is mandatory")?;
+                let minbytes = opt_usize(obj, "minbytes")?.unwrap_or(0);
+                if maxbytes < minbytes {
+                    return Err("blob: maxbytes < minbytes".into());
+                }
+                Kind::Blob { minbytes, maxbytes }
+            }
+            "array" => {
+                let members = obj
+                    .get("members")
+                    .ok_or("array: \"members\" is mandatory")?;
+                let members = DataInfo::from_json(members).map_err(|e| format!("members: {e}"))?;
+                if members.is_command() {
+                    return Err("array: members cannot be a command".into());
+                }
+                let maxlen = opt_usize(obj, "maxlen")?.ok_or("array: \"maxlen\" is mandatory")?;
+                let minlen = opt_usize(obj, "minlen")?.unwrap_or(0);
+                if maxlen < minlen {
+                    return Err("array: maxlen < minlen".into());
+                }
+                Kind::Array {
+                    members: Box::new(members),
+                    minlen,
+                    maxlen,
+                }
+            }
+            "tuple" => {
+                let members = obj
+                    .get("members")
+                    .and_then(Value::as_array)
+                    .ok_or("tuple: \"members\" must be a list of datainfos")?;
+                let members = members
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| DataInfo::from_json(m).map_err(|e| format!("members[{i}]: {e}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if members.is_empty() {
+                    return Err("tuple: \"members\" is empty".into());
+                }
+                Kind::Tuple { members }
+            }
+            "struct" => {
+                let members = obj
+                    .get("members")
+                    .and_then(Value::as_object)
+                    .ok_or("struct: \"members\" must be an object {name: datainfo}")?;
+                if members.is_empty() {
+                    return Err("struct: \"members\" is empty".into());
+                }
+                let mut list: Vec<(String, DataInfo)> = Vec::with_capacity(members.len());
+                for (name, m) in members {
+                    if list
+                        .iter()
+                        .any(|(other, _)| other.to_lowercase() == name.to_lowercase())
+                    {
+                        return Err(format!("struct: member {name:?} is not unique"));
+                    }
+                    let di = DataInfo::from_json(m).map_err(|e| format!("members.{name}: {e}"))?;
+                    list.push((name.clone(), di));
+                }
+                let optional = match obj.get("optional") {
+                    None => Vec::new(),
+                    Some(Value::Array(names)) => {
+                        let mut out = Vec::new();
+                        for n in names {
+                            let n = n.as_str().ok_or("struct: optional must list names")?;
+                            if !list.iter().any(|(m, _)| m == n) {
+                                return Err(format!("struct: optional names unknown member {n:?}"));
+                            }
+                            out.push(n.to_owned());
+                        }
+                        out
+                    }
+                    Some(_) => return Err("struct: optional must be a list of names".into()),
+                };
+                Kind::Struct {
+                    members: list,
+                    optional,
+                }
+            }
+            "matrix" => {
+                let names: Vec<String> = obj
+                    .get("names")
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.iter().map(|n| n.as_str().map(str::to_owned)).collect())
+                    .ok_or("matrix: \"names\" must be a list of dimension names")?;
+                let maxlen: Vec<usize> = obj
+                    .get("maxlen")
+                    .and_then(Value::as_array)
+                    .and_then(|a| {
+                        a.iter()
+                            .map(|n| n.as_u64().and_then(|n| usize::try_from(n).ok()))
+                            .collect()
+                    })
+                    .ok_or("matrix: \"maxlen\" must be a list of lengths")?;
+                if names.is_empty() || names.len() != maxlen.len() {
+                    return Err(
+                        "matrix: names and maxlen must have the same, non-zero length".into(),
+                    );
+                }
+                let elementtype = obj
+                    .get("elementtype")
+                    .and_then(Value::as_str)
+                    .ok_or("matrix: \"elementtype\" is mandatory")
+                    .map_err(str::to_owned)
+                    .and_then(ElementType::parse)?;
+                Kind::Matrix {
+                    names,
+                    maxlen,
+                    elementtype,
+                }
+            }
+            "command" => {
+                let sub = |key: &str| -> Result<Option<Box<DataInfo>>, String> {
+                    match obj.get(key) {
+                        None | Some(Value::Null) => Ok(None),
+                        Some(v) => {
+                            let di = DataInfo::from_json(v).map_err(|e| format!("{key}: {e}"))?;
+                            if di.is_command() {
+                                return Err(format!("command: {key} cannot be a command"));
+                            }
+                            Ok(Some(Box::new(di)))
+                        }
+                    }
+                };
+                Kind::Command {
+                    argument: sub("argument")?,
+                    result: sub("result")?,
+                }
+            }
+            other => return Err(format!("unknown datainfo type {other:?}")),
+        };
+        Ok(DataInfo {
+            kind,
+            json: json.clone(),
+        })
+    }
+
+    /// The JSON description, as given (for `describe`).
+    pub fn to_json(&self) -> &Value {
+        &self.json
+    }
+
+    pub fn is_command(&self) -> bool {
+        matches!(self.kind, Kind::Command { .. })
+    }
+
+    /// The `unit` property, if any.
+    pub fn unit(&self) -> Option<&str> {
+        self.json.get("unit").and_then(Value::as_str)
+    }
+
+    /// Whether the type is a scalar number (where `_min`/`_max`/`_limits` apply).
+    pub fn is_numeric(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Double { .. } | Kind::Scaled { .. } | Kind::Int { .. }
+        )
+    }
+
+    /// A value that every datainfo accepts, used to fill a cache before the first poll
+    /// and to check that a config default fits.
+    pub fn default_value(&self) -> Value {
+        match &self.kind {
+            Kind::Double { min, max } => {
+                let x = if min.is_some_and(|m| m > 0.0) || max.is_some_and(|m| m < 0.0) {
+                    min.or(*max).unwrap_or(0.0)
+                } else {
+                    0.0
+                };
+                crate::json::number(x).unwrap_or(Value::from(0))
+            }
+            Kind::Scaled { min, max, .. } | Kind::Int { min, max } => {
+                Value::from(0.clamp(*min, *max))
+            }
+            Kind::Bool => Value::Bool(false),
+            Kind::Enum { members } => Value::from(members.first().map_or(0, |(_, n)| *n)),
+            Kind::String { minchars, .. } => Value::String("_".repeat(*minchars)),
+            Kind::Blob { minbytes, .. } => Value::String(
+                base64::engine::general_purpose::STANDARD.encode(vec![0u8; *minbytes]),
+            ),
+            Kind::Array {
+                members, minlen, ..
+            } => Value::Array(vec![members.default_value(); *minlen]),
+            Kind::Tuple { members } => {
+                Value::Array(members.iter().map(DataInfo::default_value).collect())
+            }
+            Kind::Struct { members, .. } => Value::Object(
+                members
+                    .iter()
+                    .map(|(n, d)| (n.clone(), d.default_value()))
+                    .collect(),
+            ),
+            Kind::Matrix { names, .. } => {
+                serde_json::json!({"len": vec![0; names.len()], "blob": ""})
+            }
+            Kind::Command { .. } => Value::Null,
+        }
+    }
+
+    /// Validate a value sent by a client (`change`, `do`, `check`) and return it in
+    /// canonical wire form.
+    pub fn validate(&self, value: &Value) -> Result<Value, SecopError> {
+        match &self.kind {
+            Kind::Double { min, max } => {
+                let x = as_number(value)?;
+                check_range_f64(x, *min, *max)?;
+                Ok(value.clone())
+            }
+            Kind::Scaled { scale, min, max } => {
+                let n = as_integer(value)?;
+                if n < *min || n > *max {
+                    return Err(SecopError::range(format!(
+                        "{n} (= {}) is outside [{min}, {max}] (= [{}, {}])",
+                        n as f64 * scale,
+                        *min as f64 * scale,
+                        *max as f64 * scale
+                    )));
+                }
+                Ok(Value::from(n))
+            }
+            Kind::Int { min, max } => {
+                let n = as_integer(value)?;
+                if n < *min || n > *max {
+                    return Err(SecopError::range(format!("{n} is outside [{min}, {max}]")));
+                }
+                Ok(Value::from(n))
+            }
+            Kind::Bool => match value {
+                Value::Bool(_) => Ok(value.clone()),
+                _ => Err(SecopError::wrong_type(format!(
+                    "expected true or false, got {}",
+                    kind_name(value)
+                ))),
+            },
+            Kind::Enum { members } => match value {
+                Value::String(name) => members
+                    .iter()
+                    .find(|(m, _)| m == name)
+                    .map(|(_, n)| Value::from(*n))
+                    .ok_or_else(|| {
+                        SecopError::range(format!(
+                            "{name:?} is not a member of the enum ({})",
+                            enum_members(members)
+                        ))
+                    }),
+                Value::Number(_) => {
+                    let n = as_integer(value)?;
+                    if members.iter().any(|(_, m)| *m == n) {
+                        Ok(Value::from(n))
+                    } else {
+                        Err(SecopError::range(format!(
+                            "{n} is not a member of the enum ({})",
+                            enum_members(members)
+                        )))
+                    }
+                }
+                _ => Err(SecopError::wrong_type(format!(
+                    "expected an enum member (number or name), got {}",
+                    kind_name(value)
+                ))),
+            },
+            Kind::String {
+                minchars,
+                maxchars,
+                is_utf8,
+            } => {
+                let s = value.as_str().ok_or_else(|| {
+                    SecopError::wrong_type(format!("expected a string, got {}", kind_name(value)))
+                })?;
+                if !is_utf8 && !s.is_ascii() {
+                    return Err(SecopError::range(
+                        "string must be 7-bit ASCII (isUTF8 is false)",
+                    ));
+                }
+                let n = s.chars().count();
+                if n < *minchars || maxchars.is_some_and(|m| n > m) {
+                    return Err(SecopError::range(format!(
+                        "string has {n} characters, allowed {minchars}..{}",
+                        maxchars.map_or("".into(), |m| m.to_string())
+                    )));
+                }
+                Ok(value.clone())
+            }
+            Kind::Blob { minbytes, maxbytes } => {
+                let s = value.as_str().ok_or_else(|| {
+                    SecopError::wrong_type(format!(
+                        "expected a base64 string, got {}",
+                        kind_name(value)
+                    ))
+                })?;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map_err(|e| SecopError::wrong_type(format!("invalid base64: {e}")))?;
+                if bytes.len() < *minbytes || bytes.len() > *maxbytes {
+                    return Err(SecopError::range(format!(
+                        "blob has {} bytes, allowed {minbytes}..{maxbytes}",
+                        bytes.len()
+                    )));
+                }
+                Ok(value.clone())
+            }
+            Kind::Array {
+                members,
+                minlen,
+                maxlen,
+            } => {
+                let items = value.as_array().ok_or_else(|| {
+                    SecopError::wrong_type(format!("expected an array, got {}", kind_name(value)))
+                })?;
+                if items.len() < *minlen || items.len() > *maxlen {
+                    return Err(SecopError::range(format!(
+                        "array has {} elements, allowed {minlen}..{maxlen}",
+                        items.len()
+                    )));
+                }
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        members
+                            .validate(v)
+                            .map_err(|e| e.context(&format!("[{i}]")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Value::Array)
+            }
+            Kind::Tuple { members } => {
+                let items = value.as_array().ok_or_else(|| {
+                    SecopError::wrong_type(format!(
+                        "expected a tuple (JSON array), got {}",
+                        kind_name(value)
+                    ))
+                })?;
+                if items.len() != members.len() {
+                    return Err(SecopError::wrong_type(format!(
+                        "tuple needs exactly {} elements, got {}",
+                        members.len(),
+                        items.len()
+                    )));
+                }
+                items
+                    .iter()
+                    .zip(members)
+                    .enumerate()
+                    .map(|(i, (v, m))| m.validate(v).map_err(|e| e.context(&format!("[{i}]"))))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Value::Array)
+            }
+            Kind::Struct { members, optional } => {
+                let obj = value.as_object().ok_or_else(|| {
+                    SecopError::wrong_type(format!(
+                        "expected a struct (JSON object), got {}",
+                        kind_name(value)
+                    ))
+                })?;
+                if let Some(unknown) = obj.keys().find(|k| !members.iter().any(|(m, _)| m == *k)) {
+                    return Err(SecopError::wrong_type(format!(
+                        "unknown struct member {unknown:?}"
+                    )));
+                }
+                let mut out = Map::with_capacity(obj.len());
+                for (name, di) in members {
+                    match obj.get(name) {
+                        Some(v) => {
+                            out.insert(name.clone(), di.validate(v).map_err(|e| e.context(name))?);
+                        }
+                        None if optional.contains(name) => {}
+                        None => {
+                            return Err(SecopError::wrong_type(format!(
+                                "struct member {name:?} is missing"
+                            )))
+                        }
+                    }
+                }
+                Ok(Value::Object(out))
+            }
+            Kind::Matrix {
+                names,
+                maxlen,
+                elementtype,
+            } => validate_matrix(value, names, maxlen, elementtype),
+            Kind::Command { .. } => Err(SecopError::wrong_type("a command has no value; use do")),
+        }
+    }
+
+    /// For a struct `change` that omits optional members: fill them from the current
+    /// value, so the device always gets a complete struct (datainfo.rst).
+    pub fn fill_optional(&self, value: Value, current: Option<&Value>) -> Value {
+        match (&self.kind, value, current) {
+            (Kind::Struct { members, .. }, Value::Object(mut obj), Some(Value::Object(cur))) => {
+                for (name, _) in members {
+                    if !obj.contains_key(name) {
+                        if let Some(v) = cur.get(name) {
+                            obj.insert(name.clone(), v.clone());
+                        }
+                    }
+                }
+                // Keep the declared member order.
+                let ordered = members
+                    .iter()
+                    .filter_map(|(n, _)| obj.remove(n).map(|v| (n.clone(), v)))
+                    .collect();
+                Value::Object(ordered)
+            }
+            (_, value, _) => value,
+        }
+    }
+}
+
+fn valid_fmtstr(f: &str) -> bool {
+    let Some(rest) = f.strip_prefix("%.") else {
+        return false;
+    };
+    let Some(conv) = rest.chars().last() else {
+        return false;
+    };
+    let digits = &rest[..rest.len() - 1];
+    matches!(conv, 'e' | 'f' | 'g')
+        && (1..=2).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn validate_matrix(
+    value: &Value,
+    names: &[String],
+    maxlen: &[usize],
+    elementtype: &ElementType,
+) -> Result<Value, SecopError> {
+    let obj = value.as_object().ok_or_else(|| {
+        SecopError::wrong_type(format!(
+            "expected a matrix {{\"len\":[..],\"blob\":\"..\"}}, got {}",
+            kind_name(value)
+        ))
+    })?;
+    let lens: Vec<usize> = obj
+        .get("len")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .map(|n| n.as_u64().and_then(|n| usize::try_from(n).ok()))
+                .collect()
+        })
+        .ok_or_else(|| SecopError::wrong_type("matrix \"len\" must be a list of lengths"))?;
+    if lens.len() != names.len() {
+        return Err(SecopError::wrong_type(format!(
+            "matrix has {} dimensions ({}), \"len\" gives {}",
+            names.len(),
+            names.join(", "),
+            lens.len()
+        )));
+    }
+    for ((len, max), name) in lens.iter().zip(maxlen).zip(names) {
+        if len > max {
+            return Err(SecopError::range(format!(
+                "matrix dimension {name:?} has length {len}, at most {max}"
+            )));
+        }
+    }
+    let blob = obj
+        .get("blob")
+        .and_then(Value::as_str)
+        .ok_or_else(|| SecopError::wrong_type("matrix \"blob\" must be a base64 string"))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(blob)
+        .map_err(|e| SecopError::wrong_type(format!("matrix blob is not base64: {e}")))?;
+    let expected = lens
+        .iter()
+        .try_fold(elementtype.size, |acc, n| acc.checked_mul(*n))
+        .ok_or_else(|| SecopError::range("matrix is too large"))?;
+    if bytes.len() != expected {
+        return Err(SecopError::wrong_type(format!(
+            "matrix blob has {} bytes, {:?} x {} bytes per element needs {expected}",
+            bytes.len(),
+            lens,
+            elementtype.size
+        )));
+    }
+    if let Some(unknown) = obj.keys().find(|k| *k != "len" && *k != "blob") {
+        return Err(SecopError::wrong_type(format!(
+            "unknown matrix key {unknown:?}"
+        )));
+    }
+    Ok(value.clone())
+}
+
+fn kind_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a bool",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn enum_members(members: &[(String, i64)]) -> String {
+    members
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn as_number(value: &Value) -> Result<f64, SecopError> {
+    value.as_f64().ok_or_else(|| {
+        SecopError::wrong_type(format!("expected a number, got {}", kind_name(value)))
+    })
+}
+
+/// An integer, accepting `5.0` as 5 but refusing `5.5` (never truncate silently).
+fn as_integer(value: &Value) -> Result<i64, SecopError> {
+    let Value::Number(n) = value else {
+        return Err(SecopError::wrong_type(format!(
+            "expected an integer, got {}",
+            kind_name(value)
+        )));
+    };
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    if n.is_u64() {
+        return Err(SecopError::range(format!("{n} is too large")));
+    }
+    let x = n.as_f64().unwrap_or(f64::NAN);
+    if x.fract() != 0.0 {
+        return Err(SecopError::wrong_type(format!(
+            "expected an integer, got {n}"
+        )));
+    }
+    if x < i64::MIN as f64 || x >= i64::MAX as f64 {
+        return Err(SecopError::range(format!("{n} is too large")));
+    }
+    Ok(x as i64)
+}
+
+fn check_range_f64(x: f64, min: Option<f64>, max: Option<f64>) -> Result<(), SecopError> {
+    if min.is_some_and(|m| x < m) || max.is_some_and(|m| x > m) {
+        let show = |v: Option<f64>| v.map_or("..".to_owned(), |v| v.to_string());
+        return Err(SecopError::range(format!(
+            "{x} is outside [{}, {}]",
+            show(min),
+            show(max)
+        )));
+    }
+    Ok(())
+}
+
+fn opt_f64(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>, String> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| format!("{key} must be a number")),
+    }
+}
+
+fn opt_usize(obj: &Map<String, Value>, key: &str) -> Result<Option<usize>, String> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| format!("{key} must be a non-negative integer")),
+    }
+}
+
+fn int_limits(obj: &Map<String, Value>, type_name: &str) -> Result<(i64, i64), String> {
+    let get = |key: &str| {
+        obj.get(key)
+            .ok_or_else(|| format!("{type_name}: \"{key}\" is mandatory"))?
+            .as_i64()
+            .ok_or_else(|| format!("{type_name}: {key} must be an integer"))
+    };
+    let (min, max) = (get("min")?, get("max")?);
+    if min > max {
+        return Err(format!("{type_name}: min {min} > max {max}"));
+    }
+    Ok((min, max))
+}
+
+/// Datainfo of a standard `status` parameter with the given codes: a tuple of an enum
+/// and a string (accessibles.rst).
+pub fn status_datainfo(codes: &[(&str, i64)]) -> DataInfo {
+    let members: Map<String, Value> = codes
+        .iter()
+        .map(|(n, c)| ((*n).to_owned(), Value::from(*c)))
+        .collect();
+    let code_json = serde_json::json!({"type": "enum", "members": members});
+    let text_json = serde_json::json!({"type": "string"});
+    let code = DataInfo {
+        kind: Kind::Enum {
+            members: codes.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect(),
+        },
+        json: code_json.clone(),
+    };
+    let text = DataInfo {
+        kind: Kind::String {
+            minchars: 0,
+            maxchars: None,
+            is_utf8: false,
+        },
+        json: text_json.clone(),
+    };
+    DataInfo {
+        kind: Kind::Tuple {
+            members: vec![code, text],
+        },
+        json: serde_json::json!({"type": "tuple", "members": [code_json, text_json]}),
+    }
+}
+
+#[cfg(test)]
+mod tests;

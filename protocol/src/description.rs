@@ -1,0 +1,287 @@
+//! The node description (`describing . {...}`): node, modules and accessibles.
+//!
+//! The gateway builds these from config and from remote nodes; `describe` serialises
+//! them once per node, since a description only changes when modules come or go.
+
+use crate::datainfo::DataInfo;
+use crate::message::is_valid_name;
+use serde_json::{Map, Value};
+
+/// Parameter or command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccessibleKind {
+    Parameter { readonly: bool },
+    Command,
+}
+
+/// One accessible of a module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accessible {
+    pub name: String,
+    pub description: String,
+    pub datainfo: DataInfo,
+    pub kind: AccessibleKind,
+    pub checkable: bool,
+    /// Value of a constant parameter: never read, written or sent on `activate`.
+    pub constant: Option<Value>,
+    /// Further properties (group, visibility, meaning, custom `_x`), emitted as given.
+    pub properties: Map<String, Value>,
+}
+
+impl Accessible {
+    pub fn parameter(name: &str, description: &str, datainfo: DataInfo, readonly: bool) -> Self {
+        Accessible {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            datainfo,
+            kind: AccessibleKind::Parameter { readonly },
+            checkable: false,
+            constant: None,
+            properties: Map::new(),
+        }
+    }
+
+    pub fn command(name: &str, description: &str, datainfo: DataInfo) -> Self {
+        Accessible {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            datainfo,
+            kind: AccessibleKind::Command,
+            checkable: false,
+            constant: None,
+            properties: Map::new(),
+        }
+    }
+
+    pub fn is_command(&self) -> bool {
+        self.kind == AccessibleKind::Command
+    }
+
+    pub fn is_readonly(&self) -> bool {
+        matches!(self.kind, AccessibleKind::Parameter { readonly: true })
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut obj = Map::new();
+        obj.insert("description".into(), Value::from(self.description.clone()));
+        obj.insert("datainfo".into(), self.datainfo.to_json().clone());
+        if let AccessibleKind::Parameter { readonly } = self.kind {
+            obj.insert("readonly".into(), Value::Bool(readonly));
+        }
+        if self.checkable {
+            obj.insert("checkable".into(), Value::Bool(true));
+        }
+        if let Some(c) = &self.constant {
+            obj.insert("constant".into(), c.clone());
+        }
+        for (k, v) in &self.properties {
+            obj.insert(k.clone(), v.clone());
+        }
+        Value::Object(obj)
+    }
+}
+
+/// One module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModuleDescription {
+    pub name: String,
+    pub description: String,
+    pub interface_classes: Vec<String>,
+    pub accessibles: Vec<Accessible>,
+    /// Further properties (features, visibility, group, meaning, implementation, `_x`).
+    pub properties: Map<String, Value>,
+}
+
+impl ModuleDescription {
+    pub fn accessible(&self, name: &str) -> Option<&Accessible> {
+        self.accessibles.iter().find(|a| a.name == name)
+    }
+
+    pub fn accessible_index(&self, name: &str) -> Option<usize> {
+        self.accessibles.iter().position(|a| a.name == name)
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut obj = Map::new();
+        obj.insert("description".into(), Value::from(self.description.clone()));
+        obj.insert(
+            "interface_classes".into(),
+            Value::from(self.interface_classes.clone()),
+        );
+        for (k, v) in &self.properties {
+            obj.insert(k.clone(), v.clone());
+        }
+        let accessibles: Map<String, Value> = self
+            .accessibles
+            .iter()
+            .map(|a| (a.name.clone(), a.to_json()))
+            .collect();
+        obj.insert("accessibles".into(), Value::Object(accessibles));
+        Value::Object(obj)
+    }
+}
+
+/// The whole node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeDescription {
+    pub equipment_id: String,
+    pub description: String,
+    pub modules: Vec<ModuleDescription>,
+    /// Further properties (firmware, implementor, timeout, `_x`).
+    pub properties: Map<String, Value>,
+}
+
+impl NodeDescription {
+    pub fn module(&self, name: &str) -> Option<&ModuleDescription> {
+        self.modules.iter().find(|m| m.name == name)
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut obj = Map::new();
+        obj.insert(
+            "equipment_id".into(),
+            Value::from(self.equipment_id.clone()),
+        );
+        obj.insert("description".into(), Value::from(self.description.clone()));
+        for (k, v) in &self.properties {
+            obj.insert(k.clone(), v.clone());
+        }
+        let modules: Map<String, Value> = self
+            .modules
+            .iter()
+            .map(|m| (m.name.clone(), m.to_json()))
+            .collect();
+        obj.insert("modules".into(), Value::Object(modules));
+        Value::Object(obj)
+    }
+
+    /// Check the structural rules of the spec: valid names, unique when lowercased,
+    /// the accessibles each interface class requires. Returns every problem found,
+    /// each naming its module and accessible, so a config author can fix all at once.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.equipment_id.is_empty() {
+            out.push("node: equipment_id is empty".to_owned());
+        }
+        let mut seen = Vec::<String>::new();
+        for m in &self.modules {
+            if !is_valid_name(&m.name) {
+                out.push(format!(
+                    "module {:?}: not a valid SECoP name ([A-Za-z_][A-Za-z0-9_]{{0,62}})",
+                    m.name
+                ));
+            }
+            let lower = m.name.to_lowercase();
+            if seen.contains(&lower) {
+                out.push(format!(
+                    "module {:?}: another module has the same name (names must differ ignoring case)",
+                    m.name
+                ));
+            }
+            seen.push(lower);
+            let mut acc_seen = Vec::<String>::new();
+            for a in &m.accessibles {
+                if !is_valid_name(&a.name) {
+                    out.push(format!(
+                        "module {}: accessible {:?} is not a valid name",
+                        m.name, a.name
+                    ));
+                }
+                let lower = a.name.to_lowercase();
+                if acc_seen.contains(&lower) {
+                    out.push(format!(
+                        "module {}: accessible {:?} is not unique",
+                        m.name, a.name
+                    ));
+                }
+                acc_seen.push(lower);
+                if a.is_command() != a.datainfo.is_command() {
+                    out.push(format!(
+                        "module {}: accessible {}: commands and only commands have datainfo type command",
+                        m.name, a.name
+                    ));
+                }
+                if let Some(c) = &a.constant {
+                    if let Err(e) = a.datainfo.validate(c) {
+                        out.push(format!("module {}: constant {}: {e}", m.name, a.name));
+                    }
+                }
+            }
+            let base = m.interface_classes.last().map(String::as_str);
+            let need: &[&str] = match base {
+                Some("Drivable") => &["value", "status", "target", "stop"],
+                Some("Writable") => &["value", "status", "target"],
+                Some("Readable") => &["value", "status"],
+                _ => &[],
+            };
+            for n in need {
+                if m.accessible(n).is_none() {
+                    out.push(format!(
+                        "module {}: interface class {} needs accessible {n:?}",
+                        m.name,
+                        base.unwrap_or("")
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn module() -> ModuleDescription {
+        let dbl = DataInfo::from_json(&json!({"type":"double","unit":"K"})).unwrap();
+        ModuleDescription {
+            name: "T".into(),
+            description: "a sensor".into(),
+            interface_classes: vec!["Readable".into()],
+            accessibles: vec![
+                Accessible::parameter("value", "the value", dbl, true),
+                Accessible::parameter(
+                    "status",
+                    "the status",
+                    crate::datainfo::status_datainfo(&[("IDLE", 100)]),
+                    true,
+                ),
+            ],
+            properties: Map::new(),
+        }
+    }
+
+    #[test]
+    fn json_layout_keeps_order() {
+        let node = NodeDescription {
+            equipment_id: "test_eq".into(),
+            description: "d".into(),
+            modules: vec![module()],
+            properties: Map::new(),
+        };
+        let text = crate::json::to_json(&node.to_json());
+        assert!(text.starts_with(r#"{"equipment_id":"test_eq","description":"d","modules":{"T":{"description":"a sensor","interface_classes":["Readable"],"accessibles":{"value":{"description":"the value","datainfo":{"type":"double","unit":"K"},"readonly":true},"status""#), "{text}");
+        assert!(node.problems().is_empty(), "{:?}", node.problems());
+    }
+
+    #[test]
+    fn problems_are_named() {
+        let mut m = module();
+        m.interface_classes = vec!["Drivable".into()];
+        m.accessibles.push(m.accessibles[0].clone());
+        let mut m2 = module();
+        m2.name = "t".into();
+        let node = NodeDescription {
+            equipment_id: "".into(),
+            description: "".into(),
+            modules: vec![m, m2],
+            properties: Map::new(),
+        };
+        let p = node.problems().join("\n");
+        assert!(p.contains("equipment_id"), "{p}");
+        assert!(p.contains("accessible \"value\" is not unique"), "{p}");
+        assert!(p.contains("needs accessible \"target\""), "{p}");
+        assert!(p.contains("module \"t\": another module"), "{p}");
+    }
+}
