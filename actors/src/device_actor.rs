@@ -1,0 +1,231 @@
+//! A generic device actor: one per link, around a [`Backend`] that does the I/O.
+//!
+//! The actor owns the backend exclusively and runs one transaction at a time (the
+//! backend sits behind an async mutex, which also queues waiting transactions in
+//! order), polls on its own timer, remembers the last value of every parameter so
+//! that polls push only changes, and fans values out to every subscribed node.
+
+use crate::device::{
+    now, DeviceAction, DeviceReply, DeviceRequest, DeviceUpdates, ParamUpdate, Subscribe,
+    SubscriberId,
+};
+use actix::prelude::*;
+use secop_proto::{ModuleDescription, SecopError};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// A value produced by a backend: (module, parameter, value or error).
+pub type Produced = (String, String, Result<Value, SecopError>);
+
+/// Side effects of a transaction (status to BUSY, a changed target, ...).
+#[derive(Debug, Default)]
+pub struct Effects(pub Vec<Produced>);
+
+impl Effects {
+    pub fn push(&mut self, module: &str, parameter: &str, value: Result<Value, SecopError>) {
+        self.0
+            .push((module.to_owned(), parameter.to_owned(), value));
+    }
+}
+
+/// The I/O side of a device. Implemented by the simulators and, later, by serial,
+/// Modbus and remote-node drivers.
+///
+/// Futures are not `Send`: device actors run on one actix arbiter thread.
+#[allow(async_fn_in_trait)]
+pub trait Backend: 'static {
+    /// The modules this device serves.
+    fn modules(&self) -> Vec<ModuleDescription>;
+    /// Time between two poll cycles (may change when a client sets `pollinterval`).
+    fn poll_interval(&self) -> Duration;
+    /// One poll cycle: the current value of every polled parameter.
+    async fn poll(&mut self) -> Vec<Produced>;
+    async fn read(&mut self, module: &str, parameter: &str) -> Result<Value, SecopError>;
+    async fn change(
+        &mut self,
+        module: &str,
+        parameter: &str,
+        value: Value,
+        effects: &mut Effects,
+    ) -> Result<Value, SecopError>;
+    async fn execute(
+        &mut self,
+        module: &str,
+        command: &str,
+        argument: Value,
+        effects: &mut Effects,
+    ) -> Result<Value, SecopError>;
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Read,
+    Change,
+    Do,
+}
+
+/// See the module documentation.
+pub struct DeviceActor<B: Backend> {
+    name: Arc<str>,
+    backend: Rc<Mutex<B>>,
+    subscribers: Vec<(SubscriberId, Recipient<DeviceUpdates>)>,
+    last: HashMap<(Arc<str>, Arc<str>), Result<Value, SecopError>>,
+    interned: HashMap<String, Arc<str>>,
+}
+
+impl<B: Backend> DeviceActor<B> {
+    pub fn new(name: &str, backend: B) -> Self {
+        DeviceActor {
+            name: Arc::from(name),
+            backend: Rc::new(Mutex::new(backend)),
+            subscribers: Vec::new(),
+            last: HashMap::new(),
+            interned: HashMap::new(),
+        }
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.interned.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.interned.insert(s.to_owned(), a.clone());
+        a
+    }
+
+    /// Stamp produced values, remember them, and return the ones that changed (all of
+    /// them when `all` is set).
+    fn record(&mut self, produced: Vec<Produced>, all: bool) -> Vec<ParamUpdate> {
+        let t = now();
+        let mut out = Vec::with_capacity(produced.len());
+        for (module, parameter, value) in produced {
+            let key = (self.intern(&module), self.intern(&parameter));
+            let changed = self.last.get(&key) != Some(&value);
+            if changed || all {
+                self.last.insert(key.clone(), value.clone());
+                out.push(ParamUpdate {
+                    module: key.0,
+                    parameter: key.1,
+                    value,
+                    timestamp: t,
+                });
+            }
+        }
+        out
+    }
+
+    fn broadcast(&self, updates: &[ParamUpdate], except: Option<SubscriberId>) {
+        if updates.is_empty() {
+            return;
+        }
+        for (id, sink) in &self.subscribers {
+            if Some(*id) != except {
+                sink.do_send(DeviceUpdates(updates.to_vec()));
+            }
+        }
+    }
+
+    fn schedule_poll(&self, ctx: &mut Context<Self>, after: Duration) {
+        ctx.run_later(after, |act, ctx| {
+            let backend = act.backend.clone();
+            let cycle = async move {
+                let mut b = backend.lock().await;
+                let values = b.poll().await;
+                (values, b.poll_interval())
+            };
+            ctx.spawn(cycle.into_actor(act).map(|(values, interval), act, ctx| {
+                let updates = act.record(values, false);
+                act.broadcast(&updates, None);
+                act.schedule_poll(ctx, interval);
+            }));
+        });
+    }
+}
+
+impl<B: Backend> Actor for DeviceActor<B> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let interval = self
+            .backend
+            .try_lock()
+            .map(|b| b.poll_interval())
+            .unwrap_or(Duration::from_secs(1));
+        tracing::debug!(device = %self.name, ?interval, "device actor started");
+        self.schedule_poll(ctx, interval);
+    }
+}
+
+impl<B: Backend> Handler<Subscribe> for DeviceActor<B> {
+    type Result = ResponseActFuture<Self, Vec<ParamUpdate>>;
+
+    fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) -> Self::Result {
+        self.subscribers.retain(|(id, _)| *id != msg.id);
+        self.subscribers.push((msg.id, msg.sink));
+        let backend = self.backend.clone();
+        let snapshot = async move { backend.lock().await.poll().await };
+        Box::pin(
+            snapshot
+                .into_actor(self)
+                .map(|values, act, _| act.record(values, true)),
+        )
+    }
+}
+
+impl<B: Backend> Handler<DeviceRequest> for DeviceActor<B> {
+    type Result = ResponseActFuture<Self, DeviceReply>;
+
+    fn handle(&mut self, msg: DeviceRequest, _ctx: &mut Self::Context) -> Self::Result {
+        let backend = self.backend.clone();
+        let module = msg.module.clone();
+        let action = msg.action;
+        let origin = msg.origin;
+        let transaction = async move {
+            let mut b = backend.lock().await;
+            let mut effects = Effects::default();
+            let (accessible, kind, result) = match action {
+                DeviceAction::Read { parameter } => {
+                    let r = b.read(&module, &parameter).await;
+                    (parameter, Kind::Read, r)
+                }
+                DeviceAction::Change { parameter, value } => {
+                    let r = b.change(&module, &parameter, value, &mut effects).await;
+                    (parameter, Kind::Change, r)
+                }
+                DeviceAction::Do { command, argument } => {
+                    let r = b.execute(&module, &command, argument, &mut effects).await;
+                    (command, Kind::Do, r)
+                }
+            };
+            (module, accessible, kind, result, effects)
+        };
+        Box::pin(transaction.into_actor(self).map(
+            move |(module, accessible, kind, result, effects), act, _| {
+                let t = now();
+                let mut produced = effects.0;
+                // The read-back of a parameter is a value like any other: others see it.
+                // A failed read also tells everybody that the value is unknown now; a
+                // failed change leaves the parameter as it was.
+                match (&result, kind) {
+                    (Ok(v), Kind::Read | Kind::Change) => {
+                        produced.push((module.to_string(), accessible, Ok(v.clone())))
+                    }
+                    (Err(e), Kind::Read) => {
+                        produced.push((module.to_string(), accessible, Err(e.clone())))
+                    }
+                    _ => {}
+                }
+                let updates = act.record(produced, true);
+                act.broadcast(&updates, origin);
+                DeviceReply {
+                    result: result.map(|v| (v, t)),
+                    updates,
+                }
+            },
+        ))
+    }
+}

@@ -1,0 +1,744 @@
+//! The SECoP node actor: owns the modules, the value cache and the description,
+//! answers requests and fans updates out to the activated sessions.
+//!
+//! Ordering guarantee: updates are pushed straight into each session's [`Outbox`]
+//! while a request is being handled, and the reply is returned afterwards for the
+//! requesting session to queue; so every side effect of a `change`/`do` reaches every
+//! activated client (the requester included) before the `changed`/`done`.
+
+use crate::device::{
+    DeviceAction, DeviceHandle, DeviceReply, DeviceRequest, DeviceUpdates, ParamUpdate, Subscribe,
+    SubscriberId,
+};
+use crate::outbox::{CloseReason, Outbox, UpdateKey};
+use actix::prelude::*;
+use bytes::Bytes;
+use secop_proto::message::{self, data_report, error_report, line, Qualifiers};
+use secop_proto::{
+    Accessible, Kind, LogLevel, ModuleDescription, NodeDescription, ParsedRequest, Request,
+    SecopError,
+};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Identifies a client session, unique within the process.
+pub type SessionId = u64;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh id for a session or a device subscription.
+pub fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Node-level settings from config.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// The `*IDN?` answer (`ISSE,SECoP,,v2.0` unless a site needs the 1.0 string).
+    pub identification: String,
+    /// How long a device may take for one request before the client gets `TimeoutError`.
+    pub device_timeout: Duration,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        NodeSettings {
+            identification: message::IDN_REPLY_V2.to_owned(),
+            device_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Cached state of one parameter.
+struct ParamState {
+    /// `[value,{qualifiers}]` or `["Class","text",{info}]`, serialised once.
+    report: Bytes,
+    /// The full `update ...`/`error_update ...` line, shared by all sessions.
+    update_line: Bytes,
+    value: Result<Value, SecopError>,
+}
+
+struct ModuleState {
+    name: Arc<str>,
+    device: Recipient<DeviceRequest>,
+    /// Aligned with the description's accessibles; `None` for commands and constants.
+    params: Vec<Option<ParamState>>,
+}
+
+struct SessionEntry {
+    outbox: Arc<Outbox>,
+    /// Activation per module index.
+    active: Vec<bool>,
+    /// Remote logging level per module index.
+    logging: Vec<LogLevel>,
+}
+
+/// A client session registers its outbox.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Connect {
+    pub session: SessionId,
+    pub outbox: Arc<Outbox>,
+}
+
+/// A client session ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    pub session: SessionId,
+}
+
+/// A request of a session; answered with the complete reply line.
+#[derive(Message)]
+#[rtype(result = "Bytes")]
+pub struct SessionRequest {
+    pub session: SessionId,
+    pub request: ParsedRequest,
+}
+
+/// Subscribe to all devices and fill the cache; answered once the cache is complete.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Start;
+
+/// Close every session (shutdown, or a description change).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseSessions;
+
+/// The node's description, as `check-config` and status pages show it.
+#[derive(Message)]
+#[rtype(result = "Arc<NodeDescription>")]
+pub struct GetDescription;
+
+/// See the module documentation.
+pub struct NodeActor {
+    settings: NodeSettings,
+    description: Arc<NodeDescription>,
+    describing: Bytes,
+    modules: Vec<ModuleState>,
+    module_index: HashMap<String, usize>,
+    devices: Vec<DeviceHandle>,
+    sessions: HashMap<SessionId, SessionEntry>,
+    subscriber_id: SubscriberId,
+}
+
+/// What a request needs after the synchronous checks.
+enum Next {
+    Reply(Bytes),
+    Device {
+        module: usize,
+        action: DeviceAction,
+        /// Whether all resulting updates are sent even if values did not change.
+        force: bool,
+    },
+}
+
+impl NodeActor {
+    /// Build a node from its description properties and devices. Fails with a list of
+    /// problems (invalid names, missing accessibles) when the description is invalid.
+    pub fn new(
+        settings: NodeSettings,
+        equipment_id: &str,
+        description: &str,
+        properties: serde_json::Map<String, Value>,
+        devices: Vec<DeviceHandle>,
+    ) -> Result<NodeActor, Vec<String>> {
+        let mut modules = Vec::new();
+        let mut states = Vec::new();
+        for device in &devices {
+            for m in &device.modules {
+                states.push(ModuleState {
+                    name: Arc::from(m.name.as_str()),
+                    device: device.requests.clone(),
+                    params: m
+                        .accessibles
+                        .iter()
+                        .map(|a| {
+                            (!a.is_command() && a.constant.is_none()).then(|| {
+                                let err = SecopError::read_failed("no value read yet");
+                                ParamState {
+                                    report: Bytes::from(error_report(&err, None)),
+                                    update_line: Bytes::new(),
+                                    value: Err(err),
+                                }
+                            })
+                        })
+                        .collect(),
+                });
+                modules.push(m.clone());
+            }
+        }
+        let description = NodeDescription {
+            equipment_id: equipment_id.to_owned(),
+            description: description.to_owned(),
+            modules,
+            properties,
+        };
+        let problems = description.problems();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let describing = Bytes::from(line(
+            "describing",
+            ".",
+            Some(secop_proto::json::to_json(&description.to_json()).as_bytes()),
+        ));
+        let module_index = description
+            .modules
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.clone(), i))
+            .collect();
+        let mut node = NodeActor {
+            settings,
+            description: Arc::new(description),
+            describing,
+            modules: states,
+            module_index,
+            devices,
+            sessions: HashMap::new(),
+            subscriber_id: next_id(),
+        };
+        for m in 0..node.modules.len() {
+            for p in 0..node.modules[m].params.len() {
+                node.refresh_update_line(m, p);
+            }
+        }
+        Ok(node)
+    }
+
+    pub fn description(&self) -> Arc<NodeDescription> {
+        self.description.clone()
+    }
+
+    fn refresh_update_line(&mut self, m: usize, p: usize) {
+        let module = self.modules[m].name.clone();
+        let name = &self.description.modules[m].accessibles[p].name;
+        if let Some(state) = self.modules[m].params[p].as_mut() {
+            let action = if state.value.is_ok() {
+                "update"
+            } else {
+                "error_update"
+            };
+            state.update_line = Bytes::from(line(
+                action,
+                &format!("{module}:{name}"),
+                Some(&state.report),
+            ));
+        }
+    }
+
+    /// Store a value in the cache; send it to activated sessions if it changed or
+    /// `force` is set. Returns the stored report.
+    fn apply(&mut self, update: &ParamUpdate, force: bool) -> Option<Bytes> {
+        let m = *self.module_index.get(&*update.module)?;
+        let p = self.description.modules[m].accessible_index(&update.parameter)?;
+        let state = self.modules[m].params[p].as_mut()?;
+        let changed = state.value != update.value;
+        state.report = Bytes::from(match &update.value {
+            Ok(v) => data_report(v, Qualifiers::at(update.timestamp)),
+            Err(e) => error_report(e, Some(update.timestamp)),
+        });
+        state.value = update.value.clone();
+        let report = state.report.clone();
+        self.refresh_update_line(m, p);
+        if changed || force {
+            self.fan_out(m, p);
+            let text = match &update.value {
+                Ok(v) => format!("{} = {}", update.parameter, secop_proto::json::to_json(v)),
+                Err(e) => format!("{}: {e}", update.parameter),
+            };
+            let level = if update.value.is_ok() {
+                LogLevel::Debug
+            } else {
+                LogLevel::Error
+            };
+            self.log(m, level, &text);
+        }
+        Some(report)
+    }
+
+    fn fan_out(&self, m: usize, p: usize) {
+        let Some(state) = &self.modules[m].params[p] else {
+            return;
+        };
+        let key: UpdateKey = (m as u32, p as u32);
+        for session in self.sessions.values() {
+            if session.active[m] {
+                session.outbox.push_update(key, state.update_line.clone());
+            }
+        }
+    }
+
+    /// Send a `log` event to the sessions that asked for this module's logging.
+    fn log(&self, m: usize, level: LogLevel, text: &str) {
+        let mut event: Option<Bytes> = None;
+        for session in self.sessions.values() {
+            if session.logging[m].admits(level) {
+                let e = event.get_or_insert_with(|| {
+                    Bytes::from(message::log_event(&self.modules[m].name, level, text))
+                });
+                session.outbox.push_event(e.clone());
+            }
+        }
+    }
+
+    /// Queue the current value of every parameter of module `m` for one session.
+    fn send_module_values(&self, outbox: &Outbox, m: usize) {
+        for (p, state) in self.modules[m].params.iter().enumerate() {
+            if let Some(state) = state {
+                outbox.push_update((m as u32, p as u32), state.update_line.clone());
+            }
+        }
+    }
+
+    fn module(&self, name: &str) -> Result<usize, SecopError> {
+        self.module_index
+            .get(name)
+            .copied()
+            .ok_or_else(|| SecopError::no_such_module(format!("no module {name:?}")))
+    }
+
+    /// Look up a parameter for read/change/check.
+    fn parameter(&self, module: &str, name: &str) -> Result<(usize, usize), SecopError> {
+        let m = self.module(module)?;
+        let desc = &self.description.modules[m];
+        match desc.accessible_index(name) {
+            Some(p) if !desc.accessibles[p].is_command() => Ok((m, p)),
+            Some(_) => Err(SecopError::no_such_parameter(format!(
+                "{module}:{name} is a command; use do"
+            ))),
+            None => Err(SecopError::no_such_parameter(format!(
+                "module {module} has no parameter {name:?}"
+            ))),
+        }
+    }
+
+    fn command(&self, module: &str, name: &str) -> Result<(usize, usize), SecopError> {
+        let m = self.module(module)?;
+        let desc = &self.description.modules[m];
+        match desc.accessible_index(name) {
+            Some(p) if desc.accessibles[p].is_command() => Ok((m, p)),
+            Some(_) => Err(SecopError::no_such_command(format!(
+                "{module}:{name} is a parameter; use read or change"
+            ))),
+            None => Err(SecopError::no_such_command(format!(
+                "module {module} has no command {name:?}"
+            ))),
+        }
+    }
+
+    fn cached_value(&self, m: usize, name: &str) -> Option<&Value> {
+        let p = self.description.modules[m].accessible_index(name)?;
+        let acc = &self.description.modules[m].accessibles[p];
+        if let Some(c) = &acc.constant {
+            return Some(c);
+        }
+        self.modules[m].params[p]
+            .as_ref()
+            .and_then(|s| s.value.as_ref().ok())
+    }
+
+    /// Validate a new value for a parameter: writable, datainfo, dynamic limits
+    /// (`<p>_min`, `<p>_max`, `<p>_limits`), optional struct members filled in.
+    fn check_change(&self, m: usize, p: usize, value: &Value) -> Result<Value, SecopError> {
+        let acc: &Accessible = &self.description.modules[m].accessibles[p];
+        let module = &self.modules[m].name;
+        if acc.constant.is_some() || acc.is_readonly() {
+            return Err(SecopError::read_only(format!(
+                "{module}:{} is read-only",
+                acc.name
+            )));
+        }
+        let value = acc
+            .datainfo
+            .validate(value)
+            .map_err(|e| e.context(&format!("{module}:{}", acc.name)))?;
+        if acc.datainfo.is_numeric() {
+            // `<p>_min` etc. have the type of `<p>`, so wire values compare directly.
+            let x = value.as_f64();
+            let min = self
+                .cached_value(m, &format!("{}_min", acc.name))
+                .and_then(Value::as_f64);
+            let max = self
+                .cached_value(m, &format!("{}_max", acc.name))
+                .and_then(Value::as_f64);
+            let limits = self
+                .cached_value(m, &format!("{}_limits", acc.name))
+                .and_then(Value::as_array)
+                .and_then(|l| Some((l.first()?.as_f64()?, l.get(1)?.as_f64()?)));
+            let (lo, hi) = match limits {
+                Some((lo, hi)) => (Some(lo), Some(hi)),
+                None => (min, max),
+            };
+            if let Some(x) = x {
+                if lo.is_some_and(|l| x < l) || hi.is_some_and(|h| x > h) {
+                    return Err(SecopError::range(format!(
+                        "{module}:{} = {} is outside the current limits [{}, {}]",
+                        acc.name,
+                        value,
+                        lo.map_or("..".into(), |v| v.to_string()),
+                        hi.map_or("..".into(), |v| v.to_string()),
+                    )));
+                }
+            }
+        }
+        let current = self.modules[m].params[p]
+            .as_ref()
+            .and_then(|s| s.value.as_ref().ok());
+        Ok(acc.datainfo.fill_optional(value, current))
+    }
+
+    fn check_argument(&self, m: usize, c: usize, argument: &Value) -> Result<Value, SecopError> {
+        let acc = &self.description.modules[m].accessibles[c];
+        let argument_type = match &acc.datainfo.kind {
+            Kind::Command { argument, .. } => argument.as_deref(),
+            _ => None,
+        };
+        match argument_type {
+            Some(di) => di
+                .validate(argument)
+                .map_err(|e| e.context(&format!("{}:{} argument", self.modules[m].name, acc.name))),
+            None if argument.is_null() => Ok(Value::Null),
+            None => Err(SecopError::wrong_type(format!(
+                "{}:{} takes no argument",
+                self.modules[m].name, acc.name
+            ))),
+        }
+    }
+
+    /// Everything that can be answered without a device.
+    fn prepare(&mut self, session: SessionId, req: &ParsedRequest) -> Result<Next, SecopError> {
+        let spec = req.specifier.as_str();
+        match &req.request {
+            Request::Identify => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.active.iter_mut().for_each(|a| *a = false);
+                    s.logging.iter_mut().for_each(|l| *l = LogLevel::Off);
+                }
+                Ok(Next::Reply(Bytes::from(format!(
+                    "{}\n",
+                    self.settings.identification
+                ))))
+            }
+            Request::Describe => Ok(Next::Reply(self.describing.clone())),
+            Request::Ping { token } => Ok(Next::Reply(Bytes::from(message::pong(
+                token,
+                crate::device::now(),
+            )))),
+            Request::Activate { module } => {
+                let target = module.as_deref().map(|m| self.module(m)).transpose()?;
+                let Some(entry) = self.sessions.get(&session) else {
+                    return Err(SecopError::internal("session is not registered"));
+                };
+                let outbox = entry.outbox.clone();
+                let range = match target {
+                    Some(m) => m..m + 1,
+                    None => 0..self.modules.len(),
+                };
+                for m in range.clone() {
+                    self.send_module_values(&outbox, m);
+                }
+                if let Some(entry) = self.sessions.get_mut(&session) {
+                    range.for_each(|m| entry.active[m] = true);
+                }
+                let reply = match module {
+                    Some(m) => line("active", m, None),
+                    None => line("active", "", None),
+                };
+                Ok(Next::Reply(Bytes::from(reply)))
+            }
+            Request::Deactivate { module } => {
+                let target = module.as_deref().map(|m| self.module(m)).transpose()?;
+                if let Some(entry) = self.sessions.get_mut(&session) {
+                    match target {
+                        Some(m) => entry.active[m] = false,
+                        None => entry.active.iter_mut().for_each(|a| *a = false),
+                    }
+                }
+                let reply = match module {
+                    Some(m) => line("inactive", m, None),
+                    None => line("inactive", "", None),
+                };
+                Ok(Next::Reply(Bytes::from(reply)))
+            }
+            Request::Logging { module, level } => {
+                let target = module.as_deref().map(|m| self.module(m)).transpose()?;
+                if let Some(entry) = self.sessions.get_mut(&session) {
+                    match target {
+                        Some(m) => entry.logging[m] = *level,
+                        None => entry.logging.iter_mut().for_each(|l| *l = *level),
+                    }
+                }
+                let data = secop_proto::json::to_json(level.as_str());
+                // `m:p` is widened to `m`: we log per module.
+                let reply = line(
+                    "logging",
+                    module.as_deref().unwrap_or(""),
+                    Some(data.as_bytes()),
+                );
+                Ok(Next::Reply(Bytes::from(reply)))
+            }
+            Request::Read { module, parameter } => {
+                let (m, p) = self.parameter(module, parameter)?;
+                let acc = &self.description.modules[m].accessibles[p];
+                if let Some(c) = &acc.constant {
+                    let report = data_report(c, Qualifiers::default());
+                    return Ok(Next::Reply(Bytes::from(line("reply", spec, Some(&report)))));
+                }
+                Ok(Next::Device {
+                    module: m,
+                    action: DeviceAction::Read {
+                        parameter: parameter.clone(),
+                    },
+                    force: false,
+                })
+            }
+            Request::Change {
+                module,
+                parameter,
+                value,
+            } => {
+                let (m, p) = self.parameter(module, parameter)?;
+                let value = self.check_change(m, p, value)?;
+                self.log(
+                    m,
+                    LogLevel::Info,
+                    &format!(
+                        "change {parameter} to {}",
+                        secop_proto::json::to_json(&value)
+                    ),
+                );
+                Ok(Next::Device {
+                    module: m,
+                    action: DeviceAction::Change {
+                        parameter: parameter.clone(),
+                        value,
+                    },
+                    force: true,
+                })
+            }
+            Request::Do {
+                module,
+                command,
+                argument,
+            } => {
+                let (m, c) = self.command(module, command)?;
+                let argument = self.check_argument(m, c, argument)?;
+                self.log(m, LogLevel::Info, &format!("do {command}"));
+                Ok(Next::Device {
+                    module: m,
+                    action: DeviceAction::Do {
+                        command: command.clone(),
+                        argument,
+                    },
+                    force: true,
+                })
+            }
+            Request::Check {
+                module,
+                accessible,
+                value,
+            } => {
+                let m = self.module(module)?;
+                let desc: &ModuleDescription = &self.description.modules[m];
+                let a = desc.accessible_index(accessible).ok_or_else(|| {
+                    SecopError::no_such_parameter(format!(
+                        "module {module} has no accessible {accessible:?}"
+                    ))
+                })?;
+                if !desc.accessibles[a].checkable {
+                    return Err(SecopError::not_checkable(format!(
+                        "{module}:{accessible} is not checkable"
+                    )));
+                }
+                let checked = if desc.accessibles[a].is_command() {
+                    self.check_argument(m, a, value)?
+                } else {
+                    self.check_change(m, a, value)?
+                };
+                let report = data_report(&checked, Qualifiers::default());
+                Ok(Next::Reply(Bytes::from(line(
+                    "checked",
+                    spec,
+                    Some(&report),
+                ))))
+            }
+        }
+    }
+
+    /// Turn a device's answer into the reply line, after applying its side effects.
+    fn finish(&mut self, req: &ParsedRequest, m: usize, force: bool, reply: DeviceReply) -> Bytes {
+        for update in &reply.updates {
+            self.apply(update, force);
+        }
+        let spec = &req.specifier;
+        match reply.result {
+            Ok((value, t)) => {
+                let action = match req.request {
+                    Request::Read { .. } => "reply",
+                    Request::Change { .. } => "changed",
+                    _ => "done",
+                };
+                Bytes::from(line(
+                    action,
+                    spec,
+                    Some(&data_report(&value, Qualifiers::at(t))),
+                ))
+            }
+            Err(e) => {
+                self.log(m, LogLevel::Error, &format!("{} {spec}: {e}", req.action));
+                Bytes::from(message::error_reply(&req.action, spec, &e))
+            }
+        }
+    }
+}
+
+impl Actor for NodeActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Updates are the node's lifeblood; keep its mailbox roomy.
+        ctx.set_mailbox_capacity(4096);
+    }
+}
+
+impl Handler<Start> for NodeActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Start, ctx: &mut Self::Context) -> Self::Result {
+        let sink = ctx.address().recipient::<DeviceUpdates>();
+        let id = self.subscriber_id;
+        let requests: Vec<_> = self
+            .devices
+            .iter()
+            .map(|d| {
+                let name = d.name.clone();
+                let fut = d.subscribe.send(Subscribe {
+                    id,
+                    sink: sink.clone(),
+                });
+                async move { (name, fut.await) }
+            })
+            .collect();
+        Box::pin(
+            futures_util::future::join_all(requests)
+                .into_actor(self)
+                .map(|results, act, _| {
+                    for (name, result) in results {
+                        match result {
+                            Ok(snapshot) => {
+                                for update in &snapshot {
+                                    act.apply(update, false);
+                                }
+                            }
+                            Err(e) => tracing::error!(device = %name, "device did not answer: {e}"),
+                        }
+                    }
+                }),
+        )
+    }
+}
+
+impl Handler<Connect> for NodeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Connect, _: &mut Self::Context) {
+        let n = self.modules.len();
+        self.sessions.insert(
+            msg.session,
+            SessionEntry {
+                outbox: msg.outbox,
+                active: vec![false; n],
+                logging: vec![LogLevel::Off; n],
+            },
+        );
+    }
+}
+
+impl Handler<Disconnect> for NodeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disconnect, _: &mut Self::Context) {
+        self.sessions.remove(&msg.session);
+    }
+}
+
+impl Handler<CloseSessions> for NodeActor {
+    type Result = ();
+
+    fn handle(&mut self, _: CloseSessions, _: &mut Self::Context) {
+        for (_, s) in self.sessions.drain() {
+            s.outbox.close(CloseReason::Kicked);
+        }
+    }
+}
+
+impl Handler<GetDescription> for NodeActor {
+    type Result = Arc<NodeDescription>;
+
+    fn handle(&mut self, _: GetDescription, _: &mut Self::Context) -> Self::Result {
+        self.description.clone()
+    }
+}
+
+impl Handler<DeviceUpdates> for NodeActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeviceUpdates, _: &mut Self::Context) {
+        for update in &msg.0 {
+            self.apply(update, false);
+        }
+    }
+}
+
+impl Handler<SessionRequest> for NodeActor {
+    type Result = ResponseActFuture<Self, Bytes>;
+
+    fn handle(&mut self, msg: SessionRequest, _: &mut Self::Context) -> Self::Result {
+        let req = msg.request;
+        match self.prepare(msg.session, &req) {
+            Ok(Next::Reply(bytes)) => Box::pin(actix::fut::ready(bytes)),
+            Err(e) => Box::pin(actix::fut::ready(Bytes::from(message::error_reply(
+                &req.action,
+                &req.specifier,
+                &e,
+            )))),
+            Ok(Next::Device {
+                module,
+                action,
+                force,
+            }) => {
+                let request = DeviceRequest {
+                    module: self.modules[module].name.clone(),
+                    action,
+                    origin: Some(self.subscriber_id),
+                };
+                let pending = self.modules[module]
+                    .device
+                    .send(request)
+                    .timeout(self.settings.device_timeout);
+                Box::pin(pending.into_actor(self).map(move |result, act, _| {
+                    let reply = match result {
+                        Ok(reply) => reply,
+                        Err(MailboxError::Timeout) => DeviceReply {
+                            result: Err(SecopError::timeout("the device did not answer in time")),
+                            updates: Vec::new(),
+                        },
+                        Err(MailboxError::Closed) => DeviceReply {
+                            result: Err(SecopError::communication_failed(
+                                "the device actor has stopped",
+                            )),
+                            updates: Vec::new(),
+                        },
+                    };
+                    act.finish(&req, module, force, reply)
+                }))
+            }
+        }
+    }
+}

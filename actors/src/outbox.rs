@@ -1,0 +1,338 @@
+//! The bounded, coalescing outgoing queue of one client session.
+//!
+//! The node pushes into it directly (no actor message in between), which is what
+//! makes "every side-effect update reaches the client before the reply" hold: the
+//! node queues updates and only then returns the reply that the session queues.
+//! A transport-specific writer drains it.
+//!
+//! Slow-consumer policy, in this order:
+//! 1. The session stops reading requests while more than `backpressure_bytes` wait
+//!    here, so replies cannot pile up: a client that does not read is not served.
+//! 2. Once more than `coalesce_bytes` wait, a new update of a parameter whose previous
+//!    update is still queued replaces that one in place (the client gets the newest
+//!    value, never an older one after a newer one) and `log` events are dropped.
+//!    Updates of distinct parameters are bounded by the node's parameter count.
+//! 3. If the queue still exceeds `max_bytes`, or the writer cannot hand any data to
+//!    the socket for the write timeout, the session is closed.
+//! Every coalesced update, dropped event and forced close is counted.
+
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
+
+/// Identifies a parameter of a node for coalescing: (module index, parameter index).
+pub type UpdateKey = (u32, u32);
+
+/// Size limits of an outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxLimits {
+    pub backpressure_bytes: usize,
+    pub coalesce_bytes: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        OutboxLimits {
+            backpressure_bytes: 256 * 1024,
+            coalesce_bytes: 64 * 1024,
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Counters shared by all sessions, for logs now and metrics later.
+#[derive(Debug, Default)]
+pub struct SlowClientStats {
+    pub updates_coalesced: AtomicU64,
+    pub events_dropped: AtomicU64,
+    pub sessions_closed_slow: AtomicU64,
+}
+
+/// Why an outbox was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The session ended normally (client left, or shutdown).
+    Finished,
+    /// The client did not read and the queue hit `max_bytes`.
+    Overflow,
+    /// The node dropped the session (description changed, shutdown).
+    Kicked,
+}
+
+struct Item {
+    key: Option<UpdateKey>,
+    data: Bytes,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Item>,
+    /// Sequence number of `queue[0]`.
+    head_seq: u64,
+    /// Sequence number of the queued update of each key.
+    pending: HashMap<UpdateKey, u64>,
+    bytes: usize,
+    closed: Option<CloseReason>,
+}
+
+/// See the module documentation.
+pub struct Outbox {
+    state: Mutex<State>,
+    /// Wakes the writer when data arrives or the outbox closes.
+    data_ready: Notify,
+    /// Wakes a session waiting for the queue to shrink.
+    drained: Notify,
+    limits: OutboxLimits,
+    stats: Arc<SlowClientStats>,
+}
+
+impl Outbox {
+    pub fn new(limits: OutboxLimits, stats: Arc<SlowClientStats>) -> Arc<Outbox> {
+        Arc::new(Outbox {
+            state: Mutex::new(State::default()),
+            data_ready: Notify::new(),
+            drained: Notify::new(),
+            limits,
+            stats,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent in a way
+        // that matters more than losing the session, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue a reply (or anything that must not be dropped).
+    pub fn push_reply(&self, data: Bytes) {
+        self.push(None, data);
+    }
+
+    /// Queue an update of parameter `key`, coalescing when the client lags.
+    pub fn push_update(&self, key: UpdateKey, data: Bytes) {
+        self.push(Some(key), data);
+    }
+
+    /// Queue a `log` event; dropped when the client lags.
+    pub fn push_event(&self, data: Bytes) {
+        let st = self.lock();
+        if st.closed.is_some() {
+            return;
+        }
+        if st.bytes > self.limits.coalesce_bytes {
+            self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        drop(st);
+        self.push(None, data);
+    }
+
+    fn push(&self, key: Option<UpdateKey>, data: Bytes) {
+        let mut st = self.lock();
+        if st.closed.is_some() {
+            return;
+        }
+        if let Some(key) = key {
+            if st.bytes > self.limits.coalesce_bytes {
+                if let Some(&seq) = st.pending.get(&key) {
+                    let idx = (seq - st.head_seq) as usize;
+                    let old_len = st.queue[idx].data.len();
+                    st.bytes = st.bytes - old_len + data.len();
+                    st.queue[idx].data = data;
+                    self.stats.updates_coalesced.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+            let seq = st.head_seq + st.queue.len() as u64;
+            st.pending.insert(key, seq);
+        }
+        st.bytes += data.len();
+        st.queue.push_back(Item { key, data });
+        if st.bytes > self.limits.max_bytes {
+            st.closed = Some(CloseReason::Overflow);
+            self.stats
+                .sessions_closed_slow
+                .fetch_add(1, Ordering::Relaxed);
+            drop(st);
+            self.drained.notify_waiters();
+        }
+        self.data_ready.notify_one();
+    }
+
+    /// Close the outbox: queued data is discarded, the writer stops.
+    pub fn close(&self, reason: CloseReason) {
+        let mut st = self.lock();
+        if st.closed.is_none() {
+            st.closed = Some(reason);
+        }
+        drop(st);
+        self.data_ready.notify_one();
+        self.drained.notify_waiters();
+    }
+
+    /// Close because the client did not take data for too long; counted.
+    pub fn close_slow(&self) {
+        self.stats
+            .sessions_closed_slow
+            .fetch_add(1, Ordering::Relaxed);
+        self.close(CloseReason::Overflow);
+    }
+
+    pub fn closed(&self) -> Option<CloseReason> {
+        self.lock().closed
+    }
+
+    /// Whether the session should wait before reading its next request.
+    pub fn is_lagging(&self) -> bool {
+        self.lock().bytes > self.limits.backpressure_bytes
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Take everything queued (up to about `max` bytes). Returns `Err` once closed.
+    pub fn take(&self, max: usize) -> Result<Vec<Bytes>, CloseReason> {
+        let mut st = self.lock();
+        if let Some(reason) = st.closed {
+            return Err(reason);
+        }
+        let mut out = Vec::new();
+        let mut taken = 0;
+        while taken < max {
+            let Some(item) = st.queue.pop_front() else {
+                break;
+            };
+            let seq = st.head_seq;
+            st.head_seq += 1;
+            if let Some(key) = item.key {
+                if st.pending.get(&key) == Some(&seq) {
+                    st.pending.remove(&key);
+                }
+            }
+            st.bytes -= item.data.len();
+            taken += item.data.len();
+            out.push(item.data);
+        }
+        if !out.is_empty() && st.bytes <= self.limits.backpressure_bytes {
+            drop(st);
+            self.drained.notify_waiters();
+        }
+        Ok(out)
+    }
+
+    /// Wait for data and take it; `Err` once the outbox is closed.
+    pub async fn next_batch(&self, max: usize) -> Result<Vec<Bytes>, CloseReason> {
+        loop {
+            let notified = self.data_ready.notified();
+            let batch = self.take(max)?;
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            notified.await;
+        }
+    }
+
+    /// Wait until the queue is below the backpressure limit (or the outbox closed).
+    pub async fn writable(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a drain in between is not missed.
+            notified.as_mut().enable();
+            {
+                let st = self.lock();
+                if st.closed.is_some() || st.bytes <= self.limits.backpressure_bytes {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Wait until the outbox is closed.
+    pub async fn wait_closed(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.closed().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(coalesce: usize, max: usize) -> (Arc<Outbox>, Arc<SlowClientStats>) {
+        let stats = Arc::new(SlowClientStats::default());
+        let limits = OutboxLimits {
+            backpressure_bytes: coalesce,
+            coalesce_bytes: coalesce,
+            max_bytes: max,
+        };
+        (Outbox::new(limits, stats.clone()), stats)
+    }
+
+    fn strings(v: Vec<Bytes>) -> Vec<String> {
+        v.into_iter()
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn keeps_order_below_the_threshold() {
+        let (o, _) = outbox(100, 1000);
+        o.push_update((0, 0), Bytes::from_static(b"a1"));
+        o.push_update((0, 0), Bytes::from_static(b"a2"));
+        o.push_reply(Bytes::from_static(b"r"));
+        assert_eq!(strings(o.take(usize::MAX).unwrap()), ["a1", "a2", "r"]);
+    }
+
+    #[test]
+    fn coalesces_in_place_when_lagging() {
+        let (o, stats) = outbox(4, 1000);
+        o.push_update((0, 0), Bytes::from_static(b"a1"));
+        o.push_update((0, 1), Bytes::from_static(b"b1"));
+        o.push_reply(Bytes::from_static(b"r"));
+        o.push_update((0, 0), Bytes::from_static(b"a2"));
+        o.push_update((0, 1), Bytes::from_static(b"b2"));
+        o.push_update((0, 0), Bytes::from_static(b"a3"));
+        o.push_event(Bytes::from_static(b"log"));
+        assert_eq!(strings(o.take(usize::MAX).unwrap()), ["a3", "b2", "r"]);
+        assert_eq!(stats.updates_coalesced.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.events_dropped.load(Ordering::Relaxed), 1);
+        // after draining, a key is queued afresh
+        o.push_update((0, 0), Bytes::from_static(b"a4"));
+        assert_eq!(strings(o.take(usize::MAX).unwrap()), ["a4"]);
+    }
+
+    #[test]
+    fn overflow_closes() {
+        let (o, stats) = outbox(4, 10);
+        o.push_reply(Bytes::from_static(b"123456"));
+        o.push_reply(Bytes::from_static(b"123456"));
+        assert_eq!(o.take(usize::MAX), Err(CloseReason::Overflow));
+        assert_eq!(stats.sessions_closed_slow.load(Ordering::Relaxed), 1);
+        o.push_reply(Bytes::from_static(b"ignored"));
+        assert_eq!(o.queued_bytes(), 12);
+    }
+
+    #[test]
+    fn take_respects_the_batch_size() {
+        let (o, _) = outbox(100, 1000);
+        for _ in 0..5 {
+            o.push_reply(Bytes::from_static(b"abc"));
+        }
+        assert_eq!(o.take(6).unwrap().len(), 2);
+        assert_eq!(o.take(usize::MAX).unwrap().len(), 3);
+    }
+}
