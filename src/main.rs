@@ -1,1 +1,176 @@
-fn main() {}
+//! secop-gateway: CLI, wiring of devices, node and listener.
+
+mod cli;
+mod config;
+mod server;
+
+use clap::Parser;
+use cli::{Cli, Command};
+use secop_actors::node::{NodeActor, NodeSettings, Start};
+use secop_actors::outbox::{OutboxLimits, SlowClientStats};
+use secop_proto::NodeDescription;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = match config::load(cli.config.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("secop-gateway: configuration error:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(cli.log_level.as_deref().unwrap_or(&loaded.config.log.level));
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => check_config(&loaded),
+        Command::Run => {
+            let system = actix::System::new();
+            match system.block_on(run(cli.listen, cli.ready_file, loaded)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("secop-gateway: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Build the description without starting anything.
+fn describe(loaded: &config::Loaded) -> Result<NodeDescription, String> {
+    let mut modules = Vec::new();
+    for (i, m) in loaded.config.modules.iter().enumerate() {
+        let described = secop_drivers::describe(&m.driver, &m.driver_config())
+            .map_err(|e| format!("{}: module[{i}] ({:?}): {e}", loaded.origin, m.name))?;
+        modules.extend(described);
+    }
+    let node = &loaded.config.node;
+    let description = NodeDescription {
+        equipment_id: node.equipment_id.clone(),
+        description: node.description.clone(),
+        modules,
+        properties: loaded.node_properties(),
+    };
+    let problems = description.problems();
+    if !problems.is_empty() {
+        return Err(problems
+            .iter()
+            .map(|p| format!("{}: {p}", loaded.origin))
+            .collect::<Vec<_>>()
+            .join("\n"));
+    }
+    Ok(description)
+}
+
+fn check_config(loaded: &config::Loaded) -> ExitCode {
+    match describe(loaded) {
+        Ok(description) => {
+            let pretty = serde_json::to_string_pretty(&description.to_json()).unwrap_or_default();
+            println!("{pretty}");
+            eprintln!("{}: configuration is valid", loaded.origin);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("secop-gateway: configuration error:\n{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(
+    listen: Option<std::net::SocketAddr>,
+    ready_file: Option<std::path::PathBuf>,
+    loaded: config::Loaded,
+) -> Result<(), String> {
+    use actix::Actor;
+    // Validate the whole description before any device starts.
+    describe(&loaded)?;
+    let mut devices = Vec::new();
+    for (i, m) in loaded.config.modules.iter().enumerate() {
+        let handle = secop_drivers::start(&m.driver, &m.driver_config())
+            .map_err(|e| format!("{}: module[{i}] ({:?}): {e}", loaded.origin, m.name))?;
+        devices.push(handle);
+    }
+    let node_cfg = &loaded.config.node;
+    let settings = NodeSettings {
+        identification: node_cfg.identification.clone(),
+        device_timeout: loaded.device_timeout(),
+    };
+    let node = NodeActor::new(
+        settings,
+        &node_cfg.equipment_id,
+        &node_cfg.description,
+        loaded.node_properties(),
+        devices,
+    )
+    .map_err(|p| p.join("\n"))?
+    .start();
+    node.send(Start)
+        .await
+        .map_err(|e| format!("node did not start: {e}"))?;
+
+    let l = &loaded.config.listen;
+    let address = match listen {
+        Some(a) => a,
+        None => l
+            .address
+            .parse()
+            .map_err(|e| format!("listen.address: {e}"))?,
+    };
+    let listener = bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    tracing::info!(
+        address = %bound,
+        equipment_id = %node_cfg.equipment_id,
+        modules = loaded.config.modules.len(),
+        "SECoP node listening"
+    );
+    if let Some(path) = ready_file {
+        let text = serde_json::json!({"tcp": [bound.to_string()]}).to_string();
+        std::fs::write(&path, text)
+            .map_err(|e| format!("cannot write ready file {}: {e}", path.display()))?;
+    }
+    let settings = server::ListenerSettings {
+        max_line_bytes: l.max_line_bytes,
+        max_connections: l.max_connections,
+        write_timeout: Duration::from_secs_f64(l.write_timeout),
+        limits: OutboxLimits {
+            backpressure_bytes: l.backpressure_bytes,
+            coalesce_bytes: l.coalesce_bytes,
+            max_bytes: l.max_queue_bytes,
+        },
+    };
+    let stats = Arc::new(SlowClientStats::default());
+    tokio::select! {
+        _ = server::serve(listener, node.clone(), settings, stats) => {}
+        _ = server::shutdown_signal(node.clone()) => {}
+    }
+    Ok(())
+}
+
+/// Bind with a large backlog, so that a burst of connects is not refused.
+fn bind(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(4096)
+}

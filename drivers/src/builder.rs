@@ -1,0 +1,107 @@
+//! A compact way for drivers to declare their modules' accessibles.
+
+use crate::ModuleConfig;
+use secop_proto::{Accessible, DataInfo, ModuleDescription};
+use serde_json::{Map, Value};
+
+/// Builds a [`ModuleDescription`], applying the module's config (name, description,
+/// extra properties).
+pub struct ModuleBuilder {
+    desc: ModuleDescription,
+}
+
+fn datainfo(json: Value) -> Result<DataInfo, String> {
+    DataInfo::from_json(&json).map_err(|e| format!("datainfo {json}: {e}"))
+}
+
+impl ModuleBuilder {
+    pub fn new(config: &ModuleConfig, default_description: &str, classes: &[&str]) -> Self {
+        ModuleBuilder {
+            desc: ModuleDescription {
+                name: config.name.clone(),
+                description: config
+                    .description
+                    .clone()
+                    .unwrap_or_else(|| default_description.to_owned()),
+                interface_classes: classes.iter().map(|c| (*c).to_owned()).collect(),
+                accessibles: Vec::new(),
+                properties: config.properties.clone(),
+            },
+        }
+    }
+
+    /// A read-only parameter.
+    pub fn readonly(self, name: &str, description: &str, datainfo: Value) -> Result<Self, String> {
+        self.param(name, description, datainfo, true, false)
+    }
+
+    /// A writable parameter; `checkable` allows `check`.
+    pub fn writable(self, name: &str, description: &str, datainfo: Value) -> Result<Self, String> {
+        self.param(name, description, datainfo, false, true)
+    }
+
+    pub fn param(
+        mut self,
+        name: &str,
+        description: &str,
+        datainfo_json: Value,
+        readonly: bool,
+        checkable: bool,
+    ) -> Result<Self, String> {
+        let mut acc = Accessible::parameter(name, description, datainfo(datainfo_json)?, readonly);
+        acc.checkable = checkable;
+        self.desc.accessibles.push(acc);
+        Ok(self)
+    }
+
+    /// A parameter whose value never changes (not sent on `activate`).
+    pub fn constant(
+        mut self,
+        name: &str,
+        description: &str,
+        datainfo_json: Value,
+        value: Value,
+    ) -> Result<Self, String> {
+        let mut acc = Accessible::parameter(name, description, datainfo(datainfo_json)?, true);
+        acc.constant = Some(value);
+        self.desc.accessibles.push(acc);
+        Ok(self)
+    }
+
+    /// The standard `status` parameter with the given codes.
+    pub fn status(mut self, codes: &[(&str, i64)]) -> Self {
+        self.desc.accessibles.push(Accessible::parameter(
+            "status",
+            "current status of the module",
+            secop_proto::datainfo::status_datainfo(codes),
+            true,
+        ));
+        self
+    }
+
+    /// A command with optional argument and result datainfo.
+    pub fn command(
+        mut self,
+        name: &str,
+        description: &str,
+        argument: Option<Value>,
+        result: Option<Value>,
+    ) -> Result<Self, String> {
+        let mut json = Map::new();
+        json.insert("type".into(), Value::from("command"));
+        if let Some(a) = argument {
+            json.insert("argument".into(), a);
+        }
+        if let Some(r) = result {
+            json.insert("result".into(), r);
+        }
+        let mut acc = Accessible::command(name, description, datainfo(Value::Object(json))?);
+        acc.checkable = true;
+        self.desc.accessibles.push(acc);
+        Ok(self)
+    }
+
+    pub fn build(self) -> ModuleDescription {
+        self.desc
+    }
+}

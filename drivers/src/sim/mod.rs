@@ -1,0 +1,93 @@
+//! Simulated instruments. Each is a [`Backend`] in a generic device actor, one actor
+//! per simulated link, so they poll, queue and push updates like hardware does.
+
+pub mod communicator;
+pub mod power_supply;
+pub mod pressure;
+pub mod temperature;
+
+use crate::ModuleConfig;
+use actix::Actor;
+use secop_actors::device::DeviceHandle;
+use secop_actors::device_actor::{Backend, DeviceActor};
+use secop_proto::{ModuleDescription, SecopError};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::time::Instant;
+
+/// A simulator built from its settings.
+pub trait Simulator: Backend + Sized {
+    type Settings: DeserializeOwned + Default;
+    fn build(module: &ModuleConfig, settings: Self::Settings) -> Result<Self, String>;
+}
+
+fn settings<S: Simulator>(module: &ModuleConfig) -> Result<S, String> {
+    let settings: S::Settings = if module.settings.is_null() {
+        S::Settings::default()
+    } else {
+        serde_json::from_value(module.settings.clone()).map_err(|e| format!("settings: {e}"))?
+    };
+    S::build(module, settings)
+}
+
+/// Build a simulator and start its device actor.
+pub fn start<S: Simulator>(module: &ModuleConfig) -> Result<DeviceHandle, String> {
+    let sim = settings::<S>(module)?;
+    let modules = sim.modules();
+    let addr = DeviceActor::new(&module.name, sim).start();
+    Ok(DeviceHandle::of(&module.name, modules, &addr))
+}
+
+/// Only the description, for `check-config`.
+pub fn describe<S: Simulator>(module: &ModuleConfig) -> Result<Vec<ModuleDescription>, String> {
+    Ok(settings::<S>(module)?.modules())
+}
+
+/// Seconds since `since`, advancing it: the step of a physics update.
+fn step(since: &mut Instant) -> f64 {
+    let now = Instant::now();
+    let dt = now.duration_since(*since).as_secs_f64();
+    *since = now;
+    dt
+}
+
+/// A JSON number from an f64, or an internal error for NaN/inf (never sent as null).
+fn num(x: f64) -> Result<Value, SecopError> {
+    secop_proto::json::number(x).ok_or_else(|| SecopError::internal("value is not a finite number"))
+}
+
+fn f64_of(value: &Value) -> Result<f64, SecopError> {
+    value
+        .as_f64()
+        .ok_or_else(|| SecopError::wrong_type("expected a number"))
+}
+
+/// `[code, "text"]`.
+fn status(code: i64, text: &str) -> Value {
+    serde_json::json!([code, text])
+}
+
+fn unknown_parameter(module: &str, parameter: &str) -> SecopError {
+    SecopError::no_such_parameter(format!("{module} has no parameter {parameter:?}"))
+}
+
+fn unknown_command(module: &str, command: &str) -> SecopError {
+    SecopError::no_such_command(format!("{module} has no command {command:?}"))
+}
+
+/// Shared validation of a `pollinterval` change.
+fn pollinterval(value: &Value) -> Result<f64, SecopError> {
+    let x = f64_of(value)?;
+    if !(0.1..=3600.0).contains(&x) {
+        return Err(SecopError::range(
+            "pollinterval must be within [0.1, 3600] s",
+        ));
+    }
+    Ok(x)
+}
+
+const POLLINTERVAL_INFO: &str = "polling interval";
+
+fn pollinterval_datainfo() -> Value {
+    serde_json::json!({"type": "double", "min": 0.1, "max": 3600, "unit": "s"})
+}

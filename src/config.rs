@@ -1,0 +1,318 @@
+//! Gateway configuration: TOML files read with the `config` crate, plus environment
+//! overrides (`SECOP_GATEWAY__LISTEN__ADDRESS=0.0.0.0:10767`).
+//!
+//! Module names are values (`[[module]] name = "T"`), never keys, so no layer of
+//! config handling can change their case. Every error names the file, the key and
+//! the reason.
+
+use secop_drivers::ModuleConfig;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The default configuration, compiled in: the simulated devices.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/gateway.toml");
+
+/// Prefix of environment overrides; `__` separates key levels.
+pub const ENV_PREFIX: &str = "SECOP_GATEWAY";
+
+/// Where a configuration came from, for error messages.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    Embedded,
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Embedded => f.write_str("<embedded config/gateway.toml>"),
+            Origin::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub listen: ListenConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default, rename = "module")]
+    pub modules: Vec<ModuleEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub equipment_id: String,
+    pub description: String,
+    /// Reported as the `firmware` node property; defaults to `secop-gateway <version>`.
+    pub firmware: Option<String>,
+    pub implementor: Option<String>,
+    /// The `*IDN?` reply.
+    #[serde(default = "default_identification")]
+    pub identification: String,
+    /// Seconds a device may take for one request (also the `timeout` node property).
+    #[serde(default = "default_device_timeout")]
+    pub device_timeout: f64,
+}
+
+fn default_identification() -> String {
+    secop_proto::message::IDN_REPLY_V2.to_owned()
+}
+
+fn default_device_timeout() -> f64 {
+    10.0
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// TCP address of the SECoP listener.
+    pub address: String,
+    /// Longest accepted request line in bytes; longer lines get `ProtocolError`.
+    pub max_line_bytes: usize,
+    /// Simultaneous client connections; further connections are closed at once.
+    pub max_connections: usize,
+    /// Seconds a client may leave written data unread before it is disconnected.
+    pub write_timeout: f64,
+    /// Queued bytes above which a session stops reading requests.
+    pub backpressure_bytes: usize,
+    /// Queued bytes above which pending updates of one parameter are coalesced.
+    pub coalesce_bytes: usize,
+    /// Queued bytes at which a session is closed.
+    pub max_queue_bytes: usize,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            address: "127.0.0.1:10767".into(),
+            max_line_bytes: 1024 * 1024,
+            max_connections: 1024,
+            write_timeout: 30.0,
+            backpressure_bytes: 256 * 1024,
+            coalesce_bytes: 64 * 1024,
+            max_queue_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleEntry {
+    pub name: String,
+    pub driver: String,
+    pub description: Option<String>,
+    /// Extra module properties: group, visibility, meaning, custom `_name` keys.
+    #[serde(default)]
+    pub properties: Map<String, Value>,
+    /// Driver settings.
+    #[serde(default)]
+    pub settings: Value,
+}
+
+impl ModuleEntry {
+    pub fn driver_config(&self) -> ModuleConfig {
+        ModuleConfig {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            properties: self.properties.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+/// A loaded configuration with its origin.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub origin: Origin,
+    pub config: GatewayConfig,
+}
+
+/// Load from a file (or the embedded default) and apply environment overrides.
+pub fn load(path: Option<&Path>) -> Result<Loaded, String> {
+    let (origin, source) = match path {
+        None => (Origin::Embedded, EMBEDDED_DEFAULT.to_owned()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("{}: cannot read config file: {e}", p.display()))?;
+            (Origin::File(p.to_owned()), text)
+        }
+    };
+    let built = config::Config::builder()
+        .add_source(config::File::from_str(&source, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
+        .map_err(|e| format!("{origin}: {e}"))?;
+    let config: GatewayConfig = built
+        .try_deserialize()
+        .map_err(|e| format!("{origin}: {e}"))?;
+    let loaded = Loaded { origin, config };
+    loaded.validate()?;
+    Ok(loaded)
+}
+
+impl Loaded {
+    /// Checks that serde cannot express; each message names file, key and reason.
+    fn validate(&self) -> Result<(), String> {
+        let o = &self.origin;
+        let c = &self.config;
+        let mut problems = Vec::new();
+        if c.listen.address.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "listen.address: {:?} is not an address like 127.0.0.1:10767",
+                c.listen.address
+            ));
+        }
+        if c.listen.max_line_bytes < 64 {
+            problems.push("listen.max_line_bytes: must be at least 64".into());
+        }
+        if c.listen.max_connections == 0 {
+            problems.push("listen.max_connections: must be at least 1".into());
+        }
+        if !(c.listen.write_timeout > 0.0 && c.listen.write_timeout.is_finite()) {
+            problems.push("listen.write_timeout: must be a positive number of seconds".into());
+        }
+        if c.listen.coalesce_bytes > c.listen.max_queue_bytes
+            || c.listen.backpressure_bytes > c.listen.max_queue_bytes
+        {
+            problems.push(
+                "listen.max_queue_bytes: must exceed coalesce_bytes and backpressure_bytes".into(),
+            );
+        }
+        if !(c.node.device_timeout > 0.0 && c.node.device_timeout.is_finite()) {
+            problems.push("node.device_timeout: must be a positive number of seconds".into());
+        }
+        if !c.node.identification.is_ascii() || c.node.identification.contains('\n') {
+            problems.push("node.identification: must be one line of ASCII".into());
+        }
+        if c.modules.is_empty() {
+            problems.push("module: the node has no modules (add [[module]] sections)".into());
+        }
+        for (i, m) in c.modules.iter().enumerate() {
+            let key = format!("module[{i}] ({:?})", m.name);
+            if let Err(e) = secop_drivers::describe(&m.driver, &m.driver_config()) {
+                let field = if e.starts_with("unknown driver") {
+                    "driver"
+                } else {
+                    "settings"
+                };
+                let e = e.strip_prefix("settings: ").unwrap_or(&e).to_owned();
+                problems.push(format!("{key}.{field}: {e}"));
+            }
+        }
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(problems
+                .iter()
+                .map(|p| format!("{o}: {p}"))
+                .collect::<Vec<_>>()
+                .join("\n")),
+        }
+    }
+
+    pub fn device_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.config.node.device_timeout)
+    }
+
+    /// Node properties besides equipment_id, description and modules.
+    pub fn node_properties(&self) -> Map<String, Value> {
+        let n = &self.config.node;
+        let mut props = Map::new();
+        props.insert(
+            "firmware".into(),
+            Value::from(
+                n.firmware
+                    .clone()
+                    .unwrap_or_else(|| format!("secop-gateway {}", env!("CARGO_PKG_VERSION"))),
+            ),
+        );
+        if let Some(i) = &n.implementor {
+            props.insert("implementor".into(), Value::from(i.clone()));
+        }
+        if let Some(t) = secop_proto::json::number(n.device_timeout) {
+            props.insert("timeout".into(), t);
+        }
+        props
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<Loaded, String> {
+        let dir = std::env::temp_dir().join(format!("secop-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let path = dir.join(format!("{}.toml", text.len()));
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        load(Some(&path))
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let loaded = load(None).unwrap();
+        assert!(loaded.config.modules.len() >= 4);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let base = "[node]\nequipment_id='x'\ndescription='d'\n";
+        let e = load_text(&format!(
+            "{base}[[module]]\nname='T'\ndriver='sim_nothing'\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains(".toml: module[0] (\"T\").driver: unknown driver \"sim_nothing\""),
+            "{e}"
+        );
+        let e = load_text(&format!(
+            "{base}[[module]]\nname='T'\ndriver='sim_temperature'\n[module.settings]\nramp='fast'\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("module[0] (\"T\").settings: invalid type: string \"fast\""),
+            "{e}"
+        );
+        let e = load_text(&format!(
+            "{base}[[module]]\nname='T'\ndriver='sim_temperature'\n[module.settings]\nrmap=1\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("unknown field `rmap`"), "{e}");
+        let e = load_text(&format!(
+            "{base}[listen]\naddress='nowhere'\n[[module]]\nname='T'\ndriver='sim_pressure'\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("listen.address"), "{e}");
+        let e = load_text("[node]\ndescription='d'\n").unwrap_err();
+        assert!(e.contains("equipment_id"), "{e}");
+        let e = load(Some(Path::new("/nonexistent/x.toml"))).unwrap_err();
+        assert!(e.starts_with("/nonexistent/x.toml: cannot read"), "{e}");
+    }
+}
