@@ -14,6 +14,7 @@
 //!    Updates of distinct parameters are bounded by the node's parameter count.
 //! 3. If the queue still exceeds `max_bytes`, or the writer cannot hand any data to
 //!    the socket for the write timeout, the session is closed.
+//!
 //! Every coalesced update, dropped event and forced close is counted.
 
 use bytes::Bytes;

@@ -79,7 +79,7 @@ impl Simulator for TemperatureController {
     type Settings = Settings;
 
     fn build(module: &ModuleConfig, s: Settings) -> Result<Self, String> {
-        if !(s.target_min < s.target_max) {
+        if s.target_min.partial_cmp(&s.target_max) != Some(std::cmp::Ordering::Less) {
             return Err("settings.target_min must be below settings.target_max".into());
         }
         if !(s.target_min..=s.target_max).contains(&s.initial) {
