@@ -134,12 +134,31 @@ pub struct ModuleEntry {
 
 impl ModuleEntry {
     pub fn driver_config(&self) -> ModuleConfig {
+        // The config crate does not keep the order of table keys; sorting makes the
+        // description identical from run to run.
+        let properties = match sorted(Value::Object(self.properties.clone())) {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
         ModuleConfig {
             name: self.name.clone(),
             description: self.description.clone(),
-            properties: self.properties.clone(),
+            properties,
             settings: self.settings.clone(),
         }
+    }
+}
+
+/// The value with the keys of every object in alphabetical order.
+fn sorted(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
     }
 }
 

@@ -23,8 +23,21 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.log_level.as_deref().unwrap_or(&loaded.config.log.level));
+    // The whole description is validated before anything starts.
+    let description = match describe(&loaded) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("secop-gateway: configuration error:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
     match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig => check_config(&loaded),
+        Command::CheckConfig => {
+            let pretty = serde_json::to_string_pretty(&description.to_json()).unwrap_or_default();
+            println!("{pretty}");
+            eprintln!("{}: configuration is valid", loaded.origin);
+            ExitCode::SUCCESS
+        }
         Command::Run => {
             let system = actix::System::new();
             match system.block_on(run(cli.listen, cli.ready_file, loaded)) {
@@ -75,29 +88,12 @@ fn describe(loaded: &config::Loaded) -> Result<NodeDescription, String> {
     Ok(description)
 }
 
-fn check_config(loaded: &config::Loaded) -> ExitCode {
-    match describe(loaded) {
-        Ok(description) => {
-            let pretty = serde_json::to_string_pretty(&description.to_json()).unwrap_or_default();
-            println!("{pretty}");
-            eprintln!("{}: configuration is valid", loaded.origin);
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("secop-gateway: configuration error:\n{e}");
-            ExitCode::from(2)
-        }
-    }
-}
-
 async fn run(
     listen: Option<std::net::SocketAddr>,
     ready_file: Option<std::path::PathBuf>,
     loaded: config::Loaded,
 ) -> Result<(), String> {
     use actix::Actor;
-    // Validate the whole description before any device starts.
-    describe(&loaded)?;
     let mut devices = Vec::new();
     for (i, m) in loaded.config.modules.iter().enumerate() {
         let handle = secop_drivers::start(&m.driver, &m.driver_config())
