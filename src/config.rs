@@ -87,6 +87,41 @@ pub struct ListenConfig {
     pub coalesce_bytes: usize,
     /// Queued bytes at which a session is closed.
     pub max_queue_bytes: usize,
+    /// Seconds a client may take to complete `GET /` once it sent the `G`, and to send
+    /// its HTTP request head.
+    pub handshake_timeout: f64,
+    /// Seconds a new connection may stay silent before it is closed; 0 = never (a SECoP
+    /// client may connect and wait before it speaks).
+    pub idle_timeout: f64,
+    pub websocket: WebSocketConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Largest WebSocket message (and frame) accepted, in bytes; larger ones get close 1009.
+    pub max_message_bytes: usize,
+    /// Seconds between server pings.
+    pub ping_interval: f64,
+    /// Seconds without any frame from the client after which it is dropped.
+    pub ping_timeout: f64,
+    /// Browser origins allowed besides this node's own host (e.g. "http://ecs.example.org");
+    /// "*" allows any origin. Requests without Origin (non-browser clients) are allowed.
+    pub allowed_origins: Vec<String>,
+    /// Serve an echo WebSocket at /echo (for the Autobahn test suite only).
+    pub echo_endpoint: bool,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            max_message_bytes: 16 * 1024 * 1024,
+            ping_interval: 20.0,
+            ping_timeout: 60.0,
+            allowed_origins: Vec::new(),
+            echo_endpoint: false,
+        }
+    }
 }
 
 impl Default for ListenConfig {
@@ -99,6 +134,9 @@ impl Default for ListenConfig {
             backpressure_bytes: 256 * 1024,
             coalesce_bytes: 64 * 1024,
             max_queue_bytes: 64 * 1024 * 1024,
+            handshake_timeout: 10.0,
+            idle_timeout: 0.0,
+            websocket: WebSocketConfig::default(),
         }
     }
 }
@@ -224,6 +262,28 @@ impl Loaded {
             problems.push(
                 "listen.max_queue_bytes: must exceed coalesce_bytes and backpressure_bytes".into(),
             );
+        }
+        if !(c.listen.handshake_timeout > 0.0 && c.listen.handshake_timeout.is_finite()) {
+            problems.push("listen.handshake_timeout: must be a positive number of seconds".into());
+        }
+        if !(c.listen.idle_timeout >= 0.0 && c.listen.idle_timeout.is_finite()) {
+            problems.push("listen.idle_timeout: must be 0 (off) or a number of seconds".into());
+        }
+        let ws = &c.listen.websocket;
+        if ws.max_message_bytes < 1024 {
+            problems.push("listen.websocket.max_message_bytes: must be at least 1024".into());
+        }
+        if !(ws.ping_interval > 0.0 && ws.ping_timeout > ws.ping_interval) {
+            problems.push(
+                "listen.websocket.ping_timeout: must exceed ping_interval, both positive".into(),
+            );
+        }
+        for o in &ws.allowed_origins {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                problems.push(format!(
+                    "listen.websocket.allowed_origins: {o:?} must look like http://host:port or be \"*\""
+                ));
+            }
         }
         if !(c.node.device_timeout > 0.0 && c.node.device_timeout.is_finite()) {
             problems.push("node.device_timeout: must be a positive number of seconds".into());

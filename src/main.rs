@@ -2,7 +2,11 @@
 
 mod cli;
 mod config;
+mod http;
 mod server;
+mod sniff;
+mod websocket;
+mod ws_guard;
 
 use clap::Parser;
 use cli::{Cli, Command};
@@ -141,19 +145,44 @@ async fn run(
         std::fs::write(&path, text)
             .map_err(|e| format!("cannot write ready file {}: {e}", path.display()))?;
     }
+    let limits = OutboxLimits {
+        backpressure_bytes: l.backpressure_bytes,
+        coalesce_bytes: l.coalesce_bytes,
+        max_bytes: l.max_queue_bytes,
+    };
+    let handshake_timeout = Duration::from_secs_f64(l.handshake_timeout);
     let settings = server::ListenerSettings {
         max_line_bytes: l.max_line_bytes,
         max_connections: l.max_connections,
         write_timeout: Duration::from_secs_f64(l.write_timeout),
-        limits: OutboxLimits {
-            backpressure_bytes: l.backpressure_bytes,
-            coalesce_bytes: l.coalesce_bytes,
-            max_bytes: l.max_queue_bytes,
-        },
+        limits,
+        handshake_timeout,
+        idle_timeout: (l.idle_timeout > 0.0).then(|| Duration::from_secs_f64(l.idle_timeout)),
     };
     let stats = Arc::new(SlowClientStats::default());
+    let ws = &l.websocket;
+    let http_state = http::HttpState {
+        node: node.clone(),
+        ws: websocket::WsSettings {
+            max_message_bytes: ws.max_message_bytes,
+            ping_interval: Duration::from_secs_f64(ws.ping_interval),
+            ping_timeout: Duration::from_secs_f64(ws.ping_timeout),
+            limits,
+        },
+        origins: http::OriginPolicy {
+            allowed: ws.allowed_origins.clone(),
+        },
+        echo_endpoint: ws.echo_endpoint,
+        stats: stats.clone(),
+    };
+    if ws.echo_endpoint {
+        tracing::warn!(
+            "the WebSocket echo endpoint /echo is on (meant for conformance tests only)"
+        );
+    }
+    let http = http::service(http_state, handshake_timeout).await?;
     tokio::select! {
-        _ = server::serve(listener, node.clone(), settings, stats) => {}
+        _ = server::serve(listener, node.clone(), settings, stats, http) => {}
         _ = server::shutdown_signal(node.clone()) => {}
     }
     Ok(())

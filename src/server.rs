@@ -1,5 +1,7 @@
-//! The TCP listener: accepts connections up to a limit, wires each to a session
-//! actor and a writer task, and shuts down gracefully on SIGINT/SIGTERM.
+//! The listener of the shared port: accepts connections up to a limit, sniffs each
+//! (RFC-107: `GET /` is HTTP, anything else SECoP), wires SECoP connections to a
+//! session actor and a writer task, hands HTTP connections to actix-web, and shuts
+//! down gracefully on SIGINT/SIGTERM.
 
 use actix::prelude::*;
 use secop_actors::line_codec::LineCodec;
@@ -13,6 +15,9 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::FramedRead;
 
+use crate::http::ConnectionService;
+use crate::sniff::{self, Detected};
+
 /// Per-connection settings of a listener.
 #[derive(Debug, Clone)]
 pub struct ListenerSettings {
@@ -20,6 +25,8 @@ pub struct ListenerSettings {
     pub max_connections: usize,
     pub write_timeout: Duration,
     pub limits: OutboxLimits,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Counts open connections; the guard lives as long as the connection's writer.
@@ -37,6 +44,7 @@ pub async fn serve(
     node: Addr<NodeActor>,
     settings: ListenerSettings,
     stats: Arc<SlowClientStats>,
+    http: ConnectionService,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
     loop {
@@ -56,7 +64,30 @@ pub async fn serve(
         }
         open.fetch_add(1, Ordering::Relaxed);
         let guard = ConnectionGuard(open.clone());
-        start_session(stream, peer.to_string(), &node, &settings, &stats, guard);
+        // Each connection is sniffed in its own task, so a client that sends `G` and
+        // then nothing holds up nobody else.
+        let node = node.clone();
+        let settings = settings.clone();
+        let stats = stats.clone();
+        let http = http.clone();
+        actix::spawn(async move {
+            let detected =
+                sniff::detect(&stream, settings.handshake_timeout, settings.idle_timeout).await;
+            match detected {
+                Ok(Detected::Secop) => {
+                    start_session(stream, peer.to_string(), &node, &settings, &stats, guard)
+                }
+                Ok(Detected::Http) => {
+                    let _ = stream.set_nodelay(true);
+                    http(stream, peer).await;
+                    drop(guard);
+                }
+                Ok(Detected::TimedOut) => {
+                    tracing::debug!(%peer, "connection dropped: no complete first request in time")
+                }
+                Ok(Detected::Closed) | Err(_) => {}
+            }
+        });
     }
 }
 

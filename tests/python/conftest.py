@@ -146,7 +146,9 @@ class Gateway:
         return _ANSI_ESCAPE.sub('', raw.decode('utf-8', 'replace'))
 
     def log_section(self):
-        state = 'running' if self.running else f'exit code {self.exit_code}'
+        code = self.process.poll() if self.process is not None else None
+        state = 'not started' if self.process is None else \
+            'running' if code is None else f'exit code {code}'
         return (f'--- {self.name} log ({self.log_file}, {state}) ---\n'
                 f'{self.log_text()}--- end of {self.name} log ---')
 
@@ -204,16 +206,24 @@ class ClientSession:
         legacy = self.legacy_idn_warnings()[:1]
         return [r for r in self.problems() if r not in legacy]
 
-    def sent_lines(self):
-        """request lines sent by the client (from its 'TX: %r' debug records)"""
+    def _traffic(self, fmt):
         lines = []
         for r in self.records:
-            if r.msg == 'TX: %r' and r.args:
+            if r.msg == fmt and r.args:
                 line = r.args[0]
                 if isinstance(line, bytes):
                     line = line.decode('utf-8', 'replace')
                 lines.append(line.rstrip('\n'))
         return lines
+
+    def sent_lines(self):
+        """request lines sent by the client (from its 'TX: %r' debug records; the initial
+        *IDN? is not logged by frappy)"""
+        return self._traffic('TX: %r')
+
+    def received_lines(self):
+        """lines received by the client after the *IDN? reply ('RX: %r' debug records)"""
+        return self._traffic('RX: %r')
 
 
 def format_records(records):

@@ -1,0 +1,210 @@
+//! The HTTP side of the shared port: WebSocket upgrades (on `/` and `/ws`), the status
+//! page, the optional Autobahn echo endpoint, and 404 for everything else. HTTP parsing
+//! is actix-web's; we serve it on connections that the sniffer handed over.
+
+use crate::websocket::{self, WsSettings};
+use actix::Addr;
+use actix_http::HttpService;
+use actix_service::{map_config, Service, ServiceFactory};
+use actix_web::dev::AppConfig;
+use actix_web::http::header;
+use actix_web::{web, App, HttpRequest, HttpResponse};
+use secop_actors::node::{GetSnapshot, NodeActor};
+use secop_actors::outbox::SlowClientStats;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Which browser origins may open a WebSocket.
+#[derive(Debug, Clone, Default)]
+pub struct OriginPolicy {
+    /// Origins (`http://host:port`) allowed besides the node's own host; `*` allows any.
+    pub allowed: Vec<String>,
+}
+
+impl OriginPolicy {
+    /// Requests without `Origin` come from non-browser clients and are allowed. A browser
+    /// page may connect if it was served by this host (Origin matches Host) or its origin
+    /// is listed: this stops cross-site WebSocket hijacking of lab hardware.
+    pub fn allows(&self, req: &HttpRequest) -> bool {
+        let Some(origin) = req.headers().get(header::ORIGIN) else {
+            return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        if self
+            .allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+        {
+            return true;
+        }
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+    }
+}
+
+/// Everything the HTTP handlers need.
+pub struct HttpState {
+    pub node: Addr<NodeActor>,
+    pub ws: WsSettings,
+    pub origins: OriginPolicy,
+    pub echo_endpoint: bool,
+    pub stats: Arc<SlowClientStats>,
+}
+
+fn is_upgrade(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+async fn root(req: HttpRequest, body: web::Payload, state: web::Data<HttpState>) -> HttpResponse {
+    if is_upgrade(&req) {
+        return secop_ws(req, body, state).await;
+    }
+    status_page(&state).await
+}
+
+async fn secop_ws(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<HttpState>,
+) -> HttpResponse {
+    if !state.origins.allows(&req) {
+        tracing::warn!(origin = ?req.headers().get(header::ORIGIN), "WebSocket from a refused origin");
+        return HttpResponse::Forbidden().body("origin not allowed\n");
+    }
+    match websocket::accept(&req, body, state.ws.max_message_bytes).await {
+        Ok((response, session, stream, guard)) => {
+            let peer = req.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            websocket::start_secop_session(
+                state.node.clone(),
+                session,
+                stream,
+                guard,
+                state.ws.clone(),
+                state.stats.clone(),
+                format!("ws:{peer}"),
+            );
+            response
+        }
+        Err(e) => e.error_response(),
+    }
+}
+
+async fn echo(req: HttpRequest, body: web::Payload, state: web::Data<HttpState>) -> HttpResponse {
+    if !state.echo_endpoint {
+        return not_found().await;
+    }
+    match websocket::accept(&req, body, state.ws.max_message_bytes).await {
+        Ok((response, session, stream, guard)) => {
+            websocket::start_echo(session, stream, guard, state.ws.clone());
+            response
+        }
+        Err(e) => e.error_response(),
+    }
+}
+
+async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().body("not found\n")
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+async fn status_page(state: &HttpState) -> HttpResponse {
+    let Ok(snapshot) = state.node.send(GetSnapshot).await else {
+        return HttpResponse::ServiceUnavailable().body("node not running\n");
+    };
+    let mut rows = String::new();
+    for (module, parameter, report, is_error) in &snapshot.values {
+        let shown = serde_json::from_str::<serde_json::Value>(report)
+            .ok()
+            .map(|r| {
+                if *is_error {
+                    format!(
+                        "{}: {}",
+                        r[0].as_str().unwrap_or(""),
+                        r[1].as_str().unwrap_or("")
+                    )
+                } else {
+                    r[0].to_string()
+                }
+            })
+            .unwrap_or_default();
+        rows.push_str(&format!(
+            "<tr><td>{m}</td><td>{p}</td><td id=\"v:{m}:{p}\"{class}>{v}</td></tr>\n",
+            m = escape(module),
+            p = escape(parameter),
+            class = if *is_error { " class=\"err\"" } else { "" },
+            v = escape(&shown)
+        ));
+    }
+    let d = &snapshot.description;
+    let page = include_str!("status_page.html")
+        .replace("{{TITLE}}", &escape(&d.equipment_id))
+        .replace("{{DESCRIPTION}}", &escape(&d.description))
+        .replace("{{ROWS}}", &rows);
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(page)
+}
+
+/// An HTTP/1.1 service that serves one accepted connection at a time (per call).
+pub type ConnectionService =
+    Rc<dyn Fn(TcpStream, SocketAddr) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>>;
+
+/// Build the HTTP service once; each call serves one connection to its end.
+pub async fn service(
+    state: HttpState,
+    client_timeout: Duration,
+) -> Result<ConnectionService, String> {
+    let state = web::Data::new(state);
+    let app = App::new()
+        .app_data(state)
+        .route("/", web::get().to(root))
+        .route("/ws", web::get().to(secop_ws))
+        .route("/echo", web::get().to(echo))
+        .default_service(web::to(not_found));
+    let factory = HttpService::<TcpStream, _, _>::build()
+        .client_request_timeout(client_timeout)
+        .h1(map_config(app, |_| AppConfig::default()));
+    let handler = Rc::new(
+        factory
+            .new_service(())
+            .await
+            .map_err(|_| "cannot build the HTTP service".to_owned())?,
+    );
+    Ok(Rc::new(move |stream: TcpStream, peer: SocketAddr| {
+        let handler = handler.clone();
+        Box::pin(async move {
+            if let Err(e) = handler.call((stream, Some(peer))).await {
+                tracing::debug!(%peer, "HTTP connection ended with an error: {e}");
+            }
+        })
+    }))
+}

@@ -1,0 +1,426 @@
+//! WebSocket sessions (RFC-107): the same SECoP session actor as TCP, framed as one
+//! SECoP message per TEXT frame.
+//!
+//! The reader here handles framing, fragments, control frames and the close
+//! handshake, and maps every failure to its close code (1002 protocol error, 1007
+//! invalid UTF-8, 1009 too big, 1003 binary data on the SECoP endpoint). The same
+//! reader serves the echo endpoint that the Autobahn suite tests, so the suite
+//! exercises exactly the code that SECoP clients use.
+
+use crate::ws_guard::{FrameGuard, Violation};
+use actix::prelude::*;
+use actix_http::error::PayloadError;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use actix_ws::{CloseCode, CloseReason, Item, Message, MessageStream, ProtocolError, Session};
+use bytes::{Bytes, BytesMut};
+use futures_util::{FutureExt, Stream};
+use secop_actors::line_codec::Inbound;
+use secop_actors::node::NodeActor;
+use secop_actors::outbox::{CloseReason as OutboxClose, Outbox, OutboxLimits, SlowClientStats};
+use secop_actors::session::SessionActor;
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// WebSocket settings from `[listen.websocket]`.
+#[derive(Debug, Clone)]
+pub struct WsSettings {
+    pub max_message_bytes: usize,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub limits: OutboxLimits,
+}
+
+/// A complete message from the client.
+#[derive(Debug)]
+pub enum WsMessage {
+    Text(String),
+    Binary(Bytes),
+}
+
+/// Why the reader stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadEnd {
+    /// The client closed (and we answered its close frame).
+    ClientClosed,
+    /// We closed with this code.
+    Closed(u16),
+    /// The connection went away without a close handshake.
+    Gone,
+}
+
+/// Client bytes pass through the [`FrameGuard`] before actix decodes them.
+struct GuardedPayload {
+    inner: actix_http::Payload,
+    guard: Rc<RefCell<FrameGuard>>,
+    stopped: bool,
+}
+
+impl Stream for GuardedPayload {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.stopped {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(bytes))) => {
+                let violation = self.guard.borrow_mut().inspect(&bytes);
+                if violation.is_some() {
+                    // Hand actix nothing more: what it decoded so far is still delivered,
+                    // then the reader sees the end and closes with the guard's code.
+                    self.stopped = true;
+                    return Poll::Ready(Some(Err(PayloadError::Overflow)));
+                }
+                Poll::Ready(Some(Ok(bytes)))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Accept the upgrade with the frame guard in front of actix's decoder.
+pub async fn accept(
+    req: &HttpRequest,
+    body: web::Payload,
+    max_message: usize,
+) -> Result<
+    (
+        HttpResponse,
+        Session,
+        MessageStream,
+        Rc<RefCell<FrameGuard>>,
+    ),
+    actix_web::Error,
+> {
+    let guard = Rc::new(RefCell::new(FrameGuard::new(max_message)));
+    let guarded = GuardedPayload {
+        inner: body.into_inner(),
+        guard: guard.clone(),
+        stopped: false,
+    };
+    let stream: actix_http::BoxedPayloadStream = Box::pin(guarded);
+    let mut payload = actix_http::Payload::Stream { payload: stream };
+    let body = web::Payload::from_request(req, &mut payload).await?;
+    // We implement no subprotocol, so we never select one (RFC 6455 4.2.2: a server
+    // that supports none of the offered subprotocols answers without the header).
+    let (response, session, stream) = actix_ws::handle_with_protocols(req, body, &[])?;
+    // The guard enforces the real limit from the frame headers; actix's own limits
+    // are set just above it so they never fire first.
+    let stream = stream.max_frame_size(max_message.saturating_add(1));
+    Ok((response, session, stream, guard))
+}
+
+/// Assembles fragments and validates text as it arrives (fail fast on bad UTF-8).
+struct Assembly {
+    text: bool,
+    data: BytesMut,
+    /// Bytes known to be complete, valid UTF-8.
+    valid: usize,
+}
+
+impl Assembly {
+    /// Append a fragment; `Err(1007)` as soon as the text cannot be valid UTF-8.
+    fn push(&mut self, bytes: &[u8], last: bool) -> Result<(), u16> {
+        self.data.extend_from_slice(bytes);
+        if self.text {
+            match std::str::from_utf8(&self.data[self.valid..]) {
+                Ok(_) => self.valid = self.data.len(),
+                Err(e) if e.error_len().is_none() && !last => {
+                    // An incomplete code point at the end may be finished by the next fragment.
+                    self.valid += e.valid_up_to();
+                }
+                Err(_) => return Err(1007),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn close_reason(code: u16, text: &str) -> CloseReason {
+    CloseReason {
+        code: CloseCode::from(code),
+        description: (!text.is_empty()).then(|| text.to_owned()),
+    }
+}
+
+/// Map a decoder error to a close code, preferring what the guard saw.
+fn close_code_for(error: &ProtocolError, guard: &FrameGuard) -> u16 {
+    if let Some(v) = guard.violation() {
+        return v.close_code();
+    }
+    match error {
+        ProtocolError::Overflow => Violation::TooBig.close_code(),
+        // Text that is not UTF-8 reaches us as InvalidData from actix.
+        ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => 1007,
+        _ => 1002,
+    }
+}
+
+/// Read client messages until the connection ends, answering pings and the close
+/// handshake, pinging the client and dropping it when it stops answering.
+/// `deliver` gets each complete message; returning `Err(code)` closes with that code.
+pub async fn read_messages<F>(
+    mut stream: MessageStream,
+    mut session: Session,
+    guard: Rc<RefCell<FrameGuard>>,
+    settings: &WsSettings,
+    mut deliver: F,
+) -> ReadEnd
+where
+    F: AsyncFnMut(WsMessage) -> Result<(), u16>,
+{
+    let mut assembly: Option<Assembly> = None;
+    let mut ticker = tokio::time::interval(settings.ping_interval);
+    ticker.tick().await;
+    let mut last_heard = Instant::now();
+    loop {
+        let item = tokio::select! {
+            item = stream.recv() => item,
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > settings.ping_timeout {
+                    tracing::debug!("WebSocket peer stopped answering pings; dropping it");
+                    let _ = session.close(Some(close_reason(1001, "ping timeout"))).await;
+                    return ReadEnd::Gone;
+                }
+                if session.ping(b"secop-gateway").await.is_err() {
+                    return ReadEnd::Gone;
+                }
+                continue;
+            }
+        };
+        let message = match item {
+            None => {
+                // The payload ended: either the peer went away, or the guard stopped it.
+                let code = guard.borrow().violation().map(Violation::close_code);
+                return match code {
+                    Some(code) => close(session, code, "").await,
+                    None => ReadEnd::Gone,
+                };
+            }
+            Some(Err(error)) => {
+                // Frames decoded before the error are still queued: handle them first.
+                let mut pending = Vec::new();
+                while let Some(Some(Ok(m))) = stream.recv().now_or_never() {
+                    pending.push(m);
+                }
+                for m in pending {
+                    match handle(m, &mut assembly, &mut session, settings, &mut deliver).await {
+                        Ok(()) => {}
+                        Err(end) => return end,
+                    }
+                }
+                let code = close_code_for(&error, &guard.borrow());
+                tracing::debug!("WebSocket protocol error: {error}; closing with {code}");
+                return close(session, code, "").await;
+            }
+            Some(Ok(message)) => message,
+        };
+        last_heard = Instant::now();
+        if let Err(end) = handle(message, &mut assembly, &mut session, settings, &mut deliver).await
+        {
+            return end;
+        }
+    }
+}
+
+async fn close(session: Session, code: u16, text: &str) -> ReadEnd {
+    let _ = session.close(Some(close_reason(code, text))).await;
+    ReadEnd::Closed(code)
+}
+
+/// Handle one decoded frame. `Err` ends the connection.
+async fn handle<F>(
+    message: Message,
+    assembly: &mut Option<Assembly>,
+    session: &mut Session,
+    settings: &WsSettings,
+    deliver: &mut F,
+) -> Result<(), ReadEnd>
+where
+    F: AsyncFnMut(WsMessage) -> Result<(), u16>,
+{
+    let complete = match message {
+        Message::Text(text) => {
+            if assembly.is_some() {
+                return Err(close(session.clone(), 1002, "").await);
+            }
+            WsMessage::Text(text.to_string())
+        }
+        Message::Binary(bytes) => {
+            if assembly.is_some() {
+                return Err(close(session.clone(), 1002, "").await);
+            }
+            WsMessage::Binary(bytes)
+        }
+        Message::Continuation(item) => {
+            let (bytes, first, last, text) = match item {
+                Item::FirstText(b) => (b, true, false, true),
+                Item::FirstBinary(b) => (b, true, false, false),
+                Item::Continue(b) => (b, false, false, false),
+                Item::Last(b) => (b, false, true, false),
+            };
+            if first {
+                if assembly.is_some() {
+                    return Err(close(session.clone(), 1002, "").await);
+                }
+                *assembly = Some(Assembly {
+                    text,
+                    data: BytesMut::new(),
+                    valid: 0,
+                });
+            }
+            let Some(a) = assembly.as_mut() else {
+                return Err(close(session.clone(), 1002, "").await);
+            };
+            if let Err(code) = a.push(&bytes, last) {
+                return Err(close(session.clone(), code, "").await);
+            }
+            if a.data.len() > settings.max_message_bytes {
+                return Err(close(session.clone(), 1009, "").await);
+            }
+            if !last {
+                return Ok(());
+            }
+            let Some(a) = assembly.take() else {
+                return Ok(());
+            };
+            if a.text {
+                match String::from_utf8(a.data.to_vec()) {
+                    Ok(s) => WsMessage::Text(s),
+                    Err(_) => return Err(close(session.clone(), 1007, "").await),
+                }
+            } else {
+                WsMessage::Binary(a.data.freeze())
+            }
+        }
+        Message::Ping(bytes) => {
+            return match session.pong(&bytes).await {
+                Ok(()) => Ok(()),
+                Err(_) => Err(ReadEnd::Gone),
+            };
+        }
+        Message::Pong(_) | Message::Nop => return Ok(()),
+        Message::Close(reason) => {
+            // Echo the client's code (RFC 6455 5.5.1); no code → a close without one.
+            let reply = reason.map(|r| CloseReason {
+                code: r.code,
+                description: None,
+            });
+            let _ = session.clone().close(reply).await;
+            return Err(ReadEnd::ClientClosed);
+        }
+    };
+    match deliver(complete).await {
+        Ok(()) => Ok(()),
+        Err(code) => Err(close(session.clone(), code, "").await),
+    }
+}
+
+/// Run a SECoP session over an accepted WebSocket.
+pub fn start_secop_session(
+    node: Addr<NodeActor>,
+    session: Session,
+    stream: MessageStream,
+    guard: Rc<RefCell<FrameGuard>>,
+    settings: WsSettings,
+    stats: Arc<SlowClientStats>,
+    peer: String,
+) {
+    let outbox = Outbox::new(settings.limits, stats);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Inbound, std::io::Error>>(16);
+    let inbound = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let actor_outbox = outbox.clone();
+    SessionActor::create(move |ctx| {
+        ctx.add_stream(inbound);
+        SessionActor::new(node, actor_outbox, peer)
+    });
+    // Writer: each queued line becomes one TEXT frame, without its LF.
+    let writer_outbox = outbox.clone();
+    let mut writer_session = session.clone();
+    actix::spawn(async move {
+        loop {
+            match writer_outbox.next_batch(64 * 1024).await {
+                Ok(batch) => {
+                    for line in batch {
+                        let text =
+                            String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line))
+                                .into_owned();
+                        if writer_session.text(text).await.is_err() {
+                            writer_outbox.close(OutboxClose::Finished);
+                            return;
+                        }
+                    }
+                }
+                Err(reason) => {
+                    // Kicked = node shutdown or description change: "going away".
+                    let code = match reason {
+                        OutboxClose::Kicked => Some(close_reason(1001, "node going away")),
+                        OutboxClose::Overflow => Some(close_reason(1008, "client too slow")),
+                        OutboxClose::Finished => None,
+                    };
+                    if let Some(code) = code {
+                        let _ = writer_session.close(Some(code)).await;
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    // Reader: TEXT frames become SECoP lines for the session actor.
+    actix::spawn(async move {
+        let end = read_messages(
+            stream,
+            session,
+            guard,
+            &settings,
+            async |message| match message {
+                WsMessage::Text(text) => {
+                    // One message per frame; a trailing LF (or CRLF) is allowed. Several
+                    // lines in one frame are taken one by one.
+                    let text = text.strip_suffix('\n').unwrap_or(&text);
+                    for line in text.split('\n') {
+                        let line = Bytes::copy_from_slice(
+                            line.strip_suffix('\r').unwrap_or(line).as_bytes(),
+                        );
+                        if tx.send(Ok(Inbound::Line(line))).await.is_err() {
+                            return Err(1001);
+                        }
+                    }
+                    Ok(())
+                }
+                // SECoP travels in TEXT frames (RFC-107); binary data is refused.
+                WsMessage::Binary(_) => Err(1003),
+            },
+        )
+        .await;
+        tracing::debug!(?end, "WebSocket session ended");
+        outbox.close(OutboxClose::Finished);
+    });
+}
+
+/// The Autobahn echo endpoint: same reader, messages sent straight back.
+pub fn start_echo(
+    session: Session,
+    stream: MessageStream,
+    guard: Rc<RefCell<FrameGuard>>,
+    settings: WsSettings,
+) {
+    actix::spawn(async move {
+        let sender = session.clone();
+        let _ = read_messages(stream, session, guard, &settings, async |message| {
+            let mut s = sender.clone();
+            let sent = match message {
+                WsMessage::Text(t) => s.text(t).await,
+                WsMessage::Binary(b) => s.binary(b).await,
+            };
+            sent.map_err(|_| 1001)
+        })
+        .await;
+    });
+}
