@@ -56,6 +56,8 @@ pub enum ReadEnd {
 struct GuardedPayload {
     inner: actix_http::Payload,
     guard: Rc<RefCell<FrameGuard>>,
+    /// Set once a violation was seen: the error is returned after the good bytes.
+    failing: bool,
     stopped: bool,
 }
 
@@ -66,16 +68,27 @@ impl Stream for GuardedPayload {
         if self.stopped {
             return Poll::Ready(None);
         }
+        if self.failing {
+            // Hand actix nothing more: what it decoded so far is still delivered, then
+            // the reader sees the error and closes with the guard's code.
+            self.stopped = true;
+            return Poll::Ready(Some(Err(PayloadError::Overflow)));
+        }
         match Pin::new(&mut self.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(bytes))) => {
-                let violation = self.guard.borrow_mut().inspect(&bytes);
-                if violation.is_some() {
-                    // Hand actix nothing more: what it decoded so far is still delivered,
-                    // then the reader sees the end and closes with the guard's code.
-                    self.stopped = true;
-                    return Poll::Ready(Some(Err(PayloadError::Overflow)));
+                let violation = self.guard.borrow_mut().inspect_at(&bytes);
+                match violation {
+                    None => Poll::Ready(Some(Ok(bytes))),
+                    Some((_, 0)) => {
+                        self.stopped = true;
+                        Poll::Ready(Some(Err(PayloadError::Overflow)))
+                    }
+                    Some((_, good)) => {
+                        // The frames before the offending one are valid: pass them on.
+                        self.failing = true;
+                        Poll::Ready(Some(Ok(bytes.slice(..good))))
+                    }
                 }
-                Poll::Ready(Some(Ok(bytes)))
             }
             other => other,
         }
@@ -100,6 +113,7 @@ pub async fn accept(
     let guarded = GuardedPayload {
         inner: body.into_inner(),
         guard: guard.clone(),
+        failing: false,
         stopped: false,
     };
     let stream: actix_http::BoxedPayloadStream = Box::pin(guarded);

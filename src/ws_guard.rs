@@ -73,10 +73,27 @@ impl FrameGuard {
     }
 
     /// Look at the next bytes from the client; returns the first violation seen.
-    pub fn inspect(&mut self, mut bytes: &[u8]) -> Option<Violation> {
+    #[cfg(test)]
+    pub fn inspect(&mut self, bytes: &[u8]) -> Option<Violation> {
+        self.inspect_at(bytes).map(|(v, _)| v)
+    }
+
+    /// Like [`inspect`](Self::inspect), also returning where in `bytes` the offending
+    /// frame starts (0 if it started in an earlier chunk), so that the valid frames
+    /// before it can still be delivered.
+    pub fn inspect_at(&mut self, bytes: &[u8]) -> Option<(Violation, usize)> {
+        if let Some(v) = self.violation {
+            return Some((v, 0));
+        }
+        let total = bytes.len();
+        let mut bytes = bytes;
+        let mut frame_start = 0;
         while self.violation.is_none() && !bytes.is_empty() {
             match self.state {
                 State::Header => {
+                    if self.header.is_empty() {
+                        frame_start = total - bytes.len();
+                    }
                     let need = header_len(&self.header);
                     let take = (need - self.header.len()).min(bytes.len());
                     self.header.extend_from_slice(&bytes[..take]);
@@ -99,7 +116,7 @@ impl FrameGuard {
                 }
             }
         }
-        self.violation
+        self.violation.map(|v| (v, frame_start))
     }
 
     fn start_frame(&mut self) {
@@ -239,6 +256,15 @@ mod tests {
         let mut g = FrameGuard::new(1000);
         assert_eq!(g.inspect(&frame(0x01, &[0; 600])), None);
         assert_eq!(g.inspect(&frame(0x00, &[0; 600])), Some(Violation::TooBig));
+    }
+
+    #[test]
+    fn valid_frames_before_a_violation_are_located() {
+        let mut g = FrameGuard::new(1000);
+        let mut bytes = frame(0x81, b"hello");
+        let good = bytes.len();
+        bytes.extend(frame(0xC1, b"x"));
+        assert_eq!(g.inspect_at(&bytes), Some((Violation::Protocol, good)));
     }
 
     #[test]
