@@ -376,6 +376,7 @@ pub fn start_secop_session(
                     let code = match reason {
                         OutboxClose::Kicked => Some(close_reason(1001, "node going away")),
                         OutboxClose::Overflow => Some(close_reason(1008, "client too slow")),
+                        OutboxClose::Internal => Some(close_reason(1011, "internal error")),
                         OutboxClose::Finished => None,
                     };
                     if let Some(code) = code {

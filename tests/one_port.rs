@@ -18,7 +18,11 @@ fn read_all(stream: &mut TcpStream, timeout: Duration) -> String {
     let mut buf = [0u8; 8192];
     while Instant::now() < deadline {
         stream
-            .set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))
+            .set_read_timeout(Some(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            ))
             .ok();
         match stream.read(&mut buf) {
             Ok(0) => break,
@@ -34,12 +38,22 @@ fn http_request_trickling_in_is_still_http() {
     let gw = Gateway::start(FAST_CONFIG);
     let mut s = TcpStream::connect(gw.addr).expect("connect");
     s.set_nodelay(true).ok();
-    for piece in [&b"G"[..], b"E", b"T", b" /", b" HTTP/1.1\r\nHost: x\r\n", b"Connection: close\r\n\r\n"] {
+    for piece in [
+        &b"G"[..],
+        b"E",
+        b"T",
+        b" /",
+        b" HTTP/1.1\r\nHost: x\r\n",
+        b"Connection: close\r\n\r\n",
+    ] {
         s.write_all(piece).expect("send");
         std::thread::sleep(Duration::from_millis(150));
     }
     let response = read_all(&mut s, WAIT);
-    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response:.200}");
+    assert!(
+        response.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{response:.200}"
+    );
     assert!(response.contains("test_node"), "status page names the node");
 }
 
@@ -86,7 +100,8 @@ fn half_open_handshakes_do_not_hold_up_anyone_and_time_out() {
     assert!(c.ask("*IDN?").starts_with("ISSE"));
     assert!(c.ask("read T:value").starts_with("reply T:value"));
     let mut h = TcpStream::connect(gw.addr).expect("connect");
-    h.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    h.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send");
     assert!(read_all(&mut h, WAIT).starts_with("HTTP/1.1 200"));
     // The half-open ones are dropped after the handshake timeout.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -110,24 +125,45 @@ fn silent_clients_wait_unless_an_idle_timeout_is_set() {
 
     let gw = Gateway::start(&config("idle_timeout = 0.5"));
     let mut quiet = gw.client();
-    assert!(quiet.closed_within(Duration::from_secs(5)), "idle client dropped");
+    assert!(
+        quiet.closed_within(Duration::from_secs(5)),
+        "idle client dropped"
+    );
     let mut talker = gw.client();
-    assert!(talker.ask("*IDN?").starts_with("ISSE"), "a client that speaks is served");
+    assert!(
+        talker.ask("*IDN?").starts_with("ISSE"),
+        "a client that speaks is served"
+    );
 }
 
 #[test]
 fn unknown_paths_and_plain_get() {
     let gw = Gateway::start(FAST_CONFIG);
     for (request, status) in [
-        ("GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 404"),
-        ("GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 404"),
-        ("GET / HTTP/1.1\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"),
-        ("GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"),
+        (
+            "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 404",
+        ),
+        (
+            "GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 404",
+        ),
+        (
+            "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
         ("GET / HTTP/9.9\r\nHost: x\r\n\r\n", "HTTP/1.1 400"),
     ] {
         let mut s = TcpStream::connect(gw.addr).expect("connect");
         s.write_all(request.as_bytes()).expect("send");
         let response = read_all(&mut s, WAIT);
-        assert!(response.starts_with(status), "{request:?} -> {response:.120}");
+        assert!(
+            response.starts_with(status),
+            "{request:?} -> {response:.120}"
+        );
     }
 }

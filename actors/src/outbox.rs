@@ -61,6 +61,8 @@ pub enum CloseReason {
     Overflow,
     /// The node dropped the session (description changed, shutdown).
     Kicked,
+    /// The node could not be reached: an internal failure.
+    Internal,
 }
 
 struct Item {

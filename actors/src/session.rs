@@ -151,7 +151,10 @@ impl StreamHandler<Result<Inbound, std::io::Error>> for SessionActor {
                         outbox.writable().await;
                         match node.send(SessionRequest { session, request }).await {
                             Ok(reply) => outbox.push_reply(reply),
-                            Err(_) => outbox.close(CloseReason::Kicked),
+                            Err(_) => {
+                                tracing::error!(session, "the node actor is gone");
+                                outbox.close(CloseReason::Internal)
+                            }
                         }
                     }
                     .into_actor(self),
