@@ -42,6 +42,8 @@ pub struct GatewayConfig {
     pub listen: ListenConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     #[serde(default, rename = "module")]
     pub modules: Vec<ModuleEntry>,
 }
@@ -141,6 +143,14 @@ impl Default for ListenConfig {
     }
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A dedicated listener for /metrics, /healthz and /readyz (they are always also
+    /// served on the node's own port). Unset: no dedicated listener.
+    pub address: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -168,6 +178,9 @@ pub struct ModuleEntry {
     /// Driver settings.
     #[serde(default)]
     pub settings: Value,
+    /// `/readyz` reports "not ready" while this module's device link is down.
+    #[serde(default)]
+    pub required: bool,
 }
 
 impl ModuleEntry {
@@ -246,6 +259,13 @@ impl Loaded {
                 "listen.address: {:?} is not an address like 127.0.0.1:10767",
                 c.listen.address
             ));
+        }
+        if let Some(a) = &c.metrics.address {
+            if a.parse::<SocketAddr>().is_err() {
+                problems.push(format!(
+                    "metrics.address: {a:?} is not an address like 127.0.0.1:9105"
+                ));
+            }
         }
         if c.listen.max_line_bytes < 64 {
             problems.push("listen.max_line_bytes: must be at least 64".into());

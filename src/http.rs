@@ -60,6 +60,75 @@ pub struct HttpState {
     pub origins: OriginPolicy,
     pub echo_endpoint: bool,
     pub stats: Arc<SlowClientStats>,
+    pub health: Health,
+}
+
+/// What `/readyz` checks: the devices whose modules are marked `required`.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    pub required_devices: Vec<String>,
+}
+
+impl Health {
+    /// The required devices whose link is down.
+    fn down(&self) -> Vec<&str> {
+        let up = &secop_actors::metrics::metrics().device_up;
+        self.required_devices
+            .iter()
+            .filter(|d| up.with_label_values(&[d.as_str()]).get() != 1)
+            .map(String::as_str)
+            .collect()
+    }
+}
+
+async fn metrics_page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(secop_actors::metrics::render())
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(health: web::Data<Health>) -> HttpResponse {
+    // Answering at all means the listener is bound and the event loop runs.
+    let down = health.down();
+    if down.is_empty() {
+        HttpResponse::Ok().json(
+            serde_json::json!({"status": "ready", "required_devices": health.required_devices}),
+        )
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "not ready", "down": down}))
+    }
+}
+
+/// The operational routes, shared by the node's port and the dedicated metrics port.
+pub fn operations(cfg: &mut web::ServiceConfig, health: Health) {
+    cfg.app_data(web::Data::new(health))
+        .route("/metrics", web::get().to(metrics_page))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz));
+}
+
+/// A separate listener for `/metrics`, `/healthz` and `/readyz` (many sites scrape a
+/// dedicated port).
+pub fn metrics_server(
+    address: SocketAddr,
+    health: Health,
+) -> std::io::Result<actix_web::dev::Server> {
+    let server = actix_web::HttpServer::new(move || {
+        let health = health.clone();
+        App::new()
+            .configure(|cfg| operations(cfg, health))
+            .default_service(web::to(not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(address)?
+    .run();
+    Ok(server)
 }
 
 fn is_upgrade(req: &HttpRequest) -> bool {
@@ -183,9 +252,11 @@ pub async fn service(
     state: HttpState,
     client_timeout: Duration,
 ) -> Result<ConnectionService, String> {
+    let health = state.health.clone();
     let state = web::Data::new(state);
     let app = App::new()
         .app_data(state)
+        .configure(|cfg| operations(cfg, health))
         .route("/", web::get().to(root))
         .route("/ws", web::get().to(secop_ws))
         .route("/echo", web::get().to(echo))

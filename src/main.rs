@@ -98,6 +98,10 @@ async fn run(
     loaded: config::Loaded,
 ) -> Result<(), String> {
     use actix::Actor;
+    secop_actors::metrics::metrics()
+        .build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("SECOP_GATEWAY_GIT_HASH")])
+        .set(1);
     let mut devices = Vec::new();
     for (i, m) in loaded.config.modules.iter().enumerate() {
         let handle = secop_drivers::start(&m.driver, &m.driver_config())
@@ -159,7 +163,27 @@ async fn run(
         handshake_timeout,
         idle_timeout: (l.idle_timeout > 0.0).then(|| Duration::from_secs_f64(l.idle_timeout)),
     };
-    let stats = Arc::new(SlowClientStats::default());
+    let stats = Arc::new(SlowClientStats::exported());
+    let health = http::Health {
+        required_devices: loaded
+            .config
+            .modules
+            .iter()
+            .filter(|m| m.required)
+            .map(|m| m.name.clone())
+            .collect(),
+    };
+    if let Some(address) = &loaded.config.metrics.address {
+        let address: std::net::SocketAddr = address
+            .parse()
+            .map_err(|e| format!("metrics.address: {e}"))?;
+        let server = http::metrics_server(address, health.clone())
+            .map_err(|e| format!("cannot listen on {address} for metrics: {e}"))?;
+        tracing::info!(%address, "metrics listening");
+        actix::spawn(async move {
+            let _ = server.await;
+        });
+    }
     let ws = &l.websocket;
     let http_state = http::HttpState {
         node: node.clone(),
@@ -174,6 +198,7 @@ async fn run(
         },
         echo_endpoint: ws.echo_endpoint,
         stats: stats.clone(),
+        health,
     };
     if ws.echo_endpoint {
         tracing::warn!(
@@ -181,11 +206,28 @@ async fn run(
         );
     }
     let http = http::service(http_state, handshake_timeout).await?;
+    notify_systemd();
     tokio::select! {
         _ = server::serve(listener, node.clone(), settings, stats, http) => {}
         _ = server::shutdown_signal(node.clone()) => {}
     }
     Ok(())
+}
+
+/// Tell systemd (Type=notify) that we are ready, and keep its watchdog fed from the
+/// event loop, so a hung loop gets the service restarted. Outside systemd this does
+/// nothing.
+fn notify_systemd() {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        actix::spawn(async move {
+            let mut tick = tokio::time::interval(period / 2);
+            loop {
+                tick.tick().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
 }
 
 /// Bind with a large backlog, so that a burst of connects is not refused.

@@ -5,6 +5,7 @@
 
 use actix::prelude::*;
 use secop_actors::line_codec::LineCodec;
+use secop_actors::metrics::ConnectionMetric;
 use secop_actors::node::{CloseSessions, NodeActor};
 use secop_actors::outbox::{Outbox, OutboxLimits, SlowClientStats};
 use secop_actors::session::SessionActor;
@@ -105,8 +106,10 @@ fn start_session(
     let outbox = Outbox::new(settings.limits, stats.clone());
     let timeout = settings.write_timeout;
     let writer_outbox = outbox.clone();
+    let connection = ConnectionMetric::open("tcp");
     actix::spawn(async move {
         write_stream(write, writer_outbox, timeout).await;
+        drop(connection);
         drop(guard);
     });
     let frames = FramedRead::new(read, LineCodec::new(settings.max_line_bytes));

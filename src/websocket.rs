@@ -362,6 +362,7 @@ pub fn start_secop_session(
             match writer_outbox.next_batch(64 * 1024).await {
                 Ok(batch) => {
                     for line in batch {
+                        secop_actors::metrics::count_sent(&line);
                         let text =
                             String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line))
                                 .into_owned();
@@ -388,6 +389,7 @@ pub fn start_secop_session(
         }
     });
     // Reader: TEXT frames become SECoP lines for the session actor.
+    let connection = secop_actors::metrics::ConnectionMetric::open("ws");
     actix::spawn(async move {
         let end = read_messages(
             stream,
@@ -416,6 +418,7 @@ pub fn start_secop_session(
         .await;
         tracing::debug!(?end, "WebSocket session ended");
         outbox.close(OutboxClose::Finished);
+        drop(connection);
     });
 }
 

@@ -9,13 +9,14 @@ use crate::device::{
     now, DeviceAction, DeviceReply, DeviceRequest, DeviceUpdates, ParamUpdate, Subscribe,
     SubscriberId,
 };
+use crate::metrics::metrics;
 use actix::prelude::*;
 use secop_proto::{ModuleDescription, SecopError};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 /// A value produced by a backend: (module, parameter, value or error).
@@ -134,15 +135,47 @@ impl<B: Backend> DeviceActor<B> {
             let backend = act.backend.clone();
             let cycle = async move {
                 let mut b = backend.lock().await;
+                let started = Instant::now();
                 let values = b.poll().await;
-                (values, b.poll_interval())
+                (values, b.poll_interval(), started.elapsed())
             };
-            ctx.spawn(cycle.into_actor(act).map(|(values, interval), act, ctx| {
+            ctx.spawn(cycle.into_actor(act).map(|(values, interval, took), act, ctx| {
+                let m = metrics();
+                let device = [act.name.as_ref()];
+                m.poll_cycle_duration
+                    .with_label_values(&device)
+                    .observe(took.as_secs_f64());
+                if took > interval {
+                    m.poll_overruns.with_label_values(&device).inc();
+                    tracing::warn!(device = %act.name, ?took, ?interval, "poll cycle overran its interval");
+                }
                 let updates = act.record(values, false);
                 act.broadcast(&updates, None);
                 act.schedule_poll(ctx, interval);
             }));
         });
+    }
+
+    /// Account for one transaction in the metrics.
+    fn count_transaction(&self, took: Duration, result: &Result<Value, SecopError>) {
+        let m = metrics();
+        let device = self.name.as_ref();
+        let outcome = match result {
+            Ok(_) => {
+                m.device_last_success
+                    .with_label_values(&[device])
+                    .set(now());
+                "ok"
+            }
+            Err(e) if e.class == secop_proto::ErrorClass::TimeoutError => "timeout",
+            Err(_) => "error",
+        };
+        m.device_transactions
+            .with_label_values(&[device, outcome])
+            .inc();
+        m.device_transaction_duration
+            .with_label_values(&[device])
+            .observe(took.as_secs_f64());
     }
 }
 
@@ -156,6 +189,13 @@ impl<B: Backend> Actor for DeviceActor<B> {
             .map(|b| b.poll_interval())
             .unwrap_or(Duration::from_secs(1));
         tracing::debug!(device = %self.name, ?interval, "device actor started");
+        // A simulated or freshly opened link counts as up; drivers with real links
+        // set this gauge as their connection comes and goes.
+        let m = metrics();
+        m.device_up.with_label_values(&[self.name.as_ref()]).set(1);
+        m.device_reconnects
+            .with_label_values(&[self.name.as_ref()])
+            .inc_by(0);
         self.schedule_poll(ctx, interval);
     }
 }
@@ -186,6 +226,7 @@ impl<B: Backend> Handler<DeviceRequest> for DeviceActor<B> {
         let origin = msg.origin;
         let transaction = async move {
             let mut b = backend.lock().await;
+            let started = Instant::now();
             let mut effects = Effects::default();
             let (accessible, kind, result) = match action {
                 DeviceAction::Read { parameter } => {
@@ -201,10 +242,11 @@ impl<B: Backend> Handler<DeviceRequest> for DeviceActor<B> {
                     (command, Kind::Do, r)
                 }
             };
-            (module, accessible, kind, result, effects)
+            (module, accessible, kind, result, effects, started.elapsed())
         };
         Box::pin(transaction.into_actor(self).map(
-            move |(module, accessible, kind, result, effects), act, _| {
+            move |(module, accessible, kind, result, effects, took), act, _| {
+                act.count_transaction(took, &result);
                 let t = now();
                 let mut produced = effects.0;
                 // The read-back of a parameter is a value like any other: others see it.

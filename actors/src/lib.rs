@@ -5,6 +5,7 @@
 pub mod device;
 pub mod device_actor;
 pub mod line_codec;
+pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod session;

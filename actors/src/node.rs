@@ -10,6 +10,7 @@ use crate::device::{
     DeviceAction, DeviceHandle, DeviceReply, DeviceRequest, DeviceUpdates, ParamUpdate, Subscribe,
     SubscriberId,
 };
+use crate::metrics::{metrics, received_action};
 use crate::outbox::{CloseReason, Outbox, UpdateKey};
 use actix::prelude::*;
 use bytes::Bytes;
@@ -22,7 +23,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Identifies a client session, unique within the process.
 pub type SessionId = u64;
@@ -258,7 +259,25 @@ impl NodeActor {
         state.value = update.value.clone();
         let report = state.report.clone();
         self.refresh_update_line(m, p);
+        if update.parameter.as_ref() == "status" {
+            if let Some(code) = update
+                .value
+                .as_ref()
+                .ok()
+                .and_then(|v| v.get(0))
+                .and_then(Value::as_i64)
+            {
+                metrics()
+                    .module_status
+                    .with_label_values(&[self.description.equipment_id.as_str(), &update.module])
+                    .set(code);
+            }
+        }
         if changed || force {
+            metrics()
+                .updates_emitted
+                .with_label_values(&[self.description.equipment_id.as_str()])
+                .inc();
             self.fan_out(m, p);
             let text = match &update.value {
                 Ok(v) => format!("{} = {}", update.parameter, secop_proto::json::to_json(v)),
@@ -737,13 +756,31 @@ impl Handler<SessionRequest> for NodeActor {
 
     fn handle(&mut self, msg: SessionRequest, _: &mut Self::Context) -> Self::Result {
         let req = msg.request;
+        let started = Instant::now();
+        let labels = [
+            self.description.equipment_id.clone(),
+            received_action(&req.action).to_owned(),
+        ];
+        metrics().requests.with_label_values(&labels).inc();
+        let observe = move || {
+            metrics()
+                .request_duration
+                .with_label_values(&labels)
+                .observe(started.elapsed().as_secs_f64())
+        };
         match self.prepare(msg.session, &req) {
-            Ok(Next::Reply(bytes)) => Box::pin(actix::fut::ready(bytes)),
-            Err(e) => Box::pin(actix::fut::ready(Bytes::from(message::error_reply(
-                &req.action,
-                &req.specifier,
-                &e,
-            )))),
+            Ok(Next::Reply(bytes)) => {
+                observe();
+                Box::pin(actix::fut::ready(bytes))
+            }
+            Err(e) => {
+                observe();
+                Box::pin(actix::fut::ready(Bytes::from(message::error_reply(
+                    &req.action,
+                    &req.specifier,
+                    &e,
+                ))))
+            }
             Ok(Next::Device {
                 module,
                 action,
@@ -772,7 +809,9 @@ impl Handler<SessionRequest> for NodeActor {
                             updates: Vec::new(),
                         },
                     };
-                    act.finish(&req, module, force, reply)
+                    let line = act.finish(&req, module, force, reply);
+                    observe();
+                    line
                 }))
             }
         }

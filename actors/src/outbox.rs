@@ -18,8 +18,8 @@
 //! Every coalesced update, dropped event and forced close is counted.
 
 use bytes::Bytes;
+use prometheus::IntCounter;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
@@ -44,12 +44,39 @@ impl Default for OutboxLimits {
     }
 }
 
-/// Counters shared by all sessions, for logs now and metrics later.
-#[derive(Debug, Default)]
+/// Counters shared by all sessions.
+#[derive(Debug, Clone)]
 pub struct SlowClientStats {
-    pub updates_coalesced: AtomicU64,
-    pub events_dropped: AtomicU64,
-    pub sessions_closed_slow: AtomicU64,
+    pub updates_coalesced: IntCounter,
+    pub events_dropped: IntCounter,
+    pub sessions_closed_slow: IntCounter,
+}
+
+impl SlowClientStats {
+    /// The process's counters, exported as Prometheus metrics.
+    pub fn exported() -> Self {
+        let m = crate::metrics::metrics();
+        SlowClientStats {
+            updates_coalesced: m.updates_coalesced.clone(),
+            events_dropped: m.events_dropped.clone(),
+            sessions_closed_slow: m.slow_clients_disconnected.clone(),
+        }
+    }
+}
+
+impl Default for SlowClientStats {
+    /// Private counters, for tests.
+    fn default() -> Self {
+        let counter = |name: &str| {
+            IntCounter::new(name, name)
+                .unwrap_or_else(|_| crate::metrics::metrics().events_dropped.clone())
+        };
+        SlowClientStats {
+            updates_coalesced: counter("updates_coalesced"),
+            events_dropped: counter("events_dropped"),
+            sessions_closed_slow: counter("sessions_closed_slow"),
+        }
+    }
 }
 
 /// Why an outbox was closed.
@@ -126,7 +153,7 @@ impl Outbox {
             return;
         }
         if st.bytes > self.limits.coalesce_bytes {
-            self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats.events_dropped.inc();
             return;
         }
         drop(st);
@@ -145,7 +172,7 @@ impl Outbox {
                     let old_len = st.queue[idx].data.len();
                     st.bytes = st.bytes - old_len + data.len();
                     st.queue[idx].data = data;
-                    self.stats.updates_coalesced.fetch_add(1, Ordering::Relaxed);
+                    self.stats.updates_coalesced.inc();
                     return;
                 }
             }
@@ -156,9 +183,11 @@ impl Outbox {
         st.queue.push_back(Item { key, data });
         if st.bytes > self.limits.max_bytes {
             st.closed = Some(CloseReason::Overflow);
-            self.stats
-                .sessions_closed_slow
-                .fetch_add(1, Ordering::Relaxed);
+            self.stats.sessions_closed_slow.inc();
+            tracing::warn!(
+                queued = st.bytes,
+                "client queue over its limit; closing the session"
+            );
             drop(st);
             self.drained.notify_waiters();
         }
@@ -178,9 +207,7 @@ impl Outbox {
 
     /// Close because the client did not take data for too long; counted.
     pub fn close_slow(&self) {
-        self.stats
-            .sessions_closed_slow
-            .fetch_add(1, Ordering::Relaxed);
+        self.stats.sessions_closed_slow.inc();
         self.close(CloseReason::Overflow);
     }
 
@@ -232,7 +259,13 @@ impl Outbox {
     pub async fn next_batch(&self, max: usize) -> Result<Vec<Bytes>, CloseReason> {
         loop {
             let notified = self.data_ready.notified();
+            let queued = self.queued_bytes();
             let batch = self.take(max)?;
+            if !batch.is_empty() {
+                crate::metrics::metrics()
+                    .outbox_queued_bytes
+                    .observe(queued as f64);
+            }
             if !batch.is_empty() {
                 return Ok(batch);
             }
@@ -311,8 +344,8 @@ mod tests {
         o.push_update((0, 0), Bytes::from_static(b"a3"));
         o.push_event(Bytes::from_static(b"log"));
         assert_eq!(strings(o.take(usize::MAX).unwrap()), ["a3", "b2", "r"]);
-        assert_eq!(stats.updates_coalesced.load(Ordering::Relaxed), 3);
-        assert_eq!(stats.events_dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.updates_coalesced.get(), 3);
+        assert_eq!(stats.events_dropped.get(), 1);
         // after draining, a key is queued afresh
         o.push_update((0, 0), Bytes::from_static(b"a4"));
         assert_eq!(strings(o.take(usize::MAX).unwrap()), ["a4"]);
@@ -324,7 +357,7 @@ mod tests {
         o.push_reply(Bytes::from_static(b"123456"));
         o.push_reply(Bytes::from_static(b"123456"));
         assert_eq!(o.take(usize::MAX), Err(CloseReason::Overflow));
-        assert_eq!(stats.sessions_closed_slow.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.sessions_closed_slow.get(), 1);
         o.push_reply(Bytes::from_static(b"ignored"));
         assert_eq!(o.queued_bytes(), 12);
     }

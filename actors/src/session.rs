@@ -44,9 +44,11 @@ enum Work {
 
 /// Interpret one framed item: the part of a session that knows SECoP but no transport.
 fn interpret(item: Inbound, max_line: Option<usize>) -> Work {
+    let received = &crate::metrics::metrics().messages_received;
     let bytes = match item {
         Inbound::Line(bytes) => bytes,
         Inbound::TooLong { prefix, length } => {
+            received.with_label_values(&["invalid"]).inc();
             let text = String::from_utf8_lossy(&prefix);
             let raw = message::split(&text);
             let limit = max_line.map_or(String::new(), |m| format!(" (limit {m})"));
@@ -62,6 +64,7 @@ fn interpret(item: Inbound, max_line: Option<usize>) -> Work {
     let text = match std::str::from_utf8(&bytes) {
         Ok(text) => text,
         Err(e) => {
+            received.with_label_values(&["invalid"]).inc();
             let lossy = String::from_utf8_lossy(&bytes);
             let raw = message::split(&lossy);
             // Action and specifier are ASCII by definition; bad bytes after them are a
@@ -79,7 +82,14 @@ fn interpret(item: Inbound, max_line: Option<usize>) -> Work {
             )));
         }
     };
-    match parse_request(text) {
+    let parsed = parse_request(text);
+    if parsed.is_some() {
+        let action = message::split(text).action;
+        received
+            .with_label_values(&[crate::metrics::received_action(action)])
+            .inc();
+    }
+    match parsed {
         None => Work::None,
         Some(Err(rejected)) => Work::Local(Bytes::from(rejected.to_line())),
         Some(Ok(parsed)) => match &parsed.request {

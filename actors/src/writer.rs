@@ -22,6 +22,7 @@ pub async fn write_stream<W: AsyncWrite + Unpin>(
     while let Ok(batch) = outbox.next_batch(BATCH).await {
         buf.clear();
         for chunk in &batch {
+            crate::metrics::count_sent(chunk);
             buf.extend_from_slice(chunk);
         }
         let write = tokio::time::timeout(write_timeout, socket.write_all(&buf));

@@ -1,0 +1,232 @@
+//! Prometheus metrics of the gateway, in one registry.
+//!
+//! Names follow `secop_gateway_<name>_<unit>`; label values are bounded (actions and
+//! error classes map to fixed sets; nodes, modules and devices come from config).
+//! Never a client address or a parameter value as a label.
+
+use prometheus::{
+    exponential_buckets, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec,
+    IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::LazyLock;
+
+const NS: &str = "secop_gateway";
+
+/// Every metric of the process.
+pub struct Metrics {
+    pub registry: Registry,
+    pub build_info: IntGaugeVec,
+    pub start_time_seconds: Gauge,
+    pub connections_open: IntGaugeVec,
+    pub connections_total: IntCounterVec,
+    pub messages_received: IntCounterVec,
+    pub messages_sent: IntCounterVec,
+    pub error_replies: IntCounterVec,
+    pub updates_coalesced: IntCounter,
+    pub events_dropped: IntCounter,
+    pub slow_clients_disconnected: IntCounter,
+    pub outbox_queued_bytes: Histogram,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub updates_emitted: IntCounterVec,
+    pub module_status: IntGaugeVec,
+    pub device_transactions: IntCounterVec,
+    pub device_transaction_duration: HistogramVec,
+    pub device_reconnects: IntCounterVec,
+    pub device_up: IntGaugeVec,
+    pub device_last_success: GaugeVec,
+    pub poll_cycle_duration: HistogramVec,
+    pub poll_overruns: IntCounterVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NS)
+}
+
+fn hopts(name: &str, help: &str, buckets: Vec<f64>) -> HistogramOpts {
+    HistogramOpts::new(name, help)
+        .namespace(NS)
+        .buckets(buckets)
+}
+
+/// Register a collector; definitions are static, so a failure is a bug in this file.
+fn reg<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    if let Err(e) = registry.register(Box::new(c.clone())) {
+        tracing::error!("metric registration failed: {e}");
+    }
+    c
+}
+
+/// Unwrap a static metric definition; they are fixed in this file and exercised by
+/// the unit test, so a failure is a programming error caught before release.
+fn make<T>(definition: Result<T, prometheus::Error>) -> T {
+    match definition {
+        Ok(t) => t,
+        Err(e) => panic!("invalid static metric definition: {e}"),
+    }
+}
+
+/// Latency buckets from 10 µs to about 10 s.
+fn latency_buckets() -> Vec<f64> {
+    exponential_buckets(1e-5, 4.0, 11).unwrap_or_default()
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            let _ = r.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
+        }
+        let m = Metrics {
+            build_info: reg(&r, make(IntGaugeVec::new(opts("build_info", "Version and git hash of the running gateway (always 1)"), &["version", "git_hash"]))),
+            start_time_seconds: reg(&r, make(Gauge::with_opts(opts("start_time_seconds", "UNIX time the gateway started")))),
+            connections_open: reg(&r, make(IntGaugeVec::new(opts("connections_open", "Open client connections"), &["transport"]))),
+            connections_total: reg(&r, make(IntCounterVec::new(opts("connections_total", "Client connections accepted"), &["transport"]))),
+            messages_received: reg(&r, make(IntCounterVec::new(opts("messages_received_total", "SECoP messages received from clients, by action"), &["action"]))),
+            messages_sent: reg(&r, make(IntCounterVec::new(opts("messages_sent_total", "SECoP messages sent to clients, by action"), &["action"]))),
+            error_replies: reg(&r, make(IntCounterVec::new(opts("error_replies_total", "Error replies sent to clients, by SECoP error class"), &["class"]))),
+            updates_coalesced: reg(&r, make(IntCounter::with_opts(opts("updates_coalesced_total", "Updates replaced by a newer one while a slow client lagged")))),
+            events_dropped: reg(&r, make(IntCounter::with_opts(opts("events_dropped_total", "Log events dropped for slow clients")))),
+            slow_clients_disconnected: reg(&r, make(IntCounter::with_opts(opts("slow_clients_disconnected_total", "Clients disconnected because they did not read")))),
+            outbox_queued_bytes: reg(&r, make(Histogram::with_opts(hopts("outbox_queued_bytes", "Bytes queued for a client when its writer drains the queue", exponential_buckets(64.0, 4.0, 10).unwrap_or_default())))),
+            requests: reg(&r, make(IntCounterVec::new(opts("requests_total", "Requests handled by a node, by action"), &["node", "action"]))),
+            request_duration: reg(&r, make(HistogramVec::new(hopts("request_duration_seconds", "Time from a request reaching the node to its reply", latency_buckets()), &["node", "action"]))),
+            updates_emitted: reg(&r, make(IntCounterVec::new(opts("updates_emitted_total", "Updates a node sent out (counted once, whatever the number of clients)"), &["node"]))),
+            module_status: reg(&r, make(IntGaugeVec::new(opts("module_status", "Current SECoP status code of a module (100 idle, 200 warn, 300 busy, 400 error)"), &["node", "module"]))),
+            device_transactions: reg(&r, make(IntCounterVec::new(opts("device_transactions_total", "Transactions with a device, by result"), &["device", "result"]))),
+            device_transaction_duration: reg(&r, make(HistogramVec::new(hopts("device_transaction_duration_seconds", "Duration of device transactions", latency_buckets()), &["device"]))),
+            device_reconnects: reg(&r, make(IntCounterVec::new(opts("device_reconnects_total", "Reconnects of a device link"), &["device"]))),
+            device_up: reg(&r, make(IntGaugeVec::new(opts("device_up", "Whether a device link is up (1) or down (0)"), &["device"]))),
+            device_last_success: reg(&r, make(GaugeVec::new(opts("device_last_success_timestamp_seconds", "UNIX time of the last successful transaction with a device"), &["device"]))),
+            poll_cycle_duration: reg(&r, make(HistogramVec::new(hopts("poll_cycle_duration_seconds", "Duration of a device's poll cycle", latency_buckets()), &["device"]))),
+            poll_overruns: reg(&r, make(IntCounterVec::new(opts("poll_overruns_total", "Poll cycles that took longer than the poll interval"), &["device"]))),
+            registry: r,
+        };
+        m.start_time_seconds.set(crate::device::now());
+        m
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// The text exposition format.
+pub fn render() -> String {
+    let mut out = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&metrics().registry.gather(), &mut out) {
+        tracing::error!("metrics encoding failed: {e}");
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Label of a received action (bounded set).
+pub fn received_action(action: &str) -> &'static str {
+    match action {
+        "*IDN?" => "idn",
+        "describe" => "describe",
+        "activate" => "activate",
+        "deactivate" => "deactivate",
+        "read" => "read",
+        "change" => "change",
+        "do" => "do",
+        "ping" => "ping",
+        "check" => "check",
+        "logging" => "logging",
+        _ => "other",
+    }
+}
+
+/// Count one line sent to a client: its action and, for error replies, the class.
+pub fn count_sent(line: &[u8]) {
+    let m = metrics();
+    let action_end = line
+        .iter()
+        .position(|b| *b == b' ' || *b == b'\n')
+        .unwrap_or(line.len());
+    let action = &line[..action_end];
+    let label = match action {
+        b"describing" => "describing",
+        b"active" => "active",
+        b"inactive" => "inactive",
+        b"reply" => "reply",
+        b"changed" => "changed",
+        b"done" => "done",
+        b"pong" => "pong",
+        b"checked" => "checked",
+        b"logging" => "logging",
+        b"update" => "update",
+        b"error_update" => "error_update",
+        b"log" => "log",
+        a if a.starts_with(b"error_") => {
+            m.error_replies
+                .with_label_values(&[error_class(line)])
+                .inc();
+            "error"
+        }
+        a if a.starts_with(b"ISSE") => "idn",
+        _ => "other",
+    };
+    m.messages_sent.with_label_values(&[label]).inc();
+}
+
+/// The class of an error reply line, from a bounded set.
+fn error_class(line: &[u8]) -> &'static str {
+    let text = String::from_utf8_lossy(line);
+    let class = text
+        .split_once("[\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(class, _)| class);
+    class
+        .and_then(secop_proto::ErrorClass::parse)
+        .map(secop_proto::ErrorClass::as_str)
+        .unwrap_or("other")
+}
+
+/// Counts an open connection for as long as it lives.
+pub struct ConnectionMetric(&'static str);
+
+impl ConnectionMetric {
+    pub fn open(transport: &'static str) -> Self {
+        let m = metrics();
+        m.connections_total.with_label_values(&[transport]).inc();
+        m.connections_open.with_label_values(&[transport]).inc();
+        ConnectionMetric(transport)
+    }
+}
+
+impl Drop for ConnectionMetric {
+    fn drop(&mut self) {
+        metrics()
+            .connections_open
+            .with_label_values(&[self.0])
+            .dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn definitions_register_and_render() {
+        count_sent(b"error_read X:y [\"NoSuchModule\",\"no\",{}]\n");
+        count_sent(b"ISSE,SECoP,,v2.0\n");
+        count_sent(b"update T:value [1,{}]\n");
+        let text = render();
+        assert!(
+            text.contains("secop_gateway_error_replies_total{class=\"NoSuchModule\"} "),
+            "{text}"
+        );
+        assert!(text.contains("secop_gateway_messages_sent_total{action=\"idn\"} "));
+        assert_eq!(error_class(b"error_x  [\"Bogus\",\"\",{}]"), "other");
+        assert_eq!(received_action("*IDN?"), "idn");
+        assert_eq!(received_action("foo"), "other");
+    }
+}
