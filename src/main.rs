@@ -103,9 +103,14 @@ async fn run(
         .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("SECOP_GATEWAY_GIT_HASH")])
         .set(1);
     let mut devices = Vec::new();
+    // Devices (links) behind modules marked `required`, for /readyz.
+    let mut required = Vec::new();
     for (i, m) in loaded.config.modules.iter().enumerate() {
         let handle = secop_drivers::start(&m.driver, &m.driver_config())
             .map_err(|e| format!("{}: module[{i}] ({:?}): {e}", loaded.origin, m.name))?;
+        if m.required && !required.contains(&handle.name.to_string()) {
+            required.push(handle.name.to_string());
+        }
         devices.push(handle);
     }
     let node_cfg = &loaded.config.node;
@@ -164,14 +169,15 @@ async fn run(
         idle_timeout: (l.idle_timeout > 0.0).then(|| Duration::from_secs_f64(l.idle_timeout)),
     };
     let stats = Arc::new(SlowClientStats::exported());
+    for transport in ["tcp", "ws"] {
+        let m = secop_actors::metrics::metrics();
+        m.connections_total
+            .with_label_values(&[transport])
+            .inc_by(0);
+        m.connections_open.with_label_values(&[transport]).set(0);
+    }
     let health = http::Health {
-        required_devices: loaded
-            .config
-            .modules
-            .iter()
-            .filter(|m| m.required)
-            .map(|m| m.name.clone())
-            .collect(),
+        required_devices: required,
     };
     if let Some(address) = &loaded.config.metrics.address {
         let address: std::net::SocketAddr = address

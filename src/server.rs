@@ -138,6 +138,7 @@ pub async fn shutdown_signal(node: Addr<NodeActor>) {
         _ = ctrl_c => tracing::info!("SIGINT received, shutting down"),
         _ = term => tracing::info!("SIGTERM received, shutting down"),
     }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = node.send(CloseSessions).await;
     // Give writers a moment to flush and close their sockets.
     tokio::time::sleep(Duration::from_millis(100)).await;

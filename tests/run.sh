@@ -1,12 +1,34 @@
 #!/usr/bin/env bash
-# Runs every test of secop-gateway on a fresh machine: installs what the tests need,
-# then runs formatting and lint checks, the Rust unit and integration tests, and the
-# Python interoperability tests against frappy's own client.
+# Runs every test of secop-gateway on a fresh machine: installs what the tests need
+# (Debian: prometheus for promtool and a real Prometheus server, chromium for the
+# browser test, strace for the syscall-filter test; npm: playwright-core; PyPI: the
+# pinned packages of tests/requirements.txt), then runs formatting and lint checks,
+# the Rust unit and integration tests, and the Python tests against the real binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
 echo "== installing test dependencies"
+need=()
+command -v promtool >/dev/null || need+=(prometheus)
+[ -x /usr/bin/prometheus ] || need+=(prometheus)
+command -v strace >/dev/null || need+=(strace)
+command -v chromium >/dev/null || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo_if_needed apt-get update -q
+  # RUNLEVEL=1 keeps the package's init script from starting its own Prometheus.
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
+    apt-get install -y -q --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u)
+fi
+# The tests start their own Prometheus on 127.0.0.1; the packaged service must not run.
+if [ -d /run/systemd/system ]; then
+  sudo_if_needed systemctl disable --now prometheus >/dev/null 2>&1 || true
+else
+  sudo_if_needed service prometheus stop >/dev/null 2>&1 || true
+fi
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== cargo fmt / clippy"
 cargo fmt --all -- --check
@@ -16,5 +38,5 @@ echo "== cargo test"
 cargo build --quiet
 cargo test --workspace --quiet
 
-echo "== python interoperability tests"
+echo "== python tests (frappy client, WebSocket, Autobahn, browser, Prometheus, deploy)"
 SECOP_GATEWAY_BIN="$PWD/target/debug/secop-gateway" python3 -m pytest tests/python -q

@@ -149,6 +149,16 @@ impl<B: Backend> DeviceActor<B> {
                     m.poll_overruns.with_label_values(&device).inc();
                     tracing::warn!(device = %act.name, ?took, ?interval, "poll cycle overran its interval");
                 }
+                // A poll cycle is a transaction too: it proves (or disproves) the link.
+                let outcome = if values.is_empty() || values.iter().any(|(_, _, v)| v.is_ok()) {
+                    Ok(Value::Null)
+                } else {
+                    values
+                        .iter()
+                        .find_map(|(_, _, v)| v.clone().err())
+                        .map_or(Ok(Value::Null), Err)
+                };
+                act.count_transaction(took, &outcome);
                 let updates = act.record(values, false);
                 act.broadcast(&updates, None);
                 act.schedule_poll(ctx, interval);

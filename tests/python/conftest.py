@@ -11,6 +11,10 @@ Fixtures
                     client logged anything at WARNING or above other than the (single)
                     legacy-identification warning (see ClientSession.unexpected_problems)
     client_session  function scope: client_factory(gateway) for the default gateway
+    make_config     session scope: make_config(websocket={...}, listen={...}) -> TOML text of
+                    a small fast node (modules T, p, ps; see node_config)
+    start_module_gateway  module scope: like start_gateway, for gateways that several tests
+                    of one module share; stopped when the module is done
 
 The binary is $SECOP_GATEWAY_BIN, else <repo>/target/debug/secop-gateway (run `cargo build`).
 On a test failure the gateway's log (stdout+stderr) is attached to the report.
@@ -313,6 +317,71 @@ def client_factory(start_gateway):
 def client_session(gateway, client_factory):
     """a frappy client connected (and activated) to the default gateway"""
     return client_factory(gateway)
+
+
+# A small node with fast simulated devices, for tests that need their own [listen] or
+# [listen.websocket] settings (WebSocket, browser and Autobahn tests).
+NODE_CONFIG_MODULES = '''
+[[module]]
+name = "T"
+driver = "sim_temperature"
+[module.settings]
+initial = 10.0
+ramp = 600.0
+time_constant = 0.1
+tolerance = 0.5
+pollinterval = 0.2
+
+[[module]]
+name = "p"
+driver = "sim_pressure"
+[module.settings]
+pollinterval = 0.2
+
+[[module]]
+name = "ps"
+driver = "sim_power_supply"
+[module.settings]
+pollinterval = 0.5
+'''
+
+
+def toml_value(value):
+    """a Python value as TOML (str, bool, int, float, lists of those)"""
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)   # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return '[' + ', '.join(toml_value(v) for v in value) + ']'
+    raise TypeError(f'no TOML for {value!r}')
+
+
+def node_config(equipment_id='ws_test_node', listen=None, websocket=None):
+    """TOML text: node `equipment_id` with modules T, p, ps (fast simulations) and the given
+    [listen] and [listen.websocket] keys"""
+    lines = ['[node]', f'equipment_id = {toml_value(equipment_id)}',
+             'description = "secop-gateway test node"', '', '[listen]']
+    lines += [f'{k} = {toml_value(v)}' for k, v in (listen or {}).items()]
+    lines += ['', '[listen.websocket]']
+    lines += [f'{k} = {toml_value(v)}' for k, v in (websocket or {}).items()]
+    return '\n'.join(lines) + '\n' + NODE_CONFIG_MODULES
+
+
+@pytest.fixture(scope='session')
+def make_config():
+    return node_config
+
+
+@pytest.fixture(scope='module')
+def start_module_gateway(tmp_path_factory):
+    starter = GatewayStarter(tmp_path_factory.mktemp('module-gateways'))
+    try:
+        yield starter
+    finally:
+        starter.stop_all()
 
 
 @pytest.hookimpl(hookwrapper=True)
