@@ -46,6 +46,8 @@ pub struct GatewayConfig {
     pub metrics: MetricsConfig,
     #[serde(default, rename = "module")]
     pub modules: Vec<ModuleEntry>,
+    #[serde(default, rename = "link")]
+    pub links: Vec<secop_drivers::link::LinkConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,7 +172,20 @@ impl Default for LogConfig {
 #[serde(deny_unknown_fields)]
 pub struct ModuleEntry {
     pub name: String,
-    pub driver: String,
+    /// A built-in driver (the simulators); or:
+    pub driver: Option<String>,
+    /// The `[[link]]` this module's instrument is on.
+    pub link: Option<String>,
+    /// On a link: Readable, Writable, Drivable or Communicator.
+    pub class: Option<String>,
+    /// On a link: the parameters (`[[module.parameter]]`).
+    #[serde(default)]
+    pub parameter: Vec<Value>,
+    /// On a link: the commands (`[[module.command]]`).
+    #[serde(default)]
+    pub command: Vec<Value>,
+    /// On a link: Drivable behaviour (`[module.drive]`).
+    pub drive: Option<Value>,
     pub description: Option<String>,
     /// Extra module properties: group, visibility, meaning, custom `_name` keys.
     #[serde(default)]
@@ -184,6 +199,20 @@ pub struct ModuleEntry {
 }
 
 impl ModuleEntry {
+    /// The link-specific part of the module, for the link's driver.
+    pub fn link_spec(&self) -> Value {
+        let mut spec = Map::new();
+        if let Some(c) = &self.class {
+            spec.insert("class".into(), Value::from(c.clone()));
+        }
+        spec.insert("parameter".into(), Value::from(self.parameter.clone()));
+        spec.insert("command".into(), Value::from(self.command.clone()));
+        if let Some(d) = &self.drive {
+            spec.insert("drive".into(), d.clone());
+        }
+        Value::Object(spec)
+    }
+
     pub fn driver_config(&self) -> ModuleConfig {
         // The config crate does not keep the order of table keys; sorting makes the
         // description identical from run to run.
@@ -316,14 +345,57 @@ impl Loaded {
         }
         for (i, m) in c.modules.iter().enumerate() {
             let key = format!("module[{i}] ({:?})", m.name);
-            if let Err(e) = secop_drivers::describe(&m.driver, &m.driver_config()) {
-                let field = if e.starts_with("unknown driver") {
-                    "driver"
-                } else {
-                    "settings"
-                };
-                let e = e.strip_prefix("settings: ").unwrap_or(&e).to_owned();
-                problems.push(format!("{key}.{field}: {e}"));
+            match (&m.driver, &m.link) {
+                (Some(driver), None) => {
+                    let link_keys = m.class.is_some()
+                        || !m.parameter.is_empty()
+                        || !m.command.is_empty()
+                        || m.drive.is_some();
+                    if link_keys {
+                        problems.push(format!(
+                            "{key}: class, parameter, command and drive belong to modules on a link, not to driver {driver:?}"
+                        ));
+                    }
+                    if let Err(e) = secop_drivers::describe(driver, &m.driver_config()) {
+                        let field = if e.starts_with("unknown driver") {
+                            "driver"
+                        } else {
+                            "settings"
+                        };
+                        let e = e.strip_prefix("settings: ").unwrap_or(&e).to_owned();
+                        problems.push(format!("{key}.{field}: {e}"));
+                    }
+                }
+                (None, Some(link)) => {
+                    if !c.links.iter().any(|l| &l.name == link) {
+                        problems.push(format!("{key}.link: no [[link]] is named {link:?}"));
+                    }
+                    if !m.settings.is_null() {
+                        problems.push(format!("{key}.settings: modules on a link have no settings; configure the [[link]]"));
+                    }
+                }
+                (Some(_), Some(_)) => {
+                    problems.push(format!("{key}: give either driver or link, not both"))
+                }
+                (None, None) => {
+                    problems.push(format!("{key}: needs a driver (simulators) or a link"))
+                }
+            }
+        }
+        let mut link_names = Vec::new();
+        for (i, l) in c.links.iter().enumerate() {
+            let key = format!("link[{i}] ({:?})", l.name);
+            if link_names.contains(&&l.name) {
+                problems.push(format!("{key}.name: another link has this name"));
+            }
+            link_names.push(&l.name);
+            let modules = self.modules_of(&l.name);
+            if modules.is_empty() {
+                problems.push(format!("{key}: no module uses this link"));
+                continue;
+            }
+            if let Err(e) = secop_drivers::describe_link(l, &modules) {
+                problems.push(format!("{key}: {e}"));
             }
         }
         match problems.is_empty() {
@@ -334,6 +406,16 @@ impl Loaded {
                 .collect::<Vec<_>>()
                 .join("\n")),
         }
+    }
+
+    /// The modules on link `name`, as the link's driver wants them.
+    pub fn modules_of(&self, name: &str) -> Vec<(ModuleConfig, Value)> {
+        self.config
+            .modules
+            .iter()
+            .filter(|m| m.link.as_deref() == Some(name))
+            .map(|m| (m.driver_config(), m.link_spec()))
+            .collect()
     }
 
     pub fn device_timeout(&self) -> Duration {

@@ -70,8 +70,15 @@ fn init_logging(level: &str) {
 fn describe(loaded: &config::Loaded) -> Result<NodeDescription, String> {
     let mut modules = Vec::new();
     for (i, m) in loaded.config.modules.iter().enumerate() {
-        let described = secop_drivers::describe(&m.driver, &m.driver_config())
-            .map_err(|e| format!("{}: module[{i}] ({:?}): {e}", loaded.origin, m.name))?;
+        if let Some(driver) = &m.driver {
+            let described = secop_drivers::describe(driver, &m.driver_config())
+                .map_err(|e| format!("{}: module[{i}] ({:?}): {e}", loaded.origin, m.name))?;
+            modules.extend(described);
+        }
+    }
+    for (i, l) in loaded.config.links.iter().enumerate() {
+        let described = secop_drivers::describe_link(l, &loaded.modules_of(&l.name))
+            .map_err(|e| format!("{}: link[{i}] ({:?}): {e}", loaded.origin, l.name))?;
         modules.extend(described);
     }
     let node = &loaded.config.node;
@@ -106,9 +113,23 @@ async fn run(
     // Devices (links) behind modules marked `required`, for /readyz.
     let mut required = Vec::new();
     for (i, m) in loaded.config.modules.iter().enumerate() {
-        let handle = secop_drivers::start(&m.driver, &m.driver_config())
+        let Some(driver) = &m.driver else { continue };
+        let handle = secop_drivers::start(driver, &m.driver_config())
             .map_err(|e| format!("{}: module[{i}] ({:?}): {e}", loaded.origin, m.name))?;
-        if m.required && !required.contains(&handle.name.to_string()) {
+        if m.required {
+            required.push(handle.name.to_string());
+        }
+        devices.push(handle);
+    }
+    for (i, l) in loaded.config.links.iter().enumerate() {
+        let handle = secop_drivers::start_link(l, &loaded.modules_of(&l.name))
+            .map_err(|e| format!("{}: link[{i}] ({:?}): {e}", loaded.origin, l.name))?;
+        let needed = loaded
+            .config
+            .modules
+            .iter()
+            .any(|m| m.required && m.link.as_deref() == Some(l.name.as_str()));
+        if needed {
             required.push(handle.name.to_string());
         }
         devices.push(handle);

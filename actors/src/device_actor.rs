@@ -43,8 +43,21 @@ pub trait Backend: 'static {
     fn modules(&self) -> Vec<ModuleDescription>;
     /// Time between two poll cycles (may change when a client sets `pollinterval`).
     fn poll_interval(&self) -> Duration;
-    /// One poll cycle: the current value of every polled parameter.
-    async fn poll(&mut self) -> Vec<Produced>;
+    /// How many transactions one poll cycle has. Each runs on its own, so client
+    /// requests queued meanwhile are served between them: polls never starve clients.
+    fn poll_items(&mut self) -> usize {
+        1
+    }
+    /// Poll item `item` of this cycle (0..poll_items()): the values it produced.
+    async fn poll(&mut self, item: usize) -> Vec<Produced>;
+    /// Whether the link is up (the `device_up` metric; `/readyz`).
+    fn link_up(&self) -> bool {
+        true
+    }
+    /// Reconnects since the last call (the `device_reconnects_total` metric).
+    fn take_reconnects(&mut self) -> u64 {
+        0
+    }
     async fn read(&mut self, module: &str, parameter: &str) -> Result<Value, SecopError>;
     async fn change(
         &mut self,
@@ -134,12 +147,20 @@ impl<B: Backend> DeviceActor<B> {
         ctx.run_later(after, |act, ctx| {
             let backend = act.backend.clone();
             let cycle = async move {
-                let mut b = backend.lock().await;
                 let started = Instant::now();
-                let values = b.poll().await;
-                (values, b.poll_interval(), started.elapsed())
+                let items = backend.lock().await.poll_items();
+                let mut values = Vec::new();
+                for item in 0..items {
+                    // The lock is taken per item: client requests waiting for it get
+                    // their turn between two poll transactions.
+                    values.extend(backend.lock().await.poll(item).await);
+                }
+                let mut b = backend.lock().await;
+                let link = (b.link_up(), b.take_reconnects());
+                (values, b.poll_interval(), started.elapsed(), link)
             };
-            ctx.spawn(cycle.into_actor(act).map(|(values, interval, took), act, ctx| {
+            ctx.spawn(cycle.into_actor(act).map(|(values, interval, took, link), act, ctx| {
+                act.report_link(link);
                 let m = metrics();
                 let device = [act.name.as_ref()];
                 m.poll_cycle_duration
@@ -164,6 +185,17 @@ impl<B: Backend> DeviceActor<B> {
                 act.schedule_poll(ctx, interval);
             }));
         });
+    }
+
+    fn report_link(&self, (up, reconnects): (bool, u64)) {
+        let m = metrics();
+        let device = [self.name.as_ref()];
+        m.device_up.with_label_values(&device).set(i64::from(up));
+        if reconnects > 0 {
+            m.device_reconnects
+                .with_label_values(&device)
+                .inc_by(reconnects);
+        }
     }
 
     /// Account for one transaction in the metrics.
@@ -217,7 +249,14 @@ impl<B: Backend> Handler<Subscribe> for DeviceActor<B> {
         self.subscribers.retain(|(id, _)| *id != msg.id);
         self.subscribers.push((msg.id, msg.sink));
         let backend = self.backend.clone();
-        let snapshot = async move { backend.lock().await.poll().await };
+        let snapshot = async move {
+            let items = backend.lock().await.poll_items();
+            let mut values = Vec::new();
+            for item in 0..items {
+                values.extend(backend.lock().await.poll(item).await);
+            }
+            values
+        };
         Box::pin(
             snapshot
                 .into_actor(self)

@@ -4,7 +4,9 @@
 //! poll, drift, ramp and fail) so that everything above them is exercised exactly as
 //! it will be with real links.
 
+pub mod ascii;
 pub mod builder;
+pub mod link;
 pub mod sim;
 
 use secop_actors::device::DeviceHandle;
@@ -63,4 +65,50 @@ pub fn describe(
             DRIVERS.join(", ")
         )),
     }
+}
+
+/// Build the backend of a link and its modules (`[[link]]` plus the `[[module]]`s
+/// that name it). `modules` pairs each module's common config with its link-specific
+/// part (`class`, `parameter`, `command`, `drive`).
+fn link_backend(
+    link: &link::LinkConfig,
+    modules: &[(ModuleConfig, Value)],
+) -> Result<ascii::AsciiBackend, String> {
+    match link.protocol.as_str() {
+        "ascii" => {
+            let mut specs = Vec::new();
+            for (config, spec) in modules {
+                let parsed: ascii::AsciiModule = serde_json::from_value(spec.clone())
+                    .map_err(|e| format!("module {:?}: {e}", config.name))?;
+                specs.push((config.clone(), parsed));
+            }
+            ascii::AsciiBackend::build(link, &specs)
+        }
+        other => Err(format!(
+            "link {:?}: protocol {other:?} is not supported (use \"ascii\")",
+            link.name
+        )),
+    }
+}
+
+/// The module descriptions of a link, without starting anything (`check-config`).
+pub fn describe_link(
+    link: &link::LinkConfig,
+    modules: &[(ModuleConfig, Value)],
+) -> Result<Vec<secop_proto::ModuleDescription>, String> {
+    use secop_actors::device_actor::Backend;
+    Ok(link_backend(link, modules)?.modules())
+}
+
+/// Start the device actor of a link. Must run inside an actix system.
+pub fn start_link(
+    link: &link::LinkConfig,
+    modules: &[(ModuleConfig, Value)],
+) -> Result<DeviceHandle, String> {
+    use actix::Actor;
+    use secop_actors::device_actor::{Backend, DeviceActor};
+    let backend = link_backend(link, modules)?;
+    let descriptions = backend.modules();
+    let addr = DeviceActor::new(&link.name, backend).start();
+    Ok(DeviceHandle::of(&link.name, descriptions, &addr))
 }

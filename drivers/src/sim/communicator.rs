@@ -88,7 +88,7 @@ impl Backend for Communicator {
         Duration::from_secs(3600)
     }
 
-    async fn poll(&mut self) -> Vec<Produced> {
+    async fn poll(&mut self, _item: usize) -> Vec<Produced> {
         Vec::new()
     }
 

@@ -76,7 +76,7 @@ fn unknown_command(module: &str, command: &str) -> SecopError {
 }
 
 /// Shared validation of a `pollinterval` change.
-fn pollinterval(value: &Value) -> Result<f64, SecopError> {
+pub(crate) fn pollinterval(value: &Value) -> Result<f64, SecopError> {
     let x = f64_of(value)?;
     if !(0.1..=3600.0).contains(&x) {
         return Err(SecopError::range(
@@ -88,6 +88,6 @@ fn pollinterval(value: &Value) -> Result<f64, SecopError> {
 
 const POLLINTERVAL_INFO: &str = "polling interval";
 
-fn pollinterval_datainfo() -> Value {
+pub(crate) fn pollinterval_datainfo() -> Value {
     serde_json::json!({"type": "double", "min": 0.1, "max": 3600, "unit": "s"})
 }

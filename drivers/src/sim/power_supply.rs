@@ -146,7 +146,7 @@ impl Backend for PowerSupply {
         Duration::from_secs_f64(self.pollinterval)
     }
 
-    async fn poll(&mut self) -> Vec<Produced> {
+    async fn poll(&mut self, _item: usize) -> Vec<Produced> {
         [
             "value",
             "status",

@@ -110,7 +110,7 @@ impl Backend for PressureGauge {
         Duration::from_secs_f64(self.pollinterval)
     }
 
-    async fn poll(&mut self) -> Vec<Produced> {
+    async fn poll(&mut self, _item: usize) -> Vec<Produced> {
         ["value", "status", "pollinterval", "_fault"]
             .iter()
             .map(|p| (self.name.clone(), (*p).to_owned(), self.value_of(p)))

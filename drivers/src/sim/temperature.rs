@@ -237,7 +237,7 @@ impl Backend for TemperatureController {
         Duration::from_secs_f64(secs)
     }
 
-    async fn poll(&mut self) -> Vec<Produced> {
+    async fn poll(&mut self, _item: usize) -> Vec<Produced> {
         self.advance();
         POLLED
             .iter()

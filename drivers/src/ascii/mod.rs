@@ -1,0 +1,927 @@
+//! Line-based (ASCII) instruments defined in config: query and write templates per
+//! parameter, reply patterns, commands, and Drivable behaviour, over a serial line or
+//! a TCP socket. No Rust per instrument: a LakeShore, a Keithley or a home-made
+//! controller is a `[[link]]` and a few `[[module]]` sections.
+
+pub mod template;
+
+use crate::builder::ModuleBuilder;
+use crate::link::{Link, LinkConfig, LinkError};
+use crate::ModuleConfig;
+use regex::Regex;
+use secop_actors::device_actor::{Backend, Effects, Produced};
+use secop_proto::status as st;
+use secop_proto::{DataInfo, Kind, ModuleDescription, SecopError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use template::Template;
+
+/// `[link.ascii]`: line settings of an ASCII instrument.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsciiLink {
+    /// Appended to every command (escapes: write "\r\n" in TOML strings).
+    #[serde(default = "default_terminator")]
+    pub write_terminator: String,
+    /// Ends every reply.
+    #[serde(default = "default_terminator")]
+    pub read_terminator: String,
+    /// Sent after connecting; the reply must match `identify_expect`.
+    pub identify: Option<String>,
+    /// Regular expression the identification reply must match.
+    pub identify_expect: Option<String>,
+    /// Commands sent after connecting (no reply expected).
+    #[serde(default)]
+    pub init: Vec<String>,
+}
+
+fn default_terminator() -> String {
+    "\n".into()
+}
+
+/// The part of a `[[module]]` that an ASCII link reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsciiModule {
+    /// Readable, Writable, Drivable or Communicator.
+    pub class: String,
+    #[serde(default, rename = "parameter")]
+    pub parameters: Vec<AsciiParameter>,
+    #[serde(default, rename = "command")]
+    pub commands: Vec<AsciiCommand>,
+    pub drive: Option<DriveConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsciiParameter {
+    pub name: String,
+    pub description: Option<String>,
+    pub datainfo: Value,
+    /// Command whose reply holds the value.
+    pub query: Option<String>,
+    /// Regular expression for the reply; the value is the group `value`, else group 1,
+    /// else the whole match. Without it the whole (trimmed) reply is the value.
+    pub reply: Option<String>,
+    /// Template to set the value (makes the parameter writable).
+    pub write: Option<String>,
+    /// Whether a write is answered by one line (read and checked against `reply`).
+    #[serde(default)]
+    pub write_reply: bool,
+    /// After a write, query the value again for the `changed` reply (default true).
+    #[serde(default = "yes")]
+    pub readback: bool,
+    /// value = raw * scale + offset (doubles).
+    #[serde(default = "one")]
+    pub scale: f64,
+    #[serde(default)]
+    pub offset: f64,
+    /// `normal`, `slow` (every slow_factor cycles) or `never`.
+    #[serde(default = "normal")]
+    pub poll: String,
+    /// Changes smaller than this are not sent as updates (numbers).
+    #[serde(default)]
+    pub deadband: f64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> f64 {
+    1.0
+}
+fn normal() -> String {
+    "normal".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsciiCommand {
+    pub name: String,
+    pub description: Option<String>,
+    /// Template sent to the instrument; `{value}` is the argument.
+    pub send: String,
+    /// Regular expression for a reply line; without it no reply is read.
+    pub reply: Option<String>,
+    pub argument: Option<Value>,
+    pub result: Option<Value>,
+}
+
+/// `[module.drive]`: how a Drivable knows it arrived.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    /// |value - target| within which the target counts as reached.
+    pub tolerance: f64,
+    /// Seconds the value must stay within tolerance.
+    #[serde(default)]
+    pub settle: f64,
+    /// Seconds after which a move that did not arrive ends in WARN.
+    #[serde(default = "default_drive_timeout")]
+    pub timeout: f64,
+    /// Command that stops a move; without it `stop` writes the current value as target.
+    pub stop: Option<String>,
+}
+
+fn default_drive_timeout() -> f64 {
+    3600.0
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Poll {
+    Normal,
+    Slow,
+    Never,
+}
+
+struct Param {
+    name: String,
+    datainfo: DataInfo,
+    query: Option<String>,
+    reply: Option<Regex>,
+    write: Option<Template>,
+    write_reply: bool,
+    readback: bool,
+    scale: f64,
+    offset: f64,
+    poll: Poll,
+    deadband: f64,
+    /// Last value read and when, for max_age and the deadband.
+    last: Option<(Value, Instant)>,
+    last_error: Option<SecopError>,
+}
+
+struct Command {
+    name: String,
+    send: Template,
+    reply: Option<Regex>,
+}
+
+struct Drive {
+    config: DriveConfig,
+    busy: bool,
+    started: Instant,
+    within_since: Option<Instant>,
+    warning: Option<String>,
+}
+
+struct Module {
+    name: String,
+    params: Vec<Param>,
+    commands: Vec<Command>,
+    drive: Option<Drive>,
+    has_status: bool,
+}
+
+/// The backend of an ASCII link: one per link, serving all its modules.
+pub struct AsciiBackend {
+    link: Link,
+    ascii: AsciiLink,
+    identify_expect: Option<Regex>,
+    modules: Vec<Module>,
+    descriptions: Vec<ModuleDescription>,
+    pollinterval: f64,
+    cycle: u64,
+    /// (module, parameter) of each poll item of the current cycle.
+    plan: Vec<(usize, usize)>,
+}
+
+fn regex(text: &str, key: &str) -> Result<Regex, String> {
+    Regex::new(text).map_err(|e| format!("{key}: invalid regular expression: {e}"))
+}
+
+impl AsciiBackend {
+    /// Build from config; errors name the module and key.
+    pub fn build(
+        link: &LinkConfig,
+        modules: &[(ModuleConfig, AsciiModule)],
+    ) -> Result<AsciiBackend, String> {
+        link.validate()
+            .map_err(|e| format!("link {:?}: {e}", link.name))?;
+        let ascii = link.ascii.clone().unwrap_or(AsciiLink {
+            write_terminator: default_terminator(),
+            read_terminator: default_terminator(),
+            identify: None,
+            identify_expect: None,
+            init: Vec::new(),
+        });
+        if ascii.read_terminator.is_empty() {
+            return Err(format!(
+                "link {:?}: ascii.read_terminator must not be empty",
+                link.name
+            ));
+        }
+        let identify_expect = ascii
+            .identify_expect
+            .as_deref()
+            .map(|r| regex(r, &format!("link {:?}: ascii.identify_expect", link.name)))
+            .transpose()?;
+        let mut runtime = Vec::new();
+        let mut descriptions = Vec::new();
+        for (config, spec) in modules {
+            let (module, description) =
+                build_module(config, spec).map_err(|e| format!("module {:?}: {e}", config.name))?;
+            runtime.push(module);
+            descriptions.push(description);
+        }
+        Ok(AsciiBackend {
+            link: Link::new(link.clone()),
+            identify_expect,
+            ascii,
+            modules: runtime,
+            descriptions,
+            pollinterval: link.pollinterval,
+            cycle: 0,
+            plan: Vec::new(),
+        })
+    }
+
+    fn any_busy(&self) -> bool {
+        self.modules
+            .iter()
+            .any(|m| m.drive.as_ref().is_some_and(|d| d.busy))
+    }
+
+    /// Connect if needed; identify and initialise a fresh connection.
+    async fn connect(&mut self) -> Result<(), SecopError> {
+        let fresh = self
+            .link
+            .ensure()
+            .await
+            .map_err(|e| SecopError::communication_failed(format!("link down: {e}")))?;
+        if !fresh {
+            return Ok(());
+        }
+        let wt = self.ascii.write_terminator.clone();
+        let rt = self.ascii.read_terminator.clone();
+        if let Some(query) = self.ascii.identify.clone() {
+            let reply = self.transact(&query, Some(&rt)).await?.unwrap_or_default();
+            if let Some(expect) = &self.identify_expect {
+                if !expect.is_match(&reply) {
+                    let reason = format!(
+                        "unexpected identification {reply:?} (expected /{}/)",
+                        expect.as_str()
+                    );
+                    self.link.drop_connection(&reason);
+                    return Err(SecopError::communication_failed(reason));
+                }
+            }
+        }
+        for command in self.ascii.init.clone() {
+            self.link
+                .transact(&command, &wt, None)
+                .await
+                .map_err(link_error)?;
+        }
+        Ok(())
+    }
+
+    async fn transact(
+        &mut self,
+        line: &str,
+        reply_terminator: Option<&str>,
+    ) -> Result<Option<String>, SecopError> {
+        let wt = self.ascii.write_terminator.clone();
+        self.link
+            .transact(line, &wt, reply_terminator)
+            .await
+            .map_err(link_error)
+    }
+
+    /// Query one parameter from the device.
+    async fn query(&mut self, m: usize, p: usize) -> Result<Value, SecopError> {
+        self.connect().await?;
+        let Some(query) = self.modules[m].params[p].query.clone() else {
+            return self.modules[m].params[p]
+                .last
+                .as_ref()
+                .map(|(v, _)| v.clone())
+                .ok_or_else(|| {
+                    SecopError::read_failed("this parameter has no query and was never set")
+                });
+        };
+        let rt = self.ascii.read_terminator.clone();
+        let reply = self.transact(&query, Some(&rt)).await?.unwrap_or_default();
+        let param = &mut self.modules[m].params[p];
+        let value = parse_reply(param, &reply);
+        match &value {
+            Ok(v) => {
+                // Within the deadband the old value stands, so no update is sent.
+                let keep_old = match (&param.last, v.as_f64()) {
+                    (Some((old, _)), Some(new)) if param.deadband > 0.0 => old
+                        .as_f64()
+                        .is_some_and(|o| (o - new).abs() < param.deadband),
+                    _ => false,
+                };
+                let stored = if keep_old {
+                    param
+                        .last
+                        .as_ref()
+                        .map(|(o, _)| o.clone())
+                        .unwrap_or_else(|| v.clone())
+                } else {
+                    v.clone()
+                };
+                param.last = Some((stored.clone(), Instant::now()));
+                param.last_error = None;
+                Ok(stored)
+            }
+            Err(e) => {
+                param.last_error = Some(e.clone());
+                value
+            }
+        }
+    }
+
+    /// The status of a module, derived from the link, the last errors and the drive.
+    fn status(&self, m: usize) -> Value {
+        let module = &self.modules[m];
+        if !self.link.is_up() {
+            return json!([st::ERROR, format!("link down: {}", self.link.down_reason())]);
+        }
+        if let Some(e) = module.params.iter().find_map(|p| p.last_error.as_ref()) {
+            return json!([st::ERROR, e.text]);
+        }
+        if let Some(d) = &module.drive {
+            if d.busy {
+                return json!([st::BUSY, "moving"]);
+            }
+            if let Some(w) = &d.warning {
+                return json!([st::WARN, w]);
+            }
+        }
+        json!([st::IDLE, "ok"])
+    }
+
+    /// Advance the drive state of module `m` after a new value.
+    fn update_drive(&mut self, m: usize) {
+        let value = self.param_value(m, "value").and_then(|v| v.as_f64());
+        let target = self.param_value(m, "target").and_then(|v| v.as_f64());
+        let Some(drive) = self.modules[m].drive.as_mut() else {
+            return;
+        };
+        if !drive.busy {
+            return;
+        }
+        let (Some(value), Some(target)) = (value, target) else {
+            return;
+        };
+        let now = Instant::now();
+        if (value - target).abs() <= drive.config.tolerance {
+            let since = *drive.within_since.get_or_insert(now);
+            if now.duration_since(since).as_secs_f64() >= drive.config.settle {
+                drive.busy = false;
+            }
+        } else {
+            drive.within_since = None;
+            if now.duration_since(drive.started).as_secs_f64() > drive.config.timeout {
+                drive.busy = false;
+                drive.warning = Some(format!(
+                    "target {target} not reached within {} s",
+                    drive.config.timeout
+                ));
+            }
+        }
+    }
+
+    fn param_value(&self, m: usize, name: &str) -> Option<Value> {
+        self.modules[m]
+            .params
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| p.last.as_ref().map(|(v, _)| v.clone()))
+    }
+
+    fn find(&self, module: &str, accessible: &str) -> Option<(usize, usize)> {
+        let m = self.modules.iter().position(|x| x.name == module)?;
+        let p = self.modules[m]
+            .params
+            .iter()
+            .position(|x| x.name == accessible)?;
+        Some((m, p))
+    }
+
+    fn status_of(&self, module: &str) -> Option<Value> {
+        let m = self.modules.iter().position(|x| x.name == module)?;
+        self.modules[m].has_status.then(|| self.status(m))
+    }
+}
+
+fn link_error(e: LinkError) -> SecopError {
+    match e {
+        LinkError::Timeout(t) => SecopError::timeout(t),
+        LinkError::Io(t) => SecopError::communication_failed(t),
+    }
+}
+
+/// Turn a reply line into a value of the parameter's type.
+fn parse_reply(param: &Param, reply: &str) -> Result<Value, SecopError> {
+    let text = extract(param.reply.as_ref(), reply)
+        .map_err(|e| SecopError::hardware(format!("{}: {e}", param.name)))?;
+    convert(&param.datainfo, text.trim(), param.scale, param.offset)
+        .map_err(|e| SecopError::hardware(format!("{}: reply {reply:?}: {e}", param.name)))
+}
+
+fn extract<'a>(pattern: Option<&Regex>, reply: &'a str) -> Result<&'a str, String> {
+    let Some(re) = pattern else {
+        return Ok(reply);
+    };
+    let caps = re
+        .captures(reply)
+        .ok_or_else(|| format!("reply {reply:?} does not match /{}/", re.as_str()))?;
+    Ok(caps
+        .name("value")
+        .or_else(|| caps.get(1))
+        .or_else(|| caps.get(0))
+        .map_or("", |m| m.as_str()))
+}
+
+fn convert(datainfo: &DataInfo, text: &str, scale: f64, offset: f64) -> Result<Value, String> {
+    let number = || {
+        text.parse::<f64>()
+            .map_err(|_| format!("{text:?} is not a number"))
+    };
+    match &datainfo.kind {
+        Kind::Double { .. } => {
+            let x = number()? * scale + offset;
+            secop_proto::json::number(x).ok_or_else(|| format!("{text:?} is not a finite number"))
+        }
+        Kind::Int { .. } | Kind::Scaled { .. } => {
+            let x = number()?;
+            if x.fract() != 0.0 {
+                return Err(format!("{text:?} is not an integer"));
+            }
+            Ok(Value::from(x as i64))
+        }
+        Kind::Bool => match text.to_ascii_lowercase().as_str() {
+            "1" | "true" | "on" | "yes" => Ok(Value::Bool(true)),
+            "0" | "false" | "off" | "no" => Ok(Value::Bool(false)),
+            _ => Err(format!("{text:?} is not a bool (1/0, on/off, true/false)")),
+        },
+        Kind::Enum { members } => {
+            if let Ok(n) = text.parse::<i64>() {
+                if members.iter().any(|(_, v)| *v == n) {
+                    return Ok(Value::from(n));
+                }
+            }
+            members
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(text))
+                .map(|(_, v)| Value::from(*v))
+                .ok_or_else(|| format!("{text:?} is not a member of the enum"))
+        }
+        Kind::String { .. } => Ok(Value::from(text)),
+        _ => serde_json::from_str(text).map_err(|e| format!("{text:?} is not JSON: {e}")),
+    }
+}
+
+/// The raw value to write for a client's value (inverse of scale/offset).
+fn raw_for_write(param: &Param, value: &Value) -> Value {
+    match (&param.datainfo.kind, value.as_f64()) {
+        (Kind::Double { .. }, Some(x)) if param.scale != 1.0 || param.offset != 0.0 => {
+            secop_proto::json::number((x - param.offset) / param.scale).unwrap_or(Value::Null)
+        }
+        _ => value.clone(),
+    }
+}
+
+fn build_module(
+    config: &ModuleConfig,
+    spec: &AsciiModule,
+) -> Result<(Module, ModuleDescription), String> {
+    let classes: &[&str] = match spec.class.as_str() {
+        "Readable" => &["Readable"],
+        "Writable" => &["Writable"],
+        "Drivable" => &["Drivable"],
+        "Communicator" => &["Communicator"],
+        other => {
+            return Err(format!(
+                "class: {other:?} is not Readable, Writable, Drivable or Communicator"
+            ))
+        }
+    };
+    let has_status = spec.class != "Communicator";
+    let mut builder = ModuleBuilder::new(config, "", classes);
+    let mut params = Vec::new();
+    for (i, p) in spec.parameters.iter().enumerate() {
+        let key = format!("parameter[{i}] ({:?})", p.name);
+        if p.name == "status" || p.name == "pollinterval" {
+            return Err(format!("{key}: {} is provided by the gateway", p.name));
+        }
+        let datainfo =
+            DataInfo::from_json(&p.datainfo).map_err(|e| format!("{key}.datainfo: {e}"))?;
+        let reply = p
+            .reply
+            .as_deref()
+            .map(|r| regex(r, &format!("{key}.reply")))
+            .transpose()?;
+        let write = p
+            .write
+            .as_deref()
+            .map(|t| Template::parse(t).map_err(|e| format!("{key}.write: {e}")))
+            .transpose()?;
+        let poll = match p.poll.as_str() {
+            "normal" => Poll::Normal,
+            "slow" => Poll::Slow,
+            "never" => Poll::Never,
+            other => {
+                return Err(format!(
+                    "{key}.poll: {other:?} is not normal, slow or never"
+                ))
+            }
+        };
+        if p.query.is_none() && write.is_none() {
+            return Err(format!("{key}: needs a query, a write template, or both"));
+        }
+        if !(p.scale.is_finite() && p.scale != 0.0) {
+            return Err(format!("{key}.scale: must be a non-zero number"));
+        }
+        let description = p.description.clone().unwrap_or_else(|| p.name.clone());
+        builder = builder
+            .param(
+                &p.name,
+                &description,
+                p.datainfo.clone(),
+                write.is_none(),
+                write.is_some(),
+            )
+            .map_err(|e| format!("{key}: {e}"))?;
+        params.push(Param {
+            name: p.name.clone(),
+            datainfo,
+            query: p.query.clone(),
+            reply,
+            write,
+            write_reply: p.write_reply,
+            readback: p.readback && p.query.is_some(),
+            scale: p.scale,
+            offset: p.offset,
+            poll,
+            deadband: p.deadband,
+            last: None,
+            last_error: None,
+        });
+    }
+    if has_status {
+        builder = builder.status(&[
+            ("IDLE", st::IDLE),
+            ("WARN", st::WARN),
+            ("BUSY", st::BUSY),
+            ("ERROR", st::ERROR),
+        ]);
+        builder = builder.writable(
+            "pollinterval",
+            "polling interval of the link (shared by its modules)",
+            crate::sim::pollinterval_datainfo(),
+        )?;
+    }
+    let mut commands = Vec::new();
+    for (i, c) in spec.commands.iter().enumerate() {
+        let key = format!("command[{i}] ({:?})", c.name);
+        let send = Template::parse(&c.send).map_err(|e| format!("{key}.send: {e}"))?;
+        let reply = c
+            .reply
+            .as_deref()
+            .map(|r| regex(r, &format!("{key}.reply")))
+            .transpose()?;
+        if send.has_value() && c.argument.is_none() {
+            return Err(format!(
+                "{key}: send uses {{value}} but no argument datainfo is given"
+            ));
+        }
+        let description = c.description.clone().unwrap_or_else(|| c.name.clone());
+        builder = builder
+            .command(&c.name, &description, c.argument.clone(), c.result.clone())
+            .map_err(|e| format!("{key}: {e}"))?;
+        commands.push(Command {
+            name: c.name.clone(),
+            send,
+            reply,
+        });
+    }
+    let drive = match (&spec.drive, spec.class.as_str()) {
+        (Some(d), "Drivable") => {
+            let positive = |x: f64| x > 0.0 && x.is_finite();
+            if !positive(d.tolerance) || d.settle < 0.0 || !positive(d.timeout) {
+                return Err("drive: tolerance and timeout must be > 0, settle >= 0".into());
+            }
+            if let Some(stop) = &d.stop {
+                Template::parse(stop).map_err(|e| format!("drive.stop: {e}"))?;
+            }
+            if !commands.iter().any(|c| c.name == "stop") {
+                builder = builder.command("stop", "stop the move", None, None)?;
+            }
+            Some(Drive {
+                config: d.clone(),
+                busy: false,
+                started: Instant::now(),
+                within_since: None,
+                warning: None,
+            })
+        }
+        (None, "Drivable") => {
+            return Err("drive: a Drivable needs a [module.drive] section (tolerance, ...)".into())
+        }
+        (Some(_), _) => return Err("drive: only a Drivable has a [module.drive] section".into()),
+        _ => None,
+    };
+    let need: &[&str] = match spec.class.as_str() {
+        "Readable" => &["value"],
+        "Writable" | "Drivable" => &["value", "target"],
+        _ => &[],
+    };
+    for n in need {
+        match params.iter().find(|p| p.name == *n) {
+            None => return Err(format!("a {} needs a parameter {n:?}", spec.class)),
+            Some(p) if *n == "target" && p.write.is_none() => {
+                return Err("parameter \"target\" needs a write template".into())
+            }
+            Some(p) if *n == "value" && p.query.is_none() => {
+                return Err("parameter \"value\" needs a query".into())
+            }
+            _ => {}
+        }
+    }
+    let mut description = builder.build();
+    if config.description.is_none() {
+        description.description = format!("{} on an ASCII link", spec.class);
+    }
+    Ok((
+        Module {
+            name: config.name.clone(),
+            params,
+            commands,
+            drive,
+            has_status,
+        },
+        description,
+    ))
+}
+
+impl Backend for AsciiBackend {
+    fn modules(&self) -> Vec<ModuleDescription> {
+        self.descriptions.clone()
+    }
+
+    fn poll_interval(&self) -> Duration {
+        let secs = if self.any_busy() {
+            self.pollinterval.min(0.2)
+        } else {
+            self.pollinterval
+        };
+        Duration::from_secs_f64(secs)
+    }
+
+    fn poll_items(&mut self) -> usize {
+        let slow_factor = u64::from(self.link.config().slow_factor);
+        let slow_turn = self.cycle.is_multiple_of(slow_factor);
+        self.cycle += 1;
+        self.plan.clear();
+        for (m, module) in self.modules.iter().enumerate() {
+            for (p, param) in module.params.iter().enumerate() {
+                let due = match param.poll {
+                    Poll::Normal => true,
+                    Poll::Slow => slow_turn,
+                    Poll::Never => false,
+                };
+                if due && param.query.is_some() {
+                    self.plan.push((m, p));
+                }
+            }
+        }
+        // One extra item reports status and pollinterval, even while the link is down.
+        self.plan.len() + 1
+    }
+
+    async fn poll(&mut self, item: usize) -> Vec<Produced> {
+        let Some(&(m, p)) = self.plan.get(item) else {
+            // The last item: status and pollinterval of every module.
+            let mut out = Vec::new();
+            if !self.link.is_up() {
+                // Try to come back (the backoff decides whether this attempt is due).
+                let _ = self.connect().await;
+            }
+            for m in 0..self.modules.len() {
+                if self.modules[m].has_status {
+                    let name = self.modules[m].name.clone();
+                    out.push((name.clone(), "status".to_owned(), Ok(self.status(m))));
+                    out.push((
+                        name,
+                        "pollinterval".to_owned(),
+                        secop_proto::json::number(self.pollinterval)
+                            .ok_or_else(|| SecopError::internal("pollinterval")),
+                    ));
+                }
+            }
+            return out;
+        };
+        let name = self.modules[m].name.clone();
+        let pname = self.modules[m].params[p].name.clone();
+        let value = if self.link.is_up() || item == 0 {
+            self.query(m, p).await
+        } else {
+            Err(SecopError::communication_failed(format!(
+                "link down: {}",
+                self.link.down_reason()
+            )))
+        };
+        if pname == "value" {
+            self.update_drive(m);
+        }
+        let mut out = vec![(name.clone(), pname, value)];
+        if self.modules[m].has_status {
+            out.push((name, "status".to_owned(), Ok(self.status(m))));
+        }
+        out
+    }
+
+    fn link_up(&self) -> bool {
+        self.link.is_up()
+    }
+
+    fn take_reconnects(&mut self) -> u64 {
+        self.link.take_reconnects()
+    }
+
+    async fn read(&mut self, module: &str, parameter: &str) -> Result<Value, SecopError> {
+        if parameter == "status" {
+            return self
+                .status_of(module)
+                .ok_or_else(|| SecopError::no_such_parameter(format!("{module} has no status")));
+        }
+        if parameter == "pollinterval" {
+            return secop_proto::json::number(self.pollinterval)
+                .ok_or_else(|| SecopError::internal("pollinterval"));
+        }
+        let (m, p) = self.find(module, parameter).ok_or_else(|| {
+            SecopError::no_such_parameter(format!("{module} has no parameter {parameter:?}"))
+        })?;
+        let max_age = self.link.config().max_age;
+        if max_age > 0.0 {
+            if let Some((v, at)) = &self.modules[m].params[p].last {
+                if at.elapsed().as_secs_f64() <= max_age {
+                    return Ok(v.clone());
+                }
+            }
+        }
+        self.query(m, p).await
+    }
+
+    async fn change(
+        &mut self,
+        module: &str,
+        parameter: &str,
+        value: Value,
+        fx: &mut Effects,
+    ) -> Result<Value, SecopError> {
+        if parameter == "pollinterval" {
+            self.pollinterval = crate::sim::pollinterval(&value)?;
+            return secop_proto::json::number(self.pollinterval)
+                .ok_or_else(|| SecopError::internal("pollinterval"));
+        }
+        let (m, p) = self.find(module, parameter).ok_or_else(|| {
+            SecopError::no_such_parameter(format!("{module} has no parameter {parameter:?}"))
+        })?;
+        let Some(template) = self.modules[m].params[p].write.clone() else {
+            return Err(SecopError::read_only(format!(
+                "{module}:{parameter} is read-only"
+            )));
+        };
+        self.connect().await?;
+        let raw = raw_for_write(&self.modules[m].params[p], &value);
+        let line = template.render(&raw);
+        let rt = self.ascii.read_terminator.clone();
+        let wants_reply = self.modules[m].params[p].write_reply;
+        let reply = self
+            .transact(&line, wants_reply.then_some(rt.as_str()))
+            .await?;
+        if let (Some(reply), Some(re)) = (reply, &self.modules[m].params[p].reply) {
+            if !re.is_match(&reply) {
+                return Err(SecopError::hardware(format!(
+                    "{parameter}: the device answered {reply:?} to {line:?}"
+                )));
+            }
+        }
+        let result = if self.modules[m].params[p].readback {
+            self.query(m, p).await?
+        } else {
+            self.modules[m].params[p].last = Some((value.clone(), Instant::now()));
+            value
+        };
+        if parameter == "target" {
+            if let Some(d) = self.modules[m].drive.as_mut() {
+                d.busy = true;
+                d.started = Instant::now();
+                d.within_since = None;
+                d.warning = None;
+            }
+        }
+        if self.modules[m].has_status {
+            fx.push(module, "status", Ok(self.status(m)));
+        }
+        Ok(result)
+    }
+
+    async fn execute(
+        &mut self,
+        module: &str,
+        command: &str,
+        argument: Value,
+        fx: &mut Effects,
+    ) -> Result<Value, SecopError> {
+        let m = self
+            .modules
+            .iter()
+            .position(|x| x.name == module)
+            .ok_or_else(|| SecopError::no_such_module(module.to_owned()))?;
+        let configured = self.modules[m]
+            .commands
+            .iter()
+            .position(|c| c.name == command);
+        if command == "stop" && configured.is_none() && self.modules[m].drive.is_some() {
+            return self.stop(m, fx).await;
+        }
+        let c = configured.ok_or_else(|| {
+            SecopError::no_such_command(format!("{module} has no command {command:?}"))
+        })?;
+        self.connect().await?;
+        let line = self.modules[m].commands[c].send.render(&argument);
+        let wants_reply = self.modules[m].commands[c].reply.is_some();
+        let rt = self.ascii.read_terminator.clone();
+        let reply = self
+            .transact(&line, wants_reply.then_some(rt.as_str()))
+            .await?;
+        match (reply, &self.modules[m].commands[c].reply) {
+            (Some(reply), Some(re)) => extract(Some(re), &reply)
+                .map(Value::from)
+                .map_err(|e| SecopError::hardware(format!("{command}: {e}"))),
+            _ => Ok(Value::Null),
+        }
+    }
+}
+
+impl AsciiBackend {
+    async fn stop(&mut self, m: usize, fx: &mut Effects) -> Result<Value, SecopError> {
+        let module = self.modules[m].name.clone();
+        let stop = self.modules[m]
+            .drive
+            .as_ref()
+            .and_then(|d| d.config.stop.clone());
+        match stop {
+            Some(cmd) => {
+                self.connect().await?;
+                self.transact(&cmd, None).await?;
+            }
+            None => {
+                // Without a stop command: hold where we are by making it the target.
+                let here = self.param_value(m, "value").unwrap_or(Value::Null);
+                if !here.is_null() {
+                    let target = self.modules[m]
+                        .params
+                        .iter()
+                        .position(|p| p.name == "target");
+                    if let Some(t) = target {
+                        if let Some(template) = self.modules[m].params[t].write.clone() {
+                            self.connect().await?;
+                            let raw = raw_for_write(&self.modules[m].params[t], &here);
+                            self.transact(&template.render(&raw), None).await?;
+                            self.modules[m].params[t].last = Some((here.clone(), Instant::now()));
+                            fx.push(&module, "target", Ok(here));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(d) = self.modules[m].drive.as_mut() {
+            d.busy = false;
+        }
+        fx.push(&module, "status", Ok(self.status(m)));
+        Ok(Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversions() {
+        let dbl = DataInfo::from_json(&json!({"type": "double"})).unwrap();
+        assert_eq!(convert(&dbl, "+1.5E+1", 2.0, 1.0).unwrap(), json!(31.0));
+        assert!(convert(&dbl, "abc", 1.0, 0.0)
+            .unwrap_err()
+            .contains("not a number"));
+        let en =
+            DataInfo::from_json(&json!({"type": "enum", "members": {"off": 0, "on": 1}})).unwrap();
+        assert_eq!(convert(&en, "ON", 1.0, 0.0).unwrap(), json!(1));
+        assert_eq!(convert(&en, "0", 1.0, 0.0).unwrap(), json!(0));
+        let b = DataInfo::from_json(&json!({"type": "bool"})).unwrap();
+        assert_eq!(convert(&b, "1", 1.0, 0.0).unwrap(), json!(true));
+        let re = Regex::new(r"^T=(?P<value>\S+) K$").unwrap();
+        assert_eq!(extract(Some(&re), "T=4.2 K").unwrap(), "4.2");
+        assert!(extract(Some(&re), "garbage")
+            .unwrap_err()
+            .contains("does not match"));
+    }
+}
