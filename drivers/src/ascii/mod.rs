@@ -215,7 +215,7 @@ impl AsciiBackend {
         let identify_expect = ascii
             .identify_expect
             .as_deref()
-            .map(|r| regex(r, &format!("link {:?}: ascii.identify_expect", link.name)))
+            .map(|r| regex(r, "ascii.identify_expect"))
             .transpose()?;
         let mut runtime = Vec::new();
         let mut descriptions = Vec::new();
