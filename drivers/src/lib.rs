@@ -85,8 +85,7 @@ fn link_backend(
             ascii::AsciiBackend::build(link, &specs)
         }
         other => Err(format!(
-            "link {:?}: protocol {other:?} is not supported (use \"ascii\")",
-            link.name
+            "protocol: {other:?} is not supported (use \"ascii\")"
         )),
     }
 }

@@ -197,8 +197,7 @@ impl AsciiBackend {
         link: &LinkConfig,
         modules: &[(ModuleConfig, AsciiModule)],
     ) -> Result<AsciiBackend, String> {
-        link.validate()
-            .map_err(|e| format!("link {:?}: {e}", link.name))?;
+        link.validate()?;
         let ascii = link.ascii.clone().unwrap_or(AsciiLink {
             write_terminator: default_terminator(),
             read_terminator: default_terminator(),
@@ -207,10 +206,7 @@ impl AsciiBackend {
             init: Vec::new(),
         });
         if ascii.read_terminator.is_empty() {
-            return Err(format!(
-                "link {:?}: ascii.read_terminator must not be empty",
-                link.name
-            ));
+            return Err("ascii.read_terminator must not be empty".into());
         }
         let identify_expect = ascii
             .identify_expect
