@@ -186,6 +186,8 @@ pub struct ModuleEntry {
     pub command: Vec<Value>,
     /// On a link: Drivable behaviour (`[module.drive]`).
     pub drive: Option<Value>,
+    /// On a Modbus link: the unit id (default: the link's).
+    pub unit_id: Option<u8>,
     pub description: Option<String>,
     /// Extra module properties: group, visibility, meaning, custom `_name` keys.
     #[serde(default)]
@@ -209,6 +211,9 @@ impl ModuleEntry {
         spec.insert("command".into(), Value::from(self.command.clone()));
         if let Some(d) = &self.drive {
             spec.insert("drive".into(), d.clone());
+        }
+        if let Some(u) = self.unit_id {
+            spec.insert("unit_id".into(), Value::from(u));
         }
         Value::Object(spec)
     }
@@ -348,6 +353,7 @@ impl Loaded {
             match (&m.driver, &m.link) {
                 (Some(driver), None) => {
                     let link_keys = m.class.is_some()
+                        || m.unit_id.is_some()
                         || !m.parameter.is_empty()
                         || !m.command.is_empty()
                         || m.drive.is_some();

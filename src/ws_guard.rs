@@ -96,8 +96,21 @@ impl FrameGuard {
                     }
                     let need = header_len(&self.header);
                     let take = (need - self.header.len()).min(bytes.len());
+                    let had = self.header.len();
                     self.header.extend_from_slice(&bytes[..take]);
                     bytes = &bytes[take..];
+                    // Judge the first two bytes as soon as they are here: actix's decoder
+                    // rejects reserved bits from them too, and must not be first.
+                    if had < 2 && self.header.len() >= 2 {
+                        self.violation = first_bytes_violation(
+                            self.header[0],
+                            self.header[1],
+                            self.in_fragmented,
+                        );
+                        if self.violation.is_some() {
+                            break;
+                        }
+                    }
                     if self.header.len() == header_len(&self.header) {
                         self.start_frame();
                     }
@@ -194,6 +207,25 @@ impl FrameGuard {
     }
 }
 
+/// Framing rules that the first two header bytes alone decide.
+fn first_bytes_violation(b0: u8, b1: u8, in_fragmented: bool) -> Option<Violation> {
+    let fin = b0 & 0x80 != 0;
+    let rsv = b0 & 0x70;
+    let opcode = b0 & 0x0f;
+    let masked = b1 & 0x80 != 0;
+    let len7 = b1 & 0x7f;
+    let control = opcode & 0x8 != 0;
+    let known = matches!(opcode, 0x0 | 0x1 | 0x2 | 0x8 | 0x9 | 0xA);
+    let bad_continuation = match opcode {
+        0x0 => !in_fragmented,
+        0x1 | 0x2 => in_fragmented,
+        _ => false,
+    };
+    let bad =
+        rsv != 0 || !known || !masked || (control && (!fin || len7 > 125)) || bad_continuation;
+    bad.then_some(Violation::Protocol)
+}
+
 /// Bytes the header needs, given what we have of it so far.
 fn header_len(partial: &[u8]) -> usize {
     let Some(b1) = partial.get(1) else {
@@ -265,6 +297,18 @@ mod tests {
         let good = bytes.len();
         bytes.extend(frame(0xC1, b"x"));
         assert_eq!(g.inspect_at(&bytes), Some((Violation::Protocol, good)));
+    }
+
+    #[test]
+    fn reserved_bits_are_seen_from_the_first_two_bytes() {
+        let mut g = FrameGuard::new(1000);
+        let bad = frame(0xC1, b"xyz");
+        assert_eq!(g.inspect(&bad[..1]), None);
+        assert_eq!(
+            g.inspect(&bad[1..2]),
+            Some(Violation::Protocol),
+            "before the mask key"
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 
 pub mod ascii;
 pub mod builder;
+pub mod drive;
 pub mod link;
+pub mod modbus;
 pub mod sim;
 
 use secop_actors::device::DeviceHandle;
@@ -67,27 +69,43 @@ pub fn describe(
     }
 }
 
-/// Build the backend of a link and its modules (`[[link]]` plus the `[[module]]`s
-/// that name it). `modules` pairs each module's common config with its link-specific
-/// part (`class`, `parameter`, `command`, `drive`).
-fn link_backend(
+/// Parse each module's link-specific part for the link's protocol.
+fn specs<T: serde::de::DeserializeOwned>(
+    modules: &[(ModuleConfig, Value)],
+) -> Result<Vec<(ModuleConfig, T)>, String> {
+    modules
+        .iter()
+        .map(|(config, spec)| {
+            serde_json::from_value(spec.clone())
+                .map(|parsed| (config.clone(), parsed))
+                .map_err(|e| format!("module {:?}: {e}", config.name))
+        })
+        .collect()
+}
+
+/// The backend of a link (`[[link]]` plus the `[[module]]`s that name it), started
+/// or just described. `modules` pairs each module's common config with its
+/// link-specific part (`class`, `unit_id`, `parameter`, `command`, `drive`).
+fn with_link_backend<R>(
     link: &link::LinkConfig,
     modules: &[(ModuleConfig, Value)],
-) -> Result<ascii::AsciiBackend, String> {
-    match link.protocol.as_str() {
-        "ascii" => {
-            let mut specs = Vec::new();
-            for (config, spec) in modules {
-                let parsed: ascii::AsciiModule = serde_json::from_value(spec.clone())
-                    .map_err(|e| format!("module {:?}: {e}", config.name))?;
-                specs.push((config.clone(), parsed));
-            }
-            ascii::AsciiBackend::build(link, &specs)
+    use_backend: impl FnOnce(LinkBackend) -> R,
+) -> Result<R, String> {
+    let backend = match link.protocol.as_str() {
+        "ascii" => LinkBackend::Ascii(ascii::AsciiBackend::build(link, &specs(modules)?)?),
+        "modbus" => LinkBackend::Modbus(modbus::ModbusBackend::build(link, &specs(modules)?)?),
+        other => {
+            return Err(format!(
+                "protocol: {other:?} is not supported (use \"ascii\" or \"modbus\")"
+            ))
         }
-        other => Err(format!(
-            "protocol: {other:?} is not supported (use \"ascii\")"
-        )),
-    }
+    };
+    Ok(use_backend(backend))
+}
+
+enum LinkBackend {
+    Ascii(ascii::AsciiBackend),
+    Modbus(modbus::ModbusBackend),
 }
 
 /// The module descriptions of a link, without starting anything (`check-config`).
@@ -96,7 +114,10 @@ pub fn describe_link(
     modules: &[(ModuleConfig, Value)],
 ) -> Result<Vec<secop_proto::ModuleDescription>, String> {
     use secop_actors::device_actor::Backend;
-    Ok(link_backend(link, modules)?.modules())
+    with_link_backend(link, modules, |backend| match backend {
+        LinkBackend::Ascii(b) => b.modules(),
+        LinkBackend::Modbus(b) => b.modules(),
+    })
 }
 
 /// Start the device actor of a link. Must run inside an actix system.
@@ -106,8 +127,13 @@ pub fn start_link(
 ) -> Result<DeviceHandle, String> {
     use actix::Actor;
     use secop_actors::device_actor::{Backend, DeviceActor};
-    let backend = link_backend(link, modules)?;
-    let descriptions = backend.modules();
-    let addr = DeviceActor::new(&link.name, backend).start();
-    Ok(DeviceHandle::of(&link.name, descriptions, &addr))
+    fn start<B: Backend>(name: &str, backend: B) -> DeviceHandle {
+        let descriptions = backend.modules();
+        let addr = DeviceActor::new(name, backend).start();
+        DeviceHandle::of(name, descriptions, &addr)
+    }
+    with_link_backend(link, modules, |backend| match backend {
+        LinkBackend::Ascii(b) => start(&link.name, b),
+        LinkBackend::Modbus(b) => start(&link.name, b),
+    })
 }

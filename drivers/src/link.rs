@@ -53,6 +53,8 @@ pub struct LinkConfig {
     pub max_age: f64,
     /// Settings of the `ascii` protocol.
     pub ascii: Option<crate::ascii::AsciiLink>,
+    /// Settings of the `modbus` protocol (TCP with `tcp`, RTU with `serial`).
+    pub modbus: Option<crate::modbus::ModbusLink>,
 }
 
 fn default_baud() -> u32 {
@@ -139,7 +141,9 @@ impl LinkConfig {
 trait Io: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
 
-enum Stream {
+/// An open transport.
+#[derive(Debug)]
+pub enum Stream {
     Tcp(tokio::net::TcpStream),
     Serial(tokio_serial::SerialStream),
 }
@@ -157,6 +161,7 @@ impl Stream {
 pub struct Link {
     config: LinkConfig,
     stream: Option<Stream>,
+    up: bool,
     buf: Vec<u8>,
     backoff: Duration,
     next_attempt: Instant,
@@ -174,6 +179,7 @@ impl Link {
         Link {
             config,
             stream: None,
+            up: false,
             buf: Vec::new(),
             backoff,
             next_attempt: Instant::now(),
@@ -183,12 +189,17 @@ impl Link {
         }
     }
 
+    /// The timeout of one transaction.
+    pub fn transaction_timeout(&self) -> Duration {
+        self.timeout()
+    }
+
     pub fn config(&self) -> &LinkConfig {
         &self.config
     }
 
     pub fn is_up(&self) -> bool {
-        self.stream.is_some()
+        self.up
     }
 
     /// Why the link is down (for status texts and errors).
@@ -212,21 +223,29 @@ impl Link {
         if self.stream.is_some() {
             return Ok(false);
         }
-        let now = Instant::now();
-        if now < self.next_attempt {
+        let stream = self.connect_raw().await?;
+        self.stream = Some(stream);
+        self.buf.clear();
+        Ok(true)
+    }
+
+    /// Open the transport (if the backoff allows an attempt now) and hand it to a
+    /// caller that frames it itself (Modbus). The link counts as up until
+    /// [`drop_connection`](Self::drop_connection).
+    pub async fn connect_raw(&mut self) -> Result<Stream, String> {
+        if Instant::now() < self.next_attempt {
             return Err(self.down_reason());
         }
         match tokio::time::timeout(self.timeout(), self.open()).await {
             Ok(Ok(stream)) => {
                 tracing::info!(link = %self.config.name, target = %self.config.describe_target(), "link connected");
-                self.stream = Some(stream);
-                self.buf.clear();
+                self.up = true;
                 self.backoff = Duration::from_secs_f64(self.config.reconnect_min);
                 if self.was_connected {
                     self.reconnects += 1;
                 }
                 self.was_connected = true;
-                Ok(true)
+                Ok(stream)
             }
             Ok(Err(e)) => Err(self.failed(format!(
                 "cannot open {}: {e}",
@@ -251,7 +270,8 @@ impl Link {
 
     /// Drop the connection after an I/O problem; the next transaction reconnects.
     pub fn drop_connection(&mut self, reason: &str) {
-        if self.stream.take().is_some() {
+        self.stream = None;
+        if std::mem::take(&mut self.up) {
             tracing::warn!(link = %self.config.name, "link lost: {reason}");
         }
         self.last_error = Some(reason.to_owned());

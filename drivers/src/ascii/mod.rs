@@ -6,14 +6,14 @@
 pub mod template;
 
 use crate::builder::ModuleBuilder;
+use crate::drive::{module_status, Drive, DriveConfig, STATUS_CODES};
 use crate::link::{Link, LinkConfig, LinkError};
 use crate::ModuleConfig;
 use regex::Regex;
 use secop_actors::device_actor::{Backend, Effects, Produced};
-use secop_proto::status as st;
 use secop_proto::{DataInfo, Kind, ModuleDescription, SecopError};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::{Duration, Instant};
 use template::Template;
 
@@ -108,26 +108,6 @@ pub struct AsciiCommand {
     pub result: Option<Value>,
 }
 
-/// `[module.drive]`: how a Drivable knows it arrived.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DriveConfig {
-    /// |value - target| within which the target counts as reached.
-    pub tolerance: f64,
-    /// Seconds the value must stay within tolerance.
-    #[serde(default)]
-    pub settle: f64,
-    /// Seconds after which a move that did not arrive ends in WARN.
-    #[serde(default = "default_drive_timeout")]
-    pub timeout: f64,
-    /// Command that stops a move; without it `stop` writes the current value as target.
-    pub stop: Option<String>,
-}
-
-fn default_drive_timeout() -> f64 {
-    3600.0
-}
-
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Poll {
     Normal,
@@ -156,14 +136,6 @@ struct Command {
     name: String,
     send: Template,
     reply: Option<Regex>,
-}
-
-struct Drive {
-    config: DriveConfig,
-    busy: bool,
-    started: Instant,
-    within_since: Option<Instant>,
-    warning: Option<String>,
 }
 
 struct Module {
@@ -236,7 +208,7 @@ impl AsciiBackend {
     fn any_busy(&self) -> bool {
         self.modules
             .iter()
-            .any(|m| m.drive.as_ref().is_some_and(|d| d.busy))
+            .any(|m| m.drive.as_ref().is_some_and(Drive::is_busy))
     }
 
     /// Connect if needed; identify and initialise a fresh connection.
@@ -333,51 +305,19 @@ impl AsciiBackend {
     /// The status of a module, derived from the link, the last errors and the drive.
     fn status(&self, m: usize) -> Value {
         let module = &self.modules[m];
-        if !self.link.is_up() {
-            return json!([st::ERROR, format!("link down: {}", self.link.down_reason())]);
-        }
-        if let Some(e) = module.params.iter().find_map(|p| p.last_error.as_ref()) {
-            return json!([st::ERROR, e.text]);
-        }
-        if let Some(d) = &module.drive {
-            if d.busy {
-                return json!([st::BUSY, "moving"]);
-            }
-            if let Some(w) = &d.warning {
-                return json!([st::WARN, w]);
-            }
-        }
-        json!([st::IDLE, "ok"])
+        let down = (!self.link.is_up()).then(|| self.link.down_reason());
+        let error = module.params.iter().find_map(|p| p.last_error.as_ref());
+        module_status(down, error, module.drive.as_ref())
     }
 
     /// Advance the drive state of module `m` after a new value.
     fn update_drive(&mut self, m: usize) {
         let value = self.param_value(m, "value").and_then(|v| v.as_f64());
         let target = self.param_value(m, "target").and_then(|v| v.as_f64());
-        let Some(drive) = self.modules[m].drive.as_mut() else {
-            return;
-        };
-        if !drive.busy {
-            return;
-        }
-        let (Some(value), Some(target)) = (value, target) else {
-            return;
-        };
-        let now = Instant::now();
-        if (value - target).abs() <= drive.config.tolerance {
-            let since = *drive.within_since.get_or_insert(now);
-            if now.duration_since(since).as_secs_f64() >= drive.config.settle {
-                drive.busy = false;
-            }
-        } else {
-            drive.within_since = None;
-            if now.duration_since(drive.started).as_secs_f64() > drive.config.timeout {
-                drive.busy = false;
-                drive.warning = Some(format!(
-                    "target {target} not reached within {} s",
-                    drive.config.timeout
-                ));
-            }
+        if let (Some(drive), Some(value), Some(target)) =
+            (self.modules[m].drive.as_mut(), value, target)
+        {
+            drive.observe(value, target);
         }
     }
 
@@ -560,12 +500,7 @@ fn build_module(
         });
     }
     if has_status {
-        builder = builder.status(&[
-            ("IDLE", st::IDLE),
-            ("WARN", st::WARN),
-            ("BUSY", st::BUSY),
-            ("ERROR", st::ERROR),
-        ]);
+        builder = builder.status(STATUS_CODES);
         builder = builder.writable(
             "pollinterval",
             "polling interval of the link (shared by its modules)",
@@ -598,23 +533,14 @@ fn build_module(
     }
     let drive = match (&spec.drive, spec.class.as_str()) {
         (Some(d), "Drivable") => {
-            let positive = |x: f64| x > 0.0 && x.is_finite();
-            if !positive(d.tolerance) || d.settle < 0.0 || !positive(d.timeout) {
-                return Err("drive: tolerance and timeout must be > 0, settle >= 0".into());
-            }
+            d.validate()?;
             if let Some(stop) = &d.stop {
                 Template::parse(stop).map_err(|e| format!("drive.stop: {e}"))?;
             }
             if !commands.iter().any(|c| c.name == "stop") {
                 builder = builder.command("stop", "stop the move", None, None)?;
             }
-            Some(Drive {
-                config: d.clone(),
-                busy: false,
-                started: Instant::now(),
-                within_since: None,
-                warning: None,
-            })
+            Some(Drive::new(d.clone()))
         }
         (None, "Drivable") => {
             return Err("drive: a Drivable needs a [module.drive] section (tolerance, ...)".into())
@@ -807,10 +733,7 @@ impl Backend for AsciiBackend {
         };
         if parameter == "target" {
             if let Some(d) = self.modules[m].drive.as_mut() {
-                d.busy = true;
-                d.started = Instant::now();
-                d.within_since = None;
-                d.warning = None;
+                d.start();
             }
         }
         if self.modules[m].has_status {
@@ -890,7 +813,7 @@ impl AsciiBackend {
             }
         }
         if let Some(d) = self.modules[m].drive.as_mut() {
-            d.busy = false;
+            d.stop();
         }
         fx.push(&module, "status", Ok(self.status(m)));
         Ok(Value::Null)
@@ -900,6 +823,7 @@ impl AsciiBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn conversions() {

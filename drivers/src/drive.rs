@@ -1,0 +1,160 @@
+//! What config-defined Drivables and their status have in common, whatever the
+//! protocol: a move starts when `target` is written, ends when the value stayed
+//! within tolerance for the settle time, and ends in WARN after the timeout.
+
+use secop_proto::status as st;
+use secop_proto::SecopError;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Instant;
+
+/// `[module.drive]`: how a Drivable knows it arrived.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    /// |value - target| within which the target counts as reached.
+    pub tolerance: f64,
+    /// Seconds the value must stay within tolerance.
+    #[serde(default)]
+    pub settle: f64,
+    /// Seconds after which a move that did not arrive ends in WARN.
+    #[serde(default = "default_drive_timeout")]
+    pub timeout: f64,
+    /// ASCII: a command line that stops a move. Modbus: the name of a
+    /// `[[module.command]]` to run. Without it, `stop` writes the current value as
+    /// target.
+    pub stop: Option<String>,
+}
+
+fn default_drive_timeout() -> f64 {
+    3600.0
+}
+
+impl DriveConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = |x: f64| x > 0.0 && x.is_finite();
+        if !positive(self.tolerance) || self.settle < 0.0 || !positive(self.timeout) {
+            return Err("drive: tolerance and timeout must be > 0, settle >= 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// The state of a move.
+#[derive(Debug, Clone)]
+pub struct Drive {
+    pub config: DriveConfig,
+    busy: bool,
+    started: Instant,
+    within_since: Option<Instant>,
+    warning: Option<String>,
+}
+
+impl Drive {
+    pub fn new(config: DriveConfig) -> Drive {
+        Drive {
+            config,
+            busy: false,
+            started: Instant::now(),
+            within_since: None,
+            warning: None,
+        }
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.busy
+    }
+
+    /// A new target was written.
+    pub fn start(&mut self) {
+        self.busy = true;
+        self.started = Instant::now();
+        self.within_since = None;
+        self.warning = None;
+    }
+
+    pub fn stop(&mut self) {
+        self.busy = false;
+    }
+
+    /// A new value was read while moving to `target`.
+    pub fn observe(&mut self, value: f64, target: f64) {
+        if !self.busy {
+            return;
+        }
+        let now = Instant::now();
+        if (value - target).abs() <= self.config.tolerance {
+            let since = *self.within_since.get_or_insert(now);
+            if now.duration_since(since).as_secs_f64() >= self.config.settle {
+                self.busy = false;
+            }
+        } else {
+            self.within_since = None;
+            if now.duration_since(self.started).as_secs_f64() > self.config.timeout {
+                self.busy = false;
+                self.warning = Some(format!(
+                    "target {target} not reached within {} s",
+                    self.config.timeout
+                ));
+            }
+        }
+    }
+}
+
+/// The status of a config-defined module: ERROR while its link is down or a value
+/// could not be read, BUSY while moving, WARN after a move timed out, else IDLE.
+pub fn module_status(
+    link_down: Option<String>,
+    error: Option<&SecopError>,
+    drive: Option<&Drive>,
+) -> Value {
+    if let Some(reason) = link_down {
+        return json!([st::ERROR, format!("link down: {reason}")]);
+    }
+    if let Some(e) = error {
+        return json!([st::ERROR, e.text]);
+    }
+    if let Some(d) = drive {
+        if d.busy {
+            return json!([st::BUSY, "moving"]);
+        }
+        if let Some(w) = &d.warning {
+            return json!([st::WARN, w]);
+        }
+    }
+    json!([st::IDLE, "ok"])
+}
+
+/// The status codes config-defined modules use.
+pub const STATUS_CODES: &[(&str, i64)] = &[
+    ("IDLE", st::IDLE),
+    ("WARN", st::WARN),
+    ("BUSY", st::BUSY),
+    ("ERROR", st::ERROR),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moves_settle_and_time_out() {
+        let mut d = Drive::new(DriveConfig {
+            tolerance: 0.5,
+            settle: 0.0,
+            timeout: 0.05,
+            stop: None,
+        });
+        d.start();
+        d.observe(10.0, 20.0);
+        assert!(d.is_busy());
+        d.observe(19.8, 20.0);
+        assert!(!d.is_busy());
+        d.start();
+        std::thread::sleep(std::time::Duration::from_millis(80));
+        d.observe(10.0, 20.0);
+        assert!(!d.is_busy());
+        assert_eq!(module_status(None, None, Some(&d))[0], 200);
+        assert_eq!(module_status(Some("x".into()), None, Some(&d))[0], 400);
+    }
+}

@@ -1,0 +1,280 @@
+//! Register layouts: how a value of a type spans Modbus registers, in which word and
+//! byte order. Pure functions, unit-tested against known register images.
+
+use serde_json::Value;
+
+/// The data type of a register-mapped value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegType {
+    Bool,
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+    F32,
+    F64,
+    /// Fixed-length ASCII string of this many registers (two characters each).
+    Str(u16),
+}
+
+impl RegType {
+    pub fn parse(name: &str, length: Option<u16>) -> Result<RegType, String> {
+        Ok(match name {
+            "bool" => RegType::Bool,
+            "u16" => RegType::U16,
+            "i16" => RegType::I16,
+            "u32" => RegType::U32,
+            "i32" => RegType::I32,
+            "u64" => RegType::U64,
+            "i64" => RegType::I64,
+            "f32" => RegType::F32,
+            "f64" => RegType::F64,
+            "string" => match length {
+                Some(n) if n > 0 && n <= 125 => RegType::Str(n),
+                _ => return Err("type string needs length = number of registers (1..125)".into()),
+            },
+            other => {
+                return Err(format!(
+                    "type {other:?} is not bool, u16, i16, u32, i32, u64, i64, f32, f64 or string"
+                ))
+            }
+        })
+    }
+
+    /// Registers (or coils) the value occupies.
+    pub fn registers(self) -> u16 {
+        match self {
+            RegType::Bool | RegType::U16 | RegType::I16 => 1,
+            RegType::U32 | RegType::I32 | RegType::F32 => 2,
+            RegType::U64 | RegType::I64 | RegType::F64 => 4,
+            RegType::Str(n) => n,
+        }
+    }
+}
+
+/// Word and byte order of multi-register values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Order {
+    /// The first register holds the most significant word.
+    pub big_words: bool,
+    /// Each register's high byte comes first.
+    pub big_bytes: bool,
+}
+
+impl Order {
+    pub fn parse(words: &str, bytes: &str) -> Result<Order, String> {
+        let big = |s: &str, key: &str| match s {
+            "big" => Ok(true),
+            "little" => Ok(false),
+            other => Err(format!("{key}: {other:?} is not big or little")),
+        };
+        Ok(Order {
+            big_words: big(words, "word_order")?,
+            big_bytes: big(bytes, "byte_order")?,
+        })
+    }
+}
+
+/// Bytes of the value, most significant first, from its registers.
+fn to_bytes(regs: &[u16], order: Order) -> Vec<u8> {
+    let mut words: Vec<u16> = regs.to_vec();
+    if !order.big_words {
+        words.reverse();
+    }
+    words
+        .iter()
+        .flat_map(|w| {
+            let b = w.to_be_bytes();
+            if order.big_bytes {
+                [b[0], b[1]]
+            } else {
+                [b[1], b[0]]
+            }
+        })
+        .collect()
+}
+
+fn from_bytes(bytes: &[u8], order: Order) -> Vec<u16> {
+    let mut words: Vec<u16> = bytes
+        .chunks(2)
+        .map(|c| {
+            let (hi, lo) = (c[0], c.get(1).copied().unwrap_or(0));
+            if order.big_bytes {
+                u16::from_be_bytes([hi, lo])
+            } else {
+                u16::from_be_bytes([lo, hi])
+            }
+        })
+        .collect();
+    if !order.big_words {
+        words.reverse();
+    }
+    words
+}
+
+/// The raw number (or string) held in `regs`.
+pub fn decode(regs: &[u16], kind: RegType, order: Order) -> Result<Value, String> {
+    if regs.len() != usize::from(kind.registers()) {
+        return Err(format!(
+            "expected {} registers, got {}",
+            kind.registers(),
+            regs.len()
+        ));
+    }
+    let b = to_bytes(regs, order);
+    let arr = |n: usize| -> [u8; 8] {
+        let mut a = [0u8; 8];
+        a[8 - n..].copy_from_slice(&b[..n]);
+        a
+    };
+    Ok(match kind {
+        RegType::Bool => Value::Bool(regs[0] != 0),
+        RegType::U16 => Value::from(u16::from_be_bytes([b[0], b[1]])),
+        RegType::I16 => Value::from(i16::from_be_bytes([b[0], b[1]])),
+        RegType::U32 => Value::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+        RegType::I32 => Value::from(i32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+        RegType::U64 => Value::from(u64::from_be_bytes(arr(8))),
+        RegType::I64 => Value::from(i64::from_be_bytes(arr(8))),
+        RegType::F32 => {
+            secop_proto::json::number(f64::from(f32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+                .ok_or("the register holds NaN or infinity")?
+        }
+        RegType::F64 => secop_proto::json::number(f64::from_be_bytes(arr(8)))
+            .ok_or("the register holds NaN or infinity")?,
+        RegType::Str(_) => {
+            let text: String = b
+                .iter()
+                .take_while(|c| **c != 0)
+                .map(|c| if c.is_ascii() { *c as char } else { '?' })
+                .collect();
+            Value::from(text.trim_end())
+        }
+    })
+}
+
+/// Registers holding `value` (a number, bool or string) as `kind`.
+pub fn encode(value: &Value, kind: RegType, order: Order) -> Result<Vec<u16>, String> {
+    let number = || {
+        value
+            .as_f64()
+            .or_else(|| value.as_bool().map(|b| f64::from(u8::from(b))))
+    };
+    let int = |min: f64, max: f64| -> Result<i128, String> {
+        let x = number()
+            .ok_or_else(|| format!("{value} is not a number"))?
+            .round();
+        if x < min || x > max {
+            return Err(format!("{x} does not fit the register type"));
+        }
+        Ok(x as i128)
+    };
+    let bytes: Vec<u8> = match kind {
+        RegType::Bool => return Ok(vec![u16::from(number().unwrap_or(0.0) != 0.0)]),
+        RegType::U16 => (int(0.0, 65535.0)? as u16).to_be_bytes().to_vec(),
+        RegType::I16 => (int(-32768.0, 32767.0)? as i16).to_be_bytes().to_vec(),
+        RegType::U32 => (int(0.0, 4294967295.0)? as u32).to_be_bytes().to_vec(),
+        RegType::I32 => (int(-2147483648.0, 2147483647.0)? as i32)
+            .to_be_bytes()
+            .to_vec(),
+        RegType::U64 => (int(0.0, 1.8446744073709552e19)? as u64)
+            .to_be_bytes()
+            .to_vec(),
+        RegType::I64 => (int(-9.223372036854776e18, 9.223372036854776e18)? as i64)
+            .to_be_bytes()
+            .to_vec(),
+        RegType::F32 => (number().ok_or("not a number")? as f32)
+            .to_be_bytes()
+            .to_vec(),
+        RegType::F64 => number().ok_or("not a number")?.to_be_bytes().to_vec(),
+        RegType::Str(n) => {
+            let s = value.as_str().ok_or("not a string")?;
+            if !s.is_ascii() || s.len() > usize::from(n) * 2 {
+                return Err(format!(
+                    "{s:?} is not ASCII of at most {} characters",
+                    n * 2
+                ));
+            }
+            let mut b = s.as_bytes().to_vec();
+            b.resize(usize::from(n) * 2, 0);
+            b
+        }
+    };
+    Ok(from_bytes(&bytes, order))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const BIG: Order = Order {
+        big_words: true,
+        big_bytes: true,
+    };
+    const SWAPPED_WORDS: Order = Order {
+        big_words: false,
+        big_bytes: true,
+    };
+    const LITTLE: Order = Order {
+        big_words: false,
+        big_bytes: false,
+    };
+
+    #[test]
+    fn known_images() {
+        // 1.5f32 = 0x3FC00000
+        assert_eq!(
+            decode(&[0x3FC0, 0x0000], RegType::F32, BIG).unwrap(),
+            json!(1.5)
+        );
+        assert_eq!(
+            decode(&[0x0000, 0x3FC0], RegType::F32, SWAPPED_WORDS).unwrap(),
+            json!(1.5)
+        );
+        assert_eq!(
+            decode(&[0x0000, 0xC03F], RegType::F32, LITTLE).unwrap(),
+            json!(1.5)
+        );
+        assert_eq!(decode(&[0xFFFF], RegType::I16, BIG).unwrap(), json!(-1));
+        assert_eq!(
+            decode(&[0x0001, 0x0002], RegType::U32, BIG).unwrap(),
+            json!(65538)
+        );
+        assert_eq!(
+            decode(&[0x4142, 0x4300], RegType::Str(2), BIG).unwrap(),
+            json!("ABC")
+        );
+        assert_eq!(decode(&[0, 0, 0, 1], RegType::I64, BIG).unwrap(), json!(1));
+    }
+
+    #[test]
+    fn round_trips() {
+        for order in [
+            BIG,
+            SWAPPED_WORDS,
+            LITTLE,
+            Order {
+                big_words: true,
+                big_bytes: false,
+            },
+        ] {
+            for (v, k) in [
+                (json!(-12345.5), RegType::F64),
+                (json!(2.25), RegType::F32),
+                (json!(-70000), RegType::I32),
+                (json!(4000000000u64), RegType::U32),
+                (json!(-5), RegType::I64),
+                (json!(65535), RegType::U16),
+                (json!("PUMP1"), RegType::Str(4)),
+            ] {
+                let regs = encode(&v, k, order).unwrap();
+                assert_eq!(regs.len(), usize::from(k.registers()));
+                assert_eq!(decode(&regs, k, order).unwrap(), v, "{k:?} {order:?}");
+            }
+        }
+        assert!(encode(&json!(70000), RegType::U16, BIG).is_err());
+        assert!(encode(&json!("too long"), RegType::Str(2), BIG).is_err());
+    }
+}

@@ -1,0 +1,975 @@
+//! Modbus devices defined in config: register maps per parameter (table, address,
+//! type, word and byte order, scale, offset, bits, enums), read in coalesced blocks,
+//! written with the function code that fits (5/6/15/16). Modbus TCP when the link
+//! has `tcp`, Modbus RTU when it has `serial` (several units on one RS-485 bus).
+//!
+//! tokio-modbus has no timeouts of its own: every call is wrapped in the link's
+//! deadline, and after a timeout the connection is dropped and reopened, because a
+//! late reply would otherwise be taken as the answer to the next request.
+
+pub mod codec;
+
+use crate::builder::ModuleBuilder;
+use crate::drive::{module_status, Drive, DriveConfig, STATUS_CODES};
+use crate::link::{Link, LinkConfig, Stream};
+use crate::ModuleConfig;
+use codec::{Order, RegType};
+use secop_actors::device_actor::{Backend, Effects, Produced};
+use secop_proto::{DataInfo, Kind, ModuleDescription, SecopError};
+use serde::Deserialize;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use tokio_modbus::client::{Context, Reader, Writer};
+use tokio_modbus::slave::{Slave, SlaveContext};
+
+/// `[link.modbus]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusLink {
+    /// Default unit id of the modules on this link.
+    #[serde(default = "one")]
+    pub unit_id: u8,
+    /// Largest gap (registers) bridged when coalescing reads into one block.
+    #[serde(default = "default_max_gap")]
+    pub max_gap: u16,
+    /// Largest block (registers; coils are limited to 2000).
+    #[serde(default = "default_max_block")]
+    pub max_block: u16,
+}
+
+fn one() -> u8 {
+    1
+}
+fn default_max_gap() -> u16 {
+    8
+}
+fn default_max_block() -> u16 {
+    125
+}
+
+/// The part of a `[[module]]` that a Modbus link reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusModule {
+    pub class: String,
+    /// Unit id of this module (default: the link's).
+    pub unit_id: Option<u8>,
+    #[serde(default, rename = "parameter")]
+    pub parameters: Vec<ModbusParameter>,
+    #[serde(default, rename = "command")]
+    pub commands: Vec<ModbusCommand>,
+    pub drive: Option<DriveConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusParameter {
+    pub name: String,
+    pub description: Option<String>,
+    pub datainfo: Value,
+    /// `coil`, `discrete`, `input` or `holding`.
+    pub table: String,
+    pub address: u16,
+    /// bool, u16, i16, u32, i32, u64, i64, f32, f64, string.
+    #[serde(rename = "type", default = "u16_name")]
+    pub kind: String,
+    /// Registers of a string.
+    pub length: Option<u16>,
+    #[serde(default = "big")]
+    pub word_order: String,
+    #[serde(default = "big")]
+    pub byte_order: String,
+    /// value = raw * scale + offset (doubles).
+    #[serde(default = "unit_scale")]
+    pub scale: f64,
+    #[serde(default)]
+    pub offset: f64,
+    /// Take one bit of a register (a status word), as a bool.
+    pub bit: Option<u8>,
+    /// Clients may change it (coils and holding registers only).
+    #[serde(default)]
+    pub writable: bool,
+    /// `normal`, `slow` or `never`.
+    #[serde(default = "normal")]
+    pub poll: String,
+}
+
+fn u16_name() -> String {
+    "u16".into()
+}
+fn big() -> String {
+    "big".into()
+}
+fn unit_scale() -> f64 {
+    1.0
+}
+fn normal() -> String {
+    "normal".into()
+}
+
+/// A command writes a fixed value (or its argument) to a coil or holding register.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusCommand {
+    pub name: String,
+    pub description: Option<String>,
+    pub table: String,
+    pub address: u16,
+    #[serde(rename = "type", default = "u16_name")]
+    pub kind: String,
+    /// The value written; without it the command takes an argument of `argument`.
+    pub value: Option<Value>,
+    pub argument: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Table {
+    Coil,
+    Discrete,
+    Input,
+    Holding,
+}
+
+impl Table {
+    fn parse(name: &str) -> Result<Table, String> {
+        Ok(match name {
+            "coil" => Table::Coil,
+            "discrete" => Table::Discrete,
+            "input" => Table::Input,
+            "holding" => Table::Holding,
+            other => {
+                return Err(format!(
+                    "table: {other:?} is not coil, discrete, input or holding"
+                ))
+            }
+        })
+    }
+
+    fn is_bits(self) -> bool {
+        matches!(self, Table::Coil | Table::Discrete)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Table::Coil => "coil",
+            Table::Discrete => "discrete input",
+            Table::Input => "input register",
+            Table::Holding => "holding register",
+        }
+    }
+}
+
+struct Param {
+    name: String,
+    datainfo: DataInfo,
+    unit: u8,
+    table: Table,
+    address: u16,
+    kind: RegType,
+    order: Order,
+    scale: f64,
+    offset: f64,
+    bit: Option<u8>,
+    writable: bool,
+    last: Option<Value>,
+    last_error: Option<SecopError>,
+}
+
+struct Command {
+    name: String,
+    unit: u8,
+    table: Table,
+    address: u16,
+    kind: RegType,
+    value: Option<Value>,
+}
+
+struct Module {
+    name: String,
+    params: Vec<Param>,
+    commands: Vec<Command>,
+    drive: Option<Drive>,
+}
+
+/// One coalesced read.
+#[derive(Debug, Clone, PartialEq)]
+struct Block {
+    unit: u8,
+    table: Table,
+    start: u16,
+    count: u16,
+    /// (module, parameter)
+    members: Vec<(usize, usize)>,
+}
+
+/// The backend of a Modbus link.
+pub struct ModbusBackend {
+    link: Link,
+    context: Option<Context>,
+    rtu: bool,
+    last_io: Instant,
+    modules: Vec<Module>,
+    descriptions: Vec<ModuleDescription>,
+    normal_blocks: Vec<Block>,
+    slow_blocks: Vec<Block>,
+    plan: Vec<Block>,
+    cycle: u64,
+    pollinterval: f64,
+}
+
+/// Coalesce single-parameter reads into blocks of at most `max_block` registers (2000
+/// coils) with gaps of at most `max_gap`.
+fn plan_blocks(mut reads: Vec<Block>, max_gap: u16, max_block: u16) -> Vec<Block> {
+    reads.sort_by_key(|b| (b.unit, b.table, b.start));
+    let mut blocks: Vec<Block> = Vec::new();
+    for read in reads {
+        let limit = if read.table.is_bits() {
+            2000
+        } else {
+            max_block
+        };
+        if let Some(b) = blocks.last_mut() {
+            let end = u32::from(b.start) + u32::from(b.count);
+            let new_end = (u32::from(read.start) + u32::from(read.count)).max(end);
+            if b.unit == read.unit
+                && b.table == read.table
+                && u32::from(read.start) <= end + u32::from(max_gap)
+                && new_end - u32::from(b.start) <= u32::from(limit)
+            {
+                b.count = (new_end - u32::from(b.start)) as u16;
+                b.members.extend(read.members);
+                continue;
+            }
+        }
+        blocks.push(read);
+    }
+    blocks
+}
+
+fn exception_error(code: tokio_modbus::ExceptionCode, what: &str) -> SecopError {
+    use tokio_modbus::ExceptionCode as E;
+    let number = u8::from(code);
+    let text = format!("Modbus exception 0x{number:02X} ({code}) at {what}");
+    match code {
+        E::ServerDeviceBusy | E::Acknowledge => SecopError::is_busy(text),
+        E::GatewayPathUnavailable | E::GatewayTargetDevice => {
+            SecopError::communication_failed(text)
+        }
+        _ => SecopError::hardware(text),
+    }
+}
+
+impl ModbusBackend {
+    pub fn build(
+        link: &LinkConfig,
+        modules: &[(ModuleConfig, ModbusModule)],
+    ) -> Result<ModbusBackend, String> {
+        link.validate()?;
+        let settings = link.modbus.clone().unwrap_or(ModbusLink {
+            unit_id: 1,
+            max_gap: default_max_gap(),
+            max_block: default_max_block(),
+        });
+        if settings.max_block == 0 || settings.max_block > 125 {
+            return Err("modbus.max_block: must be within 1..125 registers".into());
+        }
+        let mut runtime = Vec::new();
+        let mut descriptions = Vec::new();
+        let (mut normal, mut slow) = (Vec::new(), Vec::new());
+        for (m, (config, spec)) in modules.iter().enumerate() {
+            let unit = spec.unit_id.unwrap_or(settings.unit_id);
+            let (module, description, polls) = build_module(config, spec, unit)
+                .map_err(|e| format!("module {:?}: {e}", config.name))?;
+            for (p, poll) in polls.into_iter().enumerate() {
+                let param = &module.params[p];
+                let item = Block {
+                    unit: param.unit,
+                    table: param.table,
+                    start: param.address,
+                    count: param.kind.registers(),
+                    members: vec![(m, p)],
+                };
+                match poll.as_str() {
+                    "normal" => normal.push(item),
+                    "slow" => slow.push(item),
+                    _ => {}
+                }
+            }
+            runtime.push(module);
+            descriptions.push(description);
+        }
+        Ok(ModbusBackend {
+            link: Link::new(link.clone()),
+            context: None,
+            rtu: link.serial.is_some(),
+            last_io: Instant::now(),
+            modules: runtime,
+            descriptions,
+            normal_blocks: plan_blocks(normal, settings.max_gap, settings.max_block),
+            slow_blocks: plan_blocks(slow, settings.max_gap, settings.max_block),
+            plan: Vec::new(),
+            cycle: 0,
+            pollinterval: link.pollinterval,
+        })
+    }
+
+    async fn context(&mut self) -> Result<&mut Context, SecopError> {
+        if self.context.is_none() {
+            let stream = self
+                .link
+                .connect_raw()
+                .await
+                .map_err(|e| SecopError::communication_failed(format!("link down: {e}")))?;
+            self.context = Some(match stream {
+                Stream::Tcp(s) => tokio_modbus::client::tcp::attach(s),
+                Stream::Serial(s) => tokio_modbus::client::rtu::attach(s),
+            });
+        }
+        self.context
+            .as_mut()
+            .ok_or_else(|| SecopError::internal("no Modbus context"))
+    }
+
+    /// RTU needs 3.5 character times of silence between frames.
+    async fn inter_frame_gap(&mut self) {
+        if !self.rtu {
+            return;
+        }
+        let baud = f64::from(self.link.config().baud.max(1));
+        let gap = if baud > 19200.0 {
+            0.00175
+        } else {
+            3.5 * 11.0 / baud
+        };
+        let since = self.last_io.elapsed().as_secs_f64();
+        if since < gap {
+            tokio::time::sleep(Duration::from_secs_f64(gap - since)).await;
+        }
+    }
+
+    fn lost(&mut self, reason: &str) {
+        self.context = None;
+        self.link.drop_connection(reason);
+    }
+
+    /// Run one Modbus call under the link's deadline.
+    async fn call<T, F>(&mut self, unit: u8, what: &str, f: F) -> Result<T, SecopError>
+    where
+        F: for<'c> FnOnce(
+            &'c mut Context,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = tokio_modbus::Result<T>> + 'c>,
+        >,
+    {
+        self.inter_frame_gap().await;
+        let timeout = self.link.transaction_timeout();
+        let ctx = self.context().await?;
+        ctx.set_slave(Slave(unit));
+        let result = tokio::time::timeout(timeout, f(ctx)).await;
+        self.last_io = Instant::now();
+        match result {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(code))) => Err(exception_error(code, what)),
+            Ok(Err(e)) => {
+                let reason = format!("Modbus I/O error at {what}: {e}");
+                self.lost(&reason);
+                Err(SecopError::communication_failed(reason))
+            }
+            Err(_) => {
+                let reason = format!(
+                    "no reply from unit {unit} at {what} within {} s",
+                    timeout.as_secs_f64()
+                );
+                self.lost(&reason);
+                Err(SecopError::timeout(reason))
+            }
+        }
+    }
+
+    async fn read_block(&mut self, b: &Block) -> Result<Vec<u16>, SecopError> {
+        let what = format!(
+            "{} {}..{}",
+            b.table.name(),
+            b.start,
+            u32::from(b.start) + u32::from(b.count) - 1
+        );
+        let (start, count) = (b.start, b.count);
+        match b.table {
+            Table::Coil => self
+                .call(b.unit, &what, move |c| Box::pin(c.read_coils(start, count)))
+                .await
+                .map(|bits| bits.into_iter().map(u16::from).collect()),
+            Table::Discrete => self
+                .call(b.unit, &what, move |c| {
+                    Box::pin(c.read_discrete_inputs(start, count))
+                })
+                .await
+                .map(|bits| bits.into_iter().map(u16::from).collect()),
+            Table::Input => {
+                self.call(b.unit, &what, move |c| {
+                    Box::pin(c.read_input_registers(start, count))
+                })
+                .await
+            }
+            Table::Holding => {
+                self.call(b.unit, &what, move |c| {
+                    Box::pin(c.read_holding_registers(start, count))
+                })
+                .await
+            }
+        }
+    }
+
+    /// Read a block and turn its registers into the values of its members.
+    async fn poll_block(&mut self, b: &Block) -> Vec<Produced> {
+        let regs = self.read_block(b).await;
+        let mut out = Vec::new();
+        for &(m, p) in &b.members {
+            let value = match &regs {
+                Ok(regs) => {
+                    let param = &self.modules[m].params[p];
+                    let offset = usize::from(param.address - b.start);
+                    let slice = &regs[offset..offset + usize::from(param.kind.registers())];
+                    to_value(param, slice)
+                        .map_err(|e| SecopError::hardware(format!("{}: {e}", param.name)))
+                }
+                Err(e) => Err(e.clone()),
+            };
+            let param = &mut self.modules[m].params[p];
+            match &value {
+                Ok(v) => {
+                    param.last = Some(v.clone());
+                    param.last_error = None;
+                }
+                Err(e) => param.last_error = Some(e.clone()),
+            }
+            let name = self.modules[m].name.clone();
+            out.push((name, self.modules[m].params[p].name.clone(), value));
+            if self.modules[m].params[p].name == "value" {
+                self.update_drive(m);
+            }
+        }
+        out
+    }
+
+    fn update_drive(&mut self, m: usize) {
+        let get = |name: &str| {
+            self.modules[m]
+                .params
+                .iter()
+                .find(|p| p.name == name)
+                .and_then(|p| p.last.as_ref())
+                .and_then(Value::as_f64)
+        };
+        let (value, target) = (get("value"), get("target"));
+        if let (Some(d), Some(value), Some(target)) =
+            (self.modules[m].drive.as_mut(), value, target)
+        {
+            d.observe(value, target);
+        }
+    }
+
+    fn status(&self, m: usize) -> Value {
+        let module = &self.modules[m];
+        let down = (!self.link.is_up()).then(|| self.link.down_reason());
+        let error = module.params.iter().find_map(|p| p.last_error.as_ref());
+        module_status(down, error, module.drive.as_ref())
+    }
+
+    fn find(&self, module: &str, parameter: &str) -> Result<(usize, usize), SecopError> {
+        let m = self
+            .modules
+            .iter()
+            .position(|x| x.name == module)
+            .ok_or_else(|| SecopError::no_such_module(module.to_owned()))?;
+        let p = self.modules[m]
+            .params
+            .iter()
+            .position(|x| x.name == parameter)
+            .ok_or_else(|| {
+                SecopError::no_such_parameter(format!("{module} has no parameter {parameter:?}"))
+            })?;
+        Ok((m, p))
+    }
+
+    async fn write(
+        &mut self,
+        unit: u8,
+        table: Table,
+        address: u16,
+        kind: RegType,
+        order: Order,
+        raw: &Value,
+    ) -> Result<(), SecopError> {
+        let what = format!("{} {address}", table.name());
+        match table {
+            Table::Coil => {
+                let on = raw
+                    .as_bool()
+                    .or_else(|| raw.as_f64().map(|x| x != 0.0))
+                    .unwrap_or(false);
+                self.call(unit, &what, move |c| {
+                    Box::pin(c.write_single_coil(address, on))
+                })
+                .await
+            }
+            Table::Holding => {
+                let regs = codec::encode(raw, kind, order)
+                    .map_err(|e| SecopError::range(format!("{what}: {e}")))?;
+                if regs.len() == 1 {
+                    let word = regs[0];
+                    self.call(unit, &what, move |c| {
+                        Box::pin(c.write_single_register(address, word))
+                    })
+                    .await
+                } else {
+                    self.call(unit, &what, move |c| {
+                        Box::pin(async move { c.write_multiple_registers(address, &regs).await })
+                    })
+                    .await
+                }
+            }
+            _ => Err(SecopError::read_only(format!("{what} cannot be written"))),
+        }
+    }
+}
+
+/// Registers of one parameter → its value.
+fn to_value(param: &Param, regs: &[u16]) -> Result<Value, String> {
+    if let Some(bit) = param.bit {
+        return Ok(Value::Bool(regs[0] >> bit & 1 == 1));
+    }
+    let raw = codec::decode(regs, param.kind, param.order)?;
+    match &param.datainfo.kind {
+        Kind::Double { .. } => {
+            let x = raw.as_f64().ok_or("not a number")? * param.scale + param.offset;
+            secop_proto::json::number(x).ok_or_else(|| "not a finite number".to_owned())
+        }
+        Kind::Bool => Ok(Value::Bool(
+            raw.as_f64()
+                .map(|x| x != 0.0)
+                .or(raw.as_bool())
+                .unwrap_or(false),
+        )),
+        Kind::Enum { members } => {
+            let n = raw.as_i64().ok_or("not an integer")?;
+            if members.iter().any(|(_, v)| *v == n) {
+                Ok(Value::from(n))
+            } else {
+                Err(format!("{n} is not a member of the enum"))
+            }
+        }
+        _ => Ok(raw),
+    }
+}
+
+fn build_module(
+    config: &ModuleConfig,
+    spec: &ModbusModule,
+    unit: u8,
+) -> Result<(Module, ModuleDescription, Vec<String>), String> {
+    let classes: &[&str] = match spec.class.as_str() {
+        "Readable" => &["Readable"],
+        "Writable" => &["Writable"],
+        "Drivable" => &["Drivable"],
+        other => {
+            return Err(format!(
+                "class: {other:?} is not Readable, Writable or Drivable"
+            ))
+        }
+    };
+    let mut builder = ModuleBuilder::new(config, "", classes);
+    let mut params = Vec::new();
+    let mut polls = Vec::new();
+    for (i, p) in spec.parameters.iter().enumerate() {
+        let key = format!("parameter[{i}] ({:?})", p.name);
+        if p.name == "status" || p.name == "pollinterval" {
+            return Err(format!("{key}: {} is provided by the gateway", p.name));
+        }
+        let datainfo =
+            DataInfo::from_json(&p.datainfo).map_err(|e| format!("{key}.datainfo: {e}"))?;
+        let table = Table::parse(&p.table).map_err(|e| format!("{key}.{e}"))?;
+        let kind = RegType::parse(&p.kind, p.length).map_err(|e| format!("{key}.type: {e}"))?;
+        let order = Order::parse(&p.word_order, &p.byte_order).map_err(|e| format!("{key}.{e}"))?;
+        if table.is_bits() && kind != RegType::Bool {
+            return Err(format!("{key}.type: {} tables hold bools", table.name()));
+        }
+        if p.writable && !matches!(table, Table::Coil | Table::Holding) {
+            return Err(format!(
+                "{key}.writable: {} tables are read-only",
+                table.name()
+            ));
+        }
+        if let Some(bit) = p.bit {
+            if bit > 15 || kind != RegType::U16 || table.is_bits() {
+                return Err(format!("{key}.bit: 0..15 of a u16 register"));
+            }
+            if p.writable {
+                return Err(format!("{key}.bit: single bits cannot be written"));
+            }
+        }
+        if u32::from(p.address) + u32::from(kind.registers()) > 65536 {
+            return Err(format!("{key}.address: the value runs past register 65535"));
+        }
+        if !matches!(p.poll.as_str(), "normal" | "slow" | "never") {
+            return Err(format!(
+                "{key}.poll: {:?} is not normal, slow or never",
+                p.poll
+            ));
+        }
+        if !(p.scale.is_finite() && p.scale != 0.0) {
+            return Err(format!("{key}.scale: must be a non-zero number"));
+        }
+        let description = p.description.clone().unwrap_or_else(|| p.name.clone());
+        builder = builder
+            .param(
+                &p.name,
+                &description,
+                p.datainfo.clone(),
+                !p.writable,
+                p.writable,
+            )
+            .map_err(|e| format!("{key}: {e}"))?;
+        polls.push(p.poll.clone());
+        params.push(Param {
+            name: p.name.clone(),
+            datainfo,
+            unit,
+            table,
+            address: p.address,
+            kind,
+            order,
+            scale: p.scale,
+            offset: p.offset,
+            bit: p.bit,
+            writable: p.writable,
+            last: None,
+            last_error: None,
+        });
+    }
+    builder = builder.status(STATUS_CODES);
+    builder = builder.writable(
+        "pollinterval",
+        "polling interval of the link (shared by its modules)",
+        crate::sim::pollinterval_datainfo(),
+    )?;
+    let mut commands = Vec::new();
+    for (i, c) in spec.commands.iter().enumerate() {
+        let key = format!("command[{i}] ({:?})", c.name);
+        let table = Table::parse(&c.table).map_err(|e| format!("{key}.{e}"))?;
+        if !matches!(table, Table::Coil | Table::Holding) {
+            return Err(format!(
+                "{key}.table: commands write coils or holding registers"
+            ));
+        }
+        let kind = RegType::parse(&c.kind, None).map_err(|e| format!("{key}.type: {e}"))?;
+        if c.value.is_none() && c.argument.is_none() {
+            return Err(format!(
+                "{key}: give the value to write, or an argument datainfo"
+            ));
+        }
+        let description = c.description.clone().unwrap_or_else(|| c.name.clone());
+        builder = builder
+            .command(&c.name, &description, c.argument.clone(), None)
+            .map_err(|e| format!("{key}: {e}"))?;
+        commands.push(Command {
+            name: c.name.clone(),
+            unit,
+            table,
+            address: c.address,
+            kind,
+            value: c.value.clone(),
+        });
+    }
+    let drive = match (&spec.drive, spec.class.as_str()) {
+        (Some(d), "Drivable") => {
+            d.validate()?;
+            if let Some(stop) = &d.stop {
+                if !commands.iter().any(|c| &c.name == stop) {
+                    return Err(format!(
+                        "drive.stop: no [[module.command]] is named {stop:?}"
+                    ));
+                }
+            }
+            if !commands.iter().any(|c| c.name == "stop") {
+                builder = builder.command("stop", "stop the move", None, None)?;
+            }
+            Some(Drive::new(d.clone()))
+        }
+        (None, "Drivable") => return Err("drive: a Drivable needs a [module.drive] section".into()),
+        (Some(_), _) => return Err("drive: only a Drivable has a [module.drive] section".into()),
+        _ => None,
+    };
+    let need: &[&str] = match spec.class.as_str() {
+        "Readable" => &["value"],
+        _ => &["value", "target"],
+    };
+    for n in need {
+        match params.iter().find(|p| p.name == *n) {
+            None => return Err(format!("a {} needs a parameter {n:?}", spec.class)),
+            Some(p) if *n == "target" && !p.writable => {
+                return Err("parameter \"target\" must be writable".into())
+            }
+            _ => {}
+        }
+    }
+    let mut description = builder.build();
+    if config.description.is_none() {
+        description.description = format!("{} on a Modbus link", spec.class);
+    }
+    Ok((
+        Module {
+            name: config.name.clone(),
+            params,
+            commands,
+            drive,
+        },
+        description,
+        polls,
+    ))
+}
+
+impl Backend for ModbusBackend {
+    fn modules(&self) -> Vec<ModuleDescription> {
+        self.descriptions.clone()
+    }
+
+    fn poll_interval(&self) -> Duration {
+        let busy = self
+            .modules
+            .iter()
+            .any(|m| m.drive.as_ref().is_some_and(Drive::is_busy));
+        Duration::from_secs_f64(if busy {
+            self.pollinterval.min(0.2)
+        } else {
+            self.pollinterval
+        })
+    }
+
+    fn poll_items(&mut self) -> usize {
+        let slow_factor = u64::from(self.link.config().slow_factor);
+        self.plan = self.normal_blocks.clone();
+        if self.cycle.is_multiple_of(slow_factor) {
+            self.plan.extend(self.slow_blocks.iter().cloned());
+        }
+        self.cycle += 1;
+        self.plan.len() + 1
+    }
+
+    async fn poll(&mut self, item: usize) -> Vec<Produced> {
+        if let Some(block) = self.plan.get(item).cloned() {
+            if !self.link.is_up() && item > 0 {
+                // One reconnect attempt per cycle is enough: the first block tried it.
+                let reason = format!("link down: {}", self.link.down_reason());
+                return block
+                    .members
+                    .iter()
+                    .map(|&(m, p)| {
+                        let e = SecopError::communication_failed(reason.clone());
+                        self.modules[m].params[p].last_error = Some(e.clone());
+                        (
+                            self.modules[m].name.clone(),
+                            self.modules[m].params[p].name.clone(),
+                            Err(e),
+                        )
+                    })
+                    .collect();
+            }
+            return self.poll_block(&block).await;
+        }
+        let mut out = Vec::new();
+        for m in 0..self.modules.len() {
+            let name = self.modules[m].name.clone();
+            out.push((name.clone(), "status".to_owned(), Ok(self.status(m))));
+            out.push((
+                name,
+                "pollinterval".to_owned(),
+                secop_proto::json::number(self.pollinterval)
+                    .ok_or_else(|| SecopError::internal("pollinterval")),
+            ));
+        }
+        out
+    }
+
+    fn link_up(&self) -> bool {
+        self.link.is_up()
+    }
+
+    fn take_reconnects(&mut self) -> u64 {
+        self.link.take_reconnects()
+    }
+
+    async fn read(&mut self, module: &str, parameter: &str) -> Result<Value, SecopError> {
+        if parameter == "status" {
+            let m = self
+                .modules
+                .iter()
+                .position(|x| x.name == module)
+                .ok_or_else(|| SecopError::no_such_module(module.to_owned()))?;
+            return Ok(self.status(m));
+        }
+        if parameter == "pollinterval" {
+            return secop_proto::json::number(self.pollinterval)
+                .ok_or_else(|| SecopError::internal("pollinterval"));
+        }
+        let (m, p) = self.find(module, parameter)?;
+        let p_ref = &self.modules[m].params[p];
+        let block = Block {
+            unit: p_ref.unit,
+            table: p_ref.table,
+            start: p_ref.address,
+            count: p_ref.kind.registers(),
+            members: vec![(m, p)],
+        };
+        let mut produced = self.poll_block(&block).await;
+        produced
+            .pop()
+            .map(|(_, _, v)| v)
+            .unwrap_or_else(|| Err(SecopError::internal("nothing read")))
+    }
+
+    async fn change(
+        &mut self,
+        module: &str,
+        parameter: &str,
+        value: Value,
+        fx: &mut Effects,
+    ) -> Result<Value, SecopError> {
+        if parameter == "pollinterval" {
+            self.pollinterval = crate::sim::pollinterval(&value)?;
+            return secop_proto::json::number(self.pollinterval)
+                .ok_or_else(|| SecopError::internal("pollinterval"));
+        }
+        let (m, p) = self.find(module, parameter)?;
+        let param = &self.modules[m].params[p];
+        if !param.writable {
+            return Err(SecopError::read_only(format!(
+                "{module}:{parameter} is read-only"
+            )));
+        }
+        let raw = match (&param.datainfo.kind, value.as_f64()) {
+            (Kind::Double { .. }, Some(x)) => {
+                secop_proto::json::number((x - param.offset) / param.scale).unwrap_or(Value::Null)
+            }
+            _ => value.clone(),
+        };
+        let (unit, table, address, kind, order) = (
+            param.unit,
+            param.table,
+            param.address,
+            param.kind,
+            param.order,
+        );
+        self.write(unit, table, address, kind, order, &raw).await?;
+        let readback = self.read(module, parameter).await?;
+        if parameter == "target" {
+            if let Some(d) = self.modules[m].drive.as_mut() {
+                d.start();
+            }
+        }
+        fx.push(module, "status", Ok(self.status(m)));
+        Ok(readback)
+    }
+
+    async fn execute(
+        &mut self,
+        module: &str,
+        command: &str,
+        argument: Value,
+        fx: &mut Effects,
+    ) -> Result<Value, SecopError> {
+        let m = self
+            .modules
+            .iter()
+            .position(|x| x.name == module)
+            .ok_or_else(|| SecopError::no_such_module(module.to_owned()))?;
+        let stop_command = self.modules[m]
+            .drive
+            .as_ref()
+            .and_then(|d| d.config.stop.clone());
+        let name = match (command, &stop_command) {
+            ("stop", Some(configured)) => configured.clone(),
+            _ => command.to_owned(),
+        };
+        if let Some(c) = self.modules[m].commands.iter().position(|x| x.name == name) {
+            let cmd = &self.modules[m].commands[c];
+            let value = cmd.value.clone().unwrap_or(argument);
+            let (unit, table, address, kind) = (cmd.unit, cmd.table, cmd.address, cmd.kind);
+            let order = Order {
+                big_words: true,
+                big_bytes: true,
+            };
+            self.write(unit, table, address, kind, order, &value)
+                .await?;
+        } else if command == "stop" && self.modules[m].drive.is_some() {
+            // Hold where we are: the current value becomes the target.
+            let here = self.read(module, "value").await?;
+            let (_, t) = self.find(module, "target")?;
+            let target = &self.modules[m].params[t];
+            let raw = match here.as_f64() {
+                Some(x) => secop_proto::json::number((x - target.offset) / target.scale)
+                    .unwrap_or(Value::Null),
+                None => here.clone(),
+            };
+            let (unit, table, address, kind, order) = (
+                target.unit,
+                target.table,
+                target.address,
+                target.kind,
+                target.order,
+            );
+            self.write(unit, table, address, kind, order, &raw).await?;
+            self.modules[m].params[t].last = Some(here.clone());
+            fx.push(module, "target", Ok(here));
+        } else {
+            return Err(SecopError::no_such_command(format!(
+                "{module} has no command {command:?}"
+            )));
+        }
+        if command == "stop" {
+            if let Some(d) = self.modules[m].drive.as_mut() {
+                d.stop();
+            }
+        }
+        fx.push(module, "status", Ok(self.status(m)));
+        Ok(Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_coalesce_within_gap_and_size() {
+        let read = |unit, table, start, count, member| Block {
+            unit,
+            table,
+            start,
+            count,
+            members: vec![member],
+        };
+        let items = vec![
+            read(1, Table::Holding, 0, 2, (0, 0)),
+            read(1, Table::Holding, 4, 1, (0, 1)),
+            read(1, Table::Holding, 20, 2, (0, 2)),
+            read(1, Table::Input, 0, 1, (0, 3)),
+            read(2, Table::Holding, 0, 1, (1, 0)),
+        ];
+        let blocks = plan_blocks(items, 8, 125);
+        assert_eq!(blocks.len(), 4, "{blocks:?}");
+        assert_eq!((blocks[0].start, blocks[0].count), (0, 5));
+        assert_eq!(blocks[0].members, vec![(0, 0), (0, 1)]);
+        assert_eq!((blocks[1].table, blocks[1].start), (Table::Input, 0));
+        assert_eq!((blocks[2].start, blocks[2].count), (20, 2));
+        assert_eq!(blocks[3].unit, 2);
+        let many: Vec<_> = (0..200u16)
+            .map(|a| (1, Table::Holding, a, 1, (0, a as usize)))
+            .collect();
+        let blocks = plan_blocks(many, 8, 125);
+        assert_eq!(
+            blocks.iter().map(|b| b.count).collect::<Vec<_>>(),
+            vec![125, 75]
+        );
+    }
+}
