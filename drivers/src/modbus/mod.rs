@@ -964,7 +964,7 @@ mod tests {
         assert_eq!((blocks[2].start, blocks[2].count), (20, 2));
         assert_eq!(blocks[3].unit, 2);
         let many: Vec<_> = (0..200u16)
-            .map(|a| (1, Table::Holding, a, 1, (0, a as usize)))
+            .map(|a| read(1, Table::Holding, a, 1, (0, a as usize)))
             .collect();
         let blocks = plan_blocks(many, 8, 125);
         assert_eq!(
