@@ -958,9 +958,10 @@ mod tests {
         ];
         let blocks = plan_blocks(items, 8, 125);
         assert_eq!(blocks.len(), 4, "{blocks:?}");
-        assert_eq!((blocks[0].start, blocks[0].count), (0, 5));
-        assert_eq!(blocks[0].members, vec![(0, 0), (0, 1)]);
-        assert_eq!((blocks[1].table, blocks[1].start), (Table::Input, 0));
+        // sorted by unit, table (input before holding), address
+        assert_eq!((blocks[0].table, blocks[0].start), (Table::Input, 0));
+        assert_eq!((blocks[1].start, blocks[1].count), (0, 5));
+        assert_eq!(blocks[1].members, vec![(0, 0), (0, 1)]);
         assert_eq!((blocks[2].start, blocks[2].count), (20, 2));
         assert_eq!(blocks[3].unit, 2);
         let many: Vec<_> = (0..200u16)
