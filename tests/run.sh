@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of secop-gateway on a fresh machine: installs what the tests need
 # (Debian: prometheus for promtool and a real Prometheus server, chromium for the
-# browser test, strace for the syscall-filter test; npm: playwright-core; PyPI: the
+# browser test, strace for the syscall-filter test, socat for Modbus RTU over a pty
+# pair; npm: playwright-core; PyPI: the
 # pinned packages of tests/requirements.txt), then runs formatting and lint checks,
 # the Rust unit and integration tests, and the Python tests against the real binary.
 set -euo pipefail
@@ -15,6 +16,7 @@ command -v promtool >/dev/null || need+=(prometheus)
 [ -x /usr/bin/prometheus ] || need+=(prometheus)
 command -v strace >/dev/null || need+=(strace)
 command -v chromium >/dev/null || need+=(chromium)
+command -v socat >/dev/null || need+=(socat)
 if [ ${#need[@]} -gt 0 ]; then
   sudo_if_needed apt-get update -q
   # RUNLEVEL=1 keeps the package's init script from starting its own Prometheus.
