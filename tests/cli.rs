@@ -121,3 +121,26 @@ fn environment_overrides() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_connections"));
 }
+
+#[test]
+fn every_example_config_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).expect("config/examples") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let out = gateway().arg("check-config").arg("--config").arg(&path).output().expect("run");
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let d: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON description");
+        assert!(!d["modules"].as_object().map(|m| m.is_empty()).unwrap_or(true));
+        count += 1;
+    }
+    assert!(count >= 3, "found {count} examples");
+}
