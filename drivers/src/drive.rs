@@ -24,11 +24,24 @@ pub struct DriveConfig {
     /// `[[module.command]]` to run. Without it, `stop` writes the current value as
     /// target.
     pub stop: Option<String>,
+    /// Instead of the tolerance: the move is done when this parameter (a status bit,
+    /// an "in position" reply) equals `done_value`.
+    pub done_parameter: Option<String>,
+    #[serde(default = "default_done_value")]
+    pub done_value: Value,
 }
 
 fn default_drive_timeout() -> f64 {
     3600.0
 }
+
+fn default_done_value() -> Value {
+    Value::Bool(true)
+}
+
+/// How long a "done" flag is not trusted after a move started, unless it was seen
+/// "not done" before: devices take a poll cycle or two to raise their busy bit.
+const DONE_FLAG_GRACE: f64 = 1.0;
 
 impl DriveConfig {
     pub fn validate(&self) -> Result<(), String> {
@@ -48,6 +61,7 @@ pub struct Drive {
     started: Instant,
     within_since: Option<Instant>,
     warning: Option<String>,
+    seen_moving: bool,
 }
 
 impl Drive {
@@ -58,6 +72,7 @@ impl Drive {
             started: Instant::now(),
             within_since: None,
             warning: None,
+            seen_moving: false,
         }
     }
 
@@ -71,18 +86,38 @@ impl Drive {
         self.started = Instant::now();
         self.within_since = None;
         self.warning = None;
+        self.seen_moving = false;
     }
 
     pub fn stop(&mut self) {
         self.busy = false;
     }
 
-    /// A new value was read while moving to `target`.
-    pub fn observe(&mut self, value: f64, target: f64) {
+    /// New readings while moving: the value and target (if known) and the done flag
+    /// parameter's value (if one is configured and known).
+    pub fn observe(&mut self, value: Option<f64>, target: Option<f64>, flag: Option<&Value>) {
         if !self.busy {
             return;
         }
         let now = Instant::now();
+        if self.config.done_parameter.is_some() {
+            match flag {
+                Some(f) if *f == self.config.done_value => {
+                    let grace_over =
+                        now.duration_since(self.started).as_secs_f64() >= DONE_FLAG_GRACE;
+                    if self.seen_moving || grace_over {
+                        self.busy = false;
+                    }
+                }
+                Some(_) => self.seen_moving = true,
+                None => {}
+            }
+            self.check_timeout(now, target.unwrap_or(f64::NAN));
+            return;
+        }
+        let (Some(value), Some(target)) = (value, target) else {
+            return;
+        };
         if (value - target).abs() <= self.config.tolerance {
             let since = *self.within_since.get_or_insert(now);
             if now.duration_since(since).as_secs_f64() >= self.config.settle {
@@ -90,13 +125,17 @@ impl Drive {
             }
         } else {
             self.within_since = None;
-            if now.duration_since(self.started).as_secs_f64() > self.config.timeout {
-                self.busy = false;
-                self.warning = Some(format!(
-                    "target {target} not reached within {} s",
-                    self.config.timeout
-                ));
-            }
+            self.check_timeout(now, target);
+        }
+    }
+
+    fn check_timeout(&mut self, now: Instant, target: f64) {
+        if self.busy && now.duration_since(self.started).as_secs_f64() > self.config.timeout {
+            self.busy = false;
+            self.warning = Some(format!(
+                "target {target} not reached within {} s",
+                self.config.timeout
+            ));
         }
     }
 }
@@ -138,21 +177,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_done_flag_ends_the_move_once_seen_moving() {
+        let mut d = Drive::new(DriveConfig {
+            tolerance: 0.5,
+            settle: 0.0,
+            timeout: 60.0,
+            stop: None,
+            done_parameter: Some("_in_position".into()),
+            done_value: Value::Bool(true),
+        });
+        d.start();
+        d.observe(None, None, Some(&Value::Bool(true)));
+        assert!(
+            d.is_busy(),
+            "a stale done flag right after the start is not trusted"
+        );
+        d.observe(None, None, Some(&Value::Bool(false)));
+        assert!(d.is_busy());
+        d.observe(None, None, Some(&Value::Bool(true)));
+        assert!(!d.is_busy());
+    }
+
+    #[test]
     fn moves_settle_and_time_out() {
         let mut d = Drive::new(DriveConfig {
             tolerance: 0.5,
             settle: 0.0,
             timeout: 0.05,
             stop: None,
+            done_parameter: None,
+            done_value: Value::Bool(true),
         });
         d.start();
-        d.observe(10.0, 20.0);
+        d.observe(Some(10.0), Some(20.0), None);
         assert!(d.is_busy());
-        d.observe(19.8, 20.0);
+        d.observe(Some(19.8), Some(20.0), None);
         assert!(!d.is_busy());
         d.start();
         std::thread::sleep(std::time::Duration::from_millis(80));
-        d.observe(10.0, 20.0);
+        d.observe(Some(10.0), Some(20.0), None);
         assert!(!d.is_busy());
         assert_eq!(module_status(None, None, Some(&d))[0], 200);
         assert_eq!(module_status(Some("x".into()), None, Some(&d))[0], 400);

@@ -312,12 +312,18 @@ impl AsciiBackend {
 
     /// Advance the drive state of module `m` after a new value.
     fn update_drive(&mut self, m: usize) {
+        let Some(drive) = &self.modules[m].drive else {
+            return;
+        };
+        let flag = drive
+            .config
+            .done_parameter
+            .as_deref()
+            .and_then(|p| self.param_value(m, p));
         let value = self.param_value(m, "value").and_then(|v| v.as_f64());
         let target = self.param_value(m, "target").and_then(|v| v.as_f64());
-        if let (Some(drive), Some(value), Some(target)) =
-            (self.modules[m].drive.as_mut(), value, target)
-        {
-            drive.observe(value, target);
+        if let Some(drive) = self.modules[m].drive.as_mut() {
+            drive.observe(value, target, flag.as_ref());
         }
     }
 
@@ -534,6 +540,13 @@ fn build_module(
     let drive = match (&spec.drive, spec.class.as_str()) {
         (Some(d), "Drivable") => {
             d.validate()?;
+            if let Some(flag) = &d.done_parameter {
+                if !params.iter().any(|p| &p.name == flag) {
+                    return Err(format!(
+                        "drive.done_parameter: no parameter is named {flag:?}"
+                    ));
+                }
+            }
             if let Some(stop) = &d.stop {
                 Template::parse(stop).map_err(|e| format!("drive.stop: {e}"))?;
             }
@@ -648,9 +661,7 @@ impl Backend for AsciiBackend {
                 self.link.down_reason()
             )))
         };
-        if pname == "value" {
-            self.update_drive(m);
-        }
+        self.update_drive(m);
         let mut out = vec![(name.clone(), pname, value)];
         if self.modules[m].has_status {
             out.push((name, "status".to_owned(), Ok(self.status(m))));

@@ -92,6 +92,9 @@ pub struct ModbusParameter {
     /// `normal`, `slow` or `never`.
     #[serde(default = "normal")]
     pub poll: String,
+    /// Changes smaller than this are not sent as updates (numbers).
+    #[serde(default)]
+    pub deadband: f64,
 }
 
 fn u16_name() -> String {
@@ -171,7 +174,9 @@ struct Param {
     offset: f64,
     bit: Option<u8>,
     writable: bool,
+    deadband: f64,
     last: Option<Value>,
+    last_at: Option<Instant>,
     last_error: Option<SecopError>,
 }
 
@@ -436,18 +441,32 @@ impl ModbusBackend {
                 Err(e) => Err(e.clone()),
             };
             let param = &mut self.modules[m].params[p];
-            match &value {
+            let value = match value {
                 Ok(v) => {
-                    param.last = Some(v.clone());
+                    // Within the deadband the old value stands, so no update is sent.
+                    let within = match (param.last.as_ref().and_then(Value::as_f64), v.as_f64()) {
+                        (Some(old), Some(new)) => {
+                            param.deadband > 0.0 && (old - new).abs() < param.deadband
+                        }
+                        _ => false,
+                    };
+                    let stored = match (&param.last, within) {
+                        (Some(old), true) => old.clone(),
+                        _ => v,
+                    };
+                    param.last = Some(stored.clone());
+                    param.last_at = Some(Instant::now());
                     param.last_error = None;
+                    Ok(stored)
                 }
-                Err(e) => param.last_error = Some(e.clone()),
-            }
+                Err(e) => {
+                    param.last_error = Some(e.clone());
+                    Err(e)
+                }
+            };
             let name = self.modules[m].name.clone();
             out.push((name, self.modules[m].params[p].name.clone(), value));
-            if self.modules[m].params[p].name == "value" {
-                self.update_drive(m);
-            }
+            self.update_drive(m);
         }
         out
     }
@@ -458,14 +477,16 @@ impl ModbusBackend {
                 .params
                 .iter()
                 .find(|p| p.name == name)
-                .and_then(|p| p.last.as_ref())
-                .and_then(Value::as_f64)
+                .and_then(|p| p.last.clone())
         };
-        let (value, target) = (get("value"), get("target"));
-        if let (Some(d), Some(value), Some(target)) =
-            (self.modules[m].drive.as_mut(), value, target)
-        {
-            d.observe(value, target);
+        let Some(drive) = &self.modules[m].drive else {
+            return;
+        };
+        let flag = drive.config.done_parameter.as_deref().and_then(get);
+        let value = get("value").and_then(|v| v.as_f64());
+        let target = get("target").and_then(|v| v.as_f64());
+        if let Some(drive) = self.modules[m].drive.as_mut() {
+            drive.observe(value, target, flag.as_ref());
         }
     }
 
@@ -643,7 +664,9 @@ fn build_module(
             offset: p.offset,
             bit: p.bit,
             writable: p.writable,
+            deadband: p.deadband,
             last: None,
+            last_at: None,
             last_error: None,
         });
     }
@@ -684,6 +707,13 @@ fn build_module(
     let drive = match (&spec.drive, spec.class.as_str()) {
         (Some(d), "Drivable") => {
             d.validate()?;
+            if let Some(flag) = &d.done_parameter {
+                if !params.iter().any(|p| &p.name == flag) {
+                    return Err(format!(
+                        "drive.done_parameter: no parameter is named {flag:?}"
+                    ));
+                }
+            }
             if let Some(stop) = &d.stop {
                 if !commands.iter().any(|c| &c.name == stop) {
                     return Err(format!(
@@ -814,6 +844,12 @@ impl Backend for ModbusBackend {
         }
         let (m, p) = self.find(module, parameter)?;
         let p_ref = &self.modules[m].params[p];
+        let max_age = self.link.config().max_age;
+        if let (Some(v), Some(at)) = (&p_ref.last, p_ref.last_at) {
+            if max_age > 0.0 && at.elapsed().as_secs_f64() <= max_age {
+                return Ok(v.clone());
+            }
+        }
         let block = Block {
             unit: p_ref.unit,
             table: p_ref.table,
