@@ -131,7 +131,12 @@ fn every_example_config_is_valid() {
         if path.extension().and_then(|e| e.to_str()) != Some("toml") {
             continue;
         }
-        let out = gateway().arg("check-config").arg("--config").arg(&path).output().expect("run");
+        let out = gateway()
+            .arg("check-config")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .expect("run");
         assert!(
             out.status.success(),
             "{}: {}",
@@ -139,7 +144,10 @@ fn every_example_config_is_valid() {
             String::from_utf8_lossy(&out.stderr)
         );
         let d: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON description");
-        assert!(!d["modules"].as_object().map(|m| m.is_empty()).unwrap_or(true));
+        assert!(!d["modules"]
+            .as_object()
+            .map(|m| m.is_empty())
+            .unwrap_or(true));
         count += 1;
     }
     assert!(count >= 3, "found {count} examples");
