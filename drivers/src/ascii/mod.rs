@@ -157,6 +157,8 @@ pub struct AsciiBackend {
     cycle: u64,
     /// (module, parameter) of each poll item of the current cycle.
     plan: Vec<(usize, usize)>,
+    /// After a reconnect every parameter is polled again, the slow ones included.
+    repoll_all: bool,
 }
 
 fn regex(text: &str, key: &str) -> Result<Regex, String> {
@@ -202,6 +204,7 @@ impl AsciiBackend {
             pollinterval: link.pollinterval,
             cycle: 0,
             plan: Vec::new(),
+            repoll_all: true,
         })
     }
 
@@ -221,6 +224,7 @@ impl AsciiBackend {
         if !fresh {
             return Ok(());
         }
+        self.repoll_all = true;
         let wt = self.ascii.write_terminator.clone();
         let rt = self.ascii.read_terminator.clone();
         if let Some(query) = self.ascii.identify.clone() {
@@ -610,7 +614,8 @@ impl Backend for AsciiBackend {
 
     fn poll_items(&mut self) -> usize {
         let slow_factor = u64::from(self.link.config().slow_factor);
-        let slow_turn = self.cycle.is_multiple_of(slow_factor);
+        let slow_turn =
+            self.cycle.is_multiple_of(slow_factor) || std::mem::take(&mut self.repoll_all);
         self.cycle += 1;
         self.plan.clear();
         for (m, module) in self.modules.iter().enumerate() {

@@ -220,6 +220,8 @@ pub struct ModbusBackend {
     plan: Vec<Block>,
     cycle: u64,
     pollinterval: f64,
+    /// After a reconnect every parameter is polled again, the slow ones included.
+    repoll_all: bool,
 }
 
 /// Coalesce single-parameter reads into blocks of at most `max_block` registers (2000
@@ -315,6 +317,7 @@ impl ModbusBackend {
             plan: Vec::new(),
             cycle: 0,
             pollinterval: link.pollinterval,
+            repoll_all: true,
         })
     }
 
@@ -325,6 +328,7 @@ impl ModbusBackend {
                 .connect_raw()
                 .await
                 .map_err(|e| SecopError::communication_failed(format!("link down: {e}")))?;
+            self.repoll_all = true;
             self.context = Some(match stream {
                 Stream::Tcp(s) => tokio_modbus::client::tcp::attach(s),
                 Stream::Serial(s) => tokio_modbus::client::rtu::attach(s),
@@ -779,7 +783,7 @@ impl Backend for ModbusBackend {
     fn poll_items(&mut self) -> usize {
         let slow_factor = u64::from(self.link.config().slow_factor);
         self.plan = self.normal_blocks.clone();
-        if self.cycle.is_multiple_of(slow_factor) {
+        if self.cycle.is_multiple_of(slow_factor) || std::mem::take(&mut self.repoll_all) {
             self.plan.extend(self.slow_blocks.iter().cloned());
         }
         self.cycle += 1;
