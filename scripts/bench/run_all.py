@@ -1,0 +1,544 @@
+#!/usr/bin/env python3
+"""Run every benchmark scenario against secop-gateway and frappy-core, side by side.
+
+    python3 scripts/bench/run_all.py            # full run: gateway and frappy (minutes)
+    python3 scripts/bench/run_all.py --smoke    # CI: every scenario for a second or less,
+                                                # gateway only, fails only on errors
+
+What it does:
+  1. builds secop-gateway and secop-bench (release; --smoke: the dev profile unless
+     --release),
+  2. raises RLIMIT_NOFILE to the hard limit (inherited by both servers and the client),
+  3. for each scenario starts a fresh server on 127.0.0.1 (the gateway with
+     scripts/bench/gateway_bench.toml; frappy-core with scripts/bench/frappy_bench_cfg.py
+     through scripts/bench/frappy_server.py, which binds 127.0.0.1 only and opens no UDP
+     socket; `describe` uses a generated 1000-module node for both), runs secop-bench
+     against it and stops it,
+  4. prints one table with both servers and the ratio per figure, and the issue's
+     targets with met/missed; writes results.json, table.md and the raw output to
+     --out (default target/bench/<time>).
+
+Everything stays on loopback; every loop and every wait is bounded.
+frappy-core (PyPI, pinned 0.20.9) must be importable by this Python for the full run.
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+FRAPPY_VERSION = '0.20.9'
+
+
+# -- scenarios ------------------------------------------------------------------------
+# (key, title, secop-bench arguments (after the global ones), node, servers, client threads)
+# node: 'bench' (T, p, ps) or 'big' (1000 modules); servers: 'both' or 'gateway'
+
+def scenarios(smoke):
+    if smoke:
+        return [
+            ('pipelined', 'pipelined read, C=2 N=100',
+             ['pipelined', '-c', '2', '-n', '100'], 'bench', 'both', 2),
+            ('latency_read_c1', 'read latency, C=1',
+             ['latency', '--op', 'read', '-c', '1', '-d', '0.3', '--warmup', '0.05'], 'bench', 'both', 1),
+            ('latency_read_c100', 'read latency, C=4',
+             ['latency', '--op', 'read', '-c', '4', '-d', '0.3', '--warmup', '0.05'], 'bench', 'both', 2),
+            ('latency_ping_c1', 'ping latency, C=1',
+             ['latency', '--op', 'ping', '-c', '1', '-d', '0.3', '--warmup', '0.05'], 'bench', 'both', 1),
+            ('latency_change_c1', 'change latency, C=1',
+             ['latency', '--op', 'change', '-c', '1', '-d', '0.3', '--warmup', '0.05'], 'bench', 'both', 1),
+            ('ws_latency_read_c1', 'WebSocket read latency, C=1',
+             ['--transport', 'ws', 'latency', '--op', 'read', '-c', '1', '-d', '0.3', '--warmup', '0.05'],
+             'bench', 'gateway', 1),
+            ('ws_pipelined', 'WebSocket pipelined read, C=2 N=100',
+             ['--transport', 'ws', 'pipelined', '-c', '2', '-n', '100'], 'bench', 'gateway', 2),
+            ('fanout', 'fanout S=10 R=50/s',
+             ['fanout', '-s', '10', '-r', '50', '-d', '0.5', '--grace', '3'], 'bench', 'both', 2),
+            ('fanout_poll', 'fanout by polling, S=5',
+             ['fanout-poll', '-s', '5', '-d', '1'], 'bench', 'both', 2),
+            ('slow_consumer', 'slow consumer, S=5 R=50/s',
+             ['slow-consumer', '-s', '5', '-r', '50', '-d', '1', '--grace', '3', '--slow-requests', '200'],
+             'bench', 'both', 2),
+            ('connections', 'connections K=200, bursts of 100',
+             ['connections', '-k', '200', '-b', '100', '--hold', '0.2'], 'bench', 'both', 2),
+            ('describe_1000', 'describe, 1000 modules',
+             ['describe', '-n', '3', '--warmup', '1', '--expect-modules', '1000'], 'big', 'both', 1),
+        ]
+    return [
+        ('pipelined', 'pipelined read, C=10 N=1000',
+         ['pipelined', '-c', '10', '-n', '1000', '--duration', '5'], 'bench', 'both', 2),
+        ('latency_read_c1', 'read latency, C=1',
+         ['latency', '--op', 'read', '-c', '1', '-d', '5'], 'bench', 'both', 1),
+        ('latency_read_c100', 'read latency, C=100',
+         ['latency', '--op', 'read', '-c', '100', '-d', '5'], 'bench', 'both', 2),
+        ('latency_ping_c1', 'ping latency, C=1',
+         ['latency', '--op', 'ping', '-c', '1', '-d', '5'], 'bench', 'both', 1),
+        ('latency_change_c1', 'change latency, C=1',
+         ['latency', '--op', 'change', '-c', '1', '-d', '5'], 'bench', 'both', 1),
+        ('ws_latency_read_c1', 'WebSocket read latency, C=1',
+         ['--transport', 'ws', 'latency', '--op', 'read', '-c', '1', '-d', '5'], 'bench', 'gateway', 1),
+        ('ws_pipelined', 'WebSocket pipelined read, C=10 N=1000',
+         ['--transport', 'ws', 'pipelined', '-c', '10', '-n', '1000', '--duration', '5'],
+         'bench', 'gateway', 2),
+        ('fanout_100', 'fanout S=100 R=100/s',
+         ['fanout', '-s', '100', '-r', '100', '-d', '10', '--connect-concurrency', '5'], 'bench', 'both', 2),
+        ('fanout', 'fanout S=1000 R=100/s',
+         ['fanout', '-s', '1000', '-r', '100', '-d', '10', '--grace', '10', '--connect-concurrency', '5'],
+         'bench', 'both', 2),
+        ('fanout_poll', 'fanout by polling (10/s), S=1000',
+         ['fanout-poll', '-s', '1000', '-d', '10', '--connect-concurrency', '5'], 'bench', 'both', 2),
+        ('slow_consumer', 'slow consumer, S=200 R=100/s',
+         ['slow-consumer', '-s', '200', '-r', '100', '-d', '10', '--grace', '10',
+          '--slow-requests', '5000', '--connect-concurrency', '5'], 'bench', 'both', 2),
+        ('connections', 'connections K=10000, bursts of 1000',
+         ['connections', '-k', '10000', '-b', '1000', '--hold', '2'], 'bench', 'both', 2),
+        ('describe_1000', 'describe, 1000 modules',
+         ['describe', '-n', '50', '--expect-modules', '1000'], 'big', 'both', 1),
+    ]
+
+
+# (scenario key, metric, what is better, label)
+FIGURES = [
+    ('pipelined', 'replies_per_s', 'higher', 'replies/s'),
+    ('pipelined', 'server_cpu_us_per_reply', 'lower', 'server CPU us/reply'),
+    ('pipelined', 'server_rss_peak_kib', 'lower', 'server peak RSS KiB'),
+    ('latency_read_c1', 'rtt_p50_us', 'lower', 'p50 us'),
+    ('latency_read_c1', 'rtt_p99_us', 'lower', 'p99 us'),
+    ('latency_read_c1', 'requests_per_s', 'higher', 'req/s'),
+    ('latency_read_c1', 'server_cpu_us_per_request', 'lower', 'server CPU us/req'),
+    ('latency_read_c100', 'rtt_p50_us', 'lower', 'p50 us'),
+    ('latency_read_c100', 'rtt_p99_us', 'lower', 'p99 us'),
+    ('latency_read_c100', 'requests_per_s', 'higher', 'req/s'),
+    ('latency_read_c100', 'server_cpu_us_per_request', 'lower', 'server CPU us/req'),
+    ('latency_ping_c1', 'rtt_p50_us', 'lower', 'p50 us'),
+    ('latency_ping_c1', 'rtt_p99_us', 'lower', 'p99 us'),
+    ('latency_change_c1', 'rtt_p50_us', 'lower', 'p50 us'),
+    ('latency_change_c1', 'rtt_p99_us', 'lower', 'p99 us'),
+    ('latency_change_c1', 'server_cpu_us_per_request', 'lower', 'server CPU us/req'),
+    ('ws_latency_read_c1', 'rtt_p50_us', 'lower', 'p50 us'),
+    ('ws_latency_read_c1', 'rtt_p99_us', 'lower', 'p99 us'),
+    ('ws_pipelined', 'replies_per_s', 'higher', 'replies/s'),
+    ('ws_pipelined', 'server_cpu_us_per_reply', 'lower', 'server CPU us/reply'),
+    ('fanout_100', 'updates_per_s', 'higher', 'updates delivered/s'),
+    ('fanout_100', 'target_updates_missed', 'lower', 'target updates missed'),
+    ('fanout_100', 'delivery_p50_us', 'lower', 'delivery p50 us'),
+    ('fanout_100', 'delivery_p99_us', 'lower', 'delivery p99 us'),
+    ('fanout_100', 'server_cpu_pct', 'lower', 'server CPU % of a core'),
+    ('fanout', 'updates_per_s', 'higher', 'updates delivered/s'),
+    ('fanout', 'target_updates_missed', 'lower', 'target updates missed'),
+    ('fanout', 'delivery_p50_us', 'lower', 'delivery p50 us'),
+    ('fanout', 'delivery_p99_us', 'lower', 'delivery p99 us'),
+    ('fanout', 'server_cpu_pct', 'lower', 'server CPU % of a core'),
+    ('fanout', 'server_rss_peak_kib', 'lower', 'server peak RSS KiB'),
+    ('fanout_poll', 'updates_per_s', 'higher', 'updates delivered/s'),
+    ('fanout_poll', 'param_updates_missed', 'lower', 'updates missed'),
+    ('fanout_poll', 'delivery_p50_us', 'lower', 'delivery p50 us'),
+    ('fanout_poll', 'delivery_p99_us', 'lower', 'delivery p99 us'),
+    ('fanout_poll', 'server_cpu_pct', 'lower', 'server CPU % of a core'),
+    ('slow_consumer', 'before_slow_delivery_p99_us', 'lower', 'p99 us before the slow one'),
+    ('slow_consumer', 'with_slow_delivery_p99_us', 'lower', 'p99 us with the slow one'),
+    ('slow_consumer', 'target_updates_missed', 'lower', 'target updates missed'),
+    ('slow_consumer', 'server_rss_growth_with_slow_kib', 'lower', 'server RSS growth KiB'),
+    ('slow_consumer', 'slow_dropped_by_server', 'info', 'slow one dropped'),
+    ('connections', 'established', 'higher', 'established'),
+    ('connections', 'first_burst_failed', 'lower', 'failed in the first burst'),
+    ('connections', 'total_s', 'lower', 'time s'),
+    ('connections', 'connect_idn_describe_p99_us', 'lower', 'connect+IDN+describe p99 us'),
+    ('connections', 'server_rss_per_connection_kib', 'lower', 'server RSS KiB/connection'),
+    ('connections', 'served_ping_ok', 'higher', 'answer ping afterwards'),
+    ('describe_1000', 'rtt_p50_us', 'lower', 'p50 us'),
+    ('describe_1000', 'rtt_p99_us', 'lower', 'p99 us'),
+    ('describe_1000', 'describing_bytes', 'info', 'bytes'),
+]
+
+
+# -- helpers --------------------------------------------------------------------------
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def build(profile, gateway=True):
+    cmd = ['cargo', 'build', '--quiet', '-p', 'secop-bench'] + (['-p', 'secop-gateway'] if gateway else [])
+    if profile == 'release':
+        cmd.insert(2, '--release')
+    log('$', ' '.join(cmd))
+    subprocess.run(cmd, cwd=ROOT, check=True, timeout=3600)
+    target = Path(os.environ.get('CARGO_TARGET_DIR', ROOT / 'target'))
+    sub = 'release' if profile == 'release' else 'debug'
+    return target / sub / 'secop-gateway', target / sub / 'secop-bench'
+
+
+def gen_gateway_big(path, n=1000):
+    """n modules cycling through the three simulators (pollinterval 10 s)."""
+    out = ['# generated by scripts/bench/run_all.py: %d modules for the describe benchmark' % n,
+           '[node]', 'equipment_id = "secop_gateway_bench_%d"' % n,
+           'description = "secop-gateway benchmark node with %d simulated modules"' % n,
+           '[listen]', 'address = "127.0.0.1:10767"', '[log]', 'level = "warn"', '']
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            out += ['[[module]]', f'name = "T{i}"', 'driver = "sim_temperature"',
+                    '[module.settings]', 'pollinterval = 10.0', '']
+        elif kind == 1:
+            out += ['[[module]]', f'name = "p{i}"', 'driver = "sim_pressure"',
+                    '[module.settings]', 'pollinterval = 10.0', '']
+        else:
+            out += ['[[module]]', f'name = "ps{i}"', 'driver = "sim_power_supply"',
+                    '[module.settings]', 'pollinterval = 10.0', '']
+    path.write_text('\n'.join(out))
+
+
+def gen_frappy_big(path, n=1000):
+    """the same n modules from frappy's simulation classes (pollinterval 10 s)."""
+    out = ['# generated by scripts/bench/run_all.py: %d modules for the describe benchmark' % n,
+           f"Node('frappy_bench_{n}', 'frappy benchmark node with {n} simulated modules', 'tcp://10767')", '']
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            out.append(f"Mod('T{i}', 'frappy.simulation.SimDrivable', 'simulated temperature controller', "
+                       f"extra_params='ramp', ramp=60, value=295.0, target=295.0, pollinterval=10)")
+        elif kind == 1:
+            out.append(f"Mod('p{i}', 'frappy.simulation.SimReadable', 'simulated pressure gauge', "
+                       f"value=Param(1.0e-6, unit='mbar'), pollinterval=10)")
+        else:
+            out.append(f"Mod('ps{i}', 'frappy.simulation.SimWritable', 'simulated power supply', "
+                       f"value=0.0, target=0.0, pollinterval=10)")
+    path.write_text('\n'.join(out) + '\n')
+
+
+class Server:
+    """One server process on 127.0.0.1 (started and stopped by us, by pid)."""
+
+    def __init__(self, kind, gateway_bin, config, workdir, logfile):
+        self.kind = kind
+        self.proc = None
+        self.addr = None
+        self.logfile = open(logfile, 'ab')
+        if kind == 'gateway':
+            ready = Path(workdir) / f'ready-{time.monotonic_ns()}.json'
+            self.proc = subprocess.Popen(
+                [str(gateway_bin), '--config', str(config), '--listen', '127.0.0.1:0',
+                 '--ready-file', str(ready)],
+                stdout=self.logfile, stderr=self.logfile, cwd=ROOT)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if ready.exists() and ready.stat().st_size > 0:
+                    try:
+                        self.addr = json.loads(ready.read_text())['tcp'][0]
+                        break
+                    except (ValueError, KeyError, IndexError):
+                        pass
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f'gateway exited with {self.proc.returncode} (see {logfile})')
+                time.sleep(0.02)
+        else:
+            # sys.executable is the real interpreter (not a pyenv shim that would fork):
+            # the pid we signal is the server's
+            self.proc = subprocess.Popen(
+                [sys.executable, str(HERE / 'frappy_server.py'), '--cfg', str(config),
+                 '--port', '0', '--workdir', str(workdir)],
+                stdout=subprocess.PIPE, stderr=self.logfile, cwd=workdir)
+            deadline = time.monotonic() + 300
+            line = b''
+            while time.monotonic() < deadline:
+                line = self.proc.stdout.readline()   # frappy prints it once ready
+                if not line or line.startswith(b'LISTENING '):
+                    break
+            if not line.startswith(b'LISTENING '):
+                self.stop()
+                raise RuntimeError(f'frappy did not start (see {logfile})')
+            self.addr = line.split()[1].decode()
+        if not self.addr or not self.addr.startswith('127.0.0.1:'):
+            self.stop()
+            raise RuntimeError(f'{kind} is not on 127.0.0.1: {self.addr}')
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+        self.logfile.close()
+
+
+def run_bench(bench_bin, server, label, args, threads, logf, timeout):
+    cmd = [str(bench_bin), '--addr', server.addr, '--server-pid', str(server.pid),
+           '--label', label, '--threads', str(threads)] + args
+    log('$', ' '.join(cmd))
+    t = time.monotonic()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        out, rc = p.stdout, p.returncode
+        err = p.stderr
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b'').decode() if isinstance(e.stdout, bytes) else (e.stdout or '')
+        err, rc = f'secop-bench timed out after {timeout} s', -1
+    with open(logf, 'a') as f:
+        f.write(f'$ {" ".join(cmd)}\n{out}{err}\n(exit {rc}, {time.monotonic() - t:.1f} s)\n\n')
+    result = None
+    for line in reversed(out.splitlines()):
+        if line.startswith('{'):
+            try:
+                result = json.loads(line)
+            except ValueError:
+                pass
+            break
+    # the human table (everything but the JSON line)
+    for line in out.splitlines():
+        if not line.startswith('{'):
+            log(line)
+    if err.strip():
+        log(err.strip())
+    if result is None:
+        result = {'ok': False, 'metrics': {}, 'error_samples': [err.strip() or 'no JSON output']}
+    result['exit'] = rc
+    return result
+
+
+# -- tables ---------------------------------------------------------------------------
+
+def fmt(v):
+    if v is None:
+        return '-'
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f'{v}'
+    if abs(v) >= 1000:
+        return f'{v:,.0f}'
+    if abs(v) >= 10:
+        return f'{v:.1f}'
+    return f'{v:.3g}'
+
+
+def comparison(results, titles, with_frappy):
+    """rows of (scenario, figure, gateway, frappy, ratio text)"""
+    rows = []
+    for key, metric, better, label in FIGURES:
+        g = results.get(('gateway', key))
+        if g is None:
+            continue
+        f = results.get(('frappy', key))
+        gv = g['metrics'].get(metric)
+        fv = f['metrics'].get(metric) if f else None
+        ratio = ''
+        if isinstance(gv, (int, float)) and isinstance(fv, (int, float)) and better != 'info':
+            if better == 'higher' and fv > 0:
+                ratio = f'{gv / fv:.2f}x'
+            elif better == 'lower' and gv > 0:
+                ratio = f'{fv / gv:.2f}x'
+            elif better == 'lower' and gv == 0 and fv == 0:
+                ratio = '='
+            elif better == 'lower' and gv == 0:
+                ratio = 'gw 0'
+        rows.append((titles[key], label, fmt(gv), fmt(fv) if f else ('n/a' if with_frappy else ''),
+                     ratio))
+    return rows
+
+
+def targets(results):
+    """the issue's targets, evaluated on the gateway's results (and frappy's)"""
+    def m(server, key, metric):
+        r = results.get((server, key))
+        return None if r is None else r['metrics'].get(metric)
+
+    out = []
+
+    def add(name, value_text, met):
+        out.append((name, value_text, 'met' if met else ('MISSED' if met is not None else 'n/a')))
+
+    g, f = m('gateway', 'pipelined', 'replies_per_s'), m('frappy', 'pipelined', 'replies_per_s')
+    add('pipelined reads >= 20x frappy', f'{g / f:.2f}x' if g and f else '-',
+        (g / f >= 20) if g and f else None)
+    v = m('gateway', 'pipelined', 'server_cpu_us_per_reply')
+    add('pipelined: <= 3 us gateway CPU per reply', fmt(v) + ' us', v <= 3 if v is not None else None)
+    v = m('gateway', 'latency_read_c1', 'rtt_p99_us')
+    add('read latency C=1: p99 <= 150 us', fmt(v) + ' us', v <= 150 if v is not None else None)
+    v = m('gateway', 'latency_read_c100', 'rtt_p99_us')
+    add('read latency C=100: p99 <= 2 ms', fmt(v) + ' us', v <= 2000 if v is not None else None)
+    r = results.get(('gateway', 'fanout'))
+    if r:
+        mm = r['metrics']
+        s, rate = r['params'].get('subscribers'), r['params'].get('rate')
+        miss, p99, cpu = mm.get('target_updates_missed'), mm.get('delivery_p99_us'), mm.get('server_cpu_pct')
+        active = mm.get('subscribers_active')
+        add(f'fanout {s} subscribers x {rate:g}/s: zero loss',
+            f'{miss} missed, {mm.get("target_updates_reordered")} reordered, {active} subscribed',
+            miss == 0 and mm.get('target_updates_reordered') == 0 and active == s and r['ok'])
+        add('fanout: p99 delivery <= 10 ms', fmt(p99) + ' us', p99 is not None and p99 <= 10000)
+        add('fanout: gateway below one core', fmt(cpu) + ' % of a core', cpu is not None and cpu < 100)
+    r = results.get(('gateway', 'connections'))
+    if r:
+        mm = r['metrics']
+        k = r['params'].get('count')
+        add(f'{k} concurrent connections served',
+            f'{mm.get("established")} established, {mm.get("served_ping_ok")} answer ping',
+            mm.get('established') == k and mm.get('served_ping_ok') == k)
+        v = mm.get('server_rss_per_connection_kib')
+        add('<= 16 KiB RSS per idle connection', fmt(v) + ' KiB', v is not None and v <= 16)
+        v = mm.get('first_burst_failed')
+        add(f'zero refused in a burst of {mm.get("first_burst_size")} connects', f'{v} failed', v == 0)
+    v = m('gateway', 'describe_1000', 'rtt_p50_us')
+    add('describe of 1000 modules <= 5 ms p50', fmt(v) + ' us', v <= 5000 if v is not None else None)
+    return out
+
+
+def print_table(headers, rows, md=False):
+    if md:
+        lines = ['| ' + ' | '.join(headers) + ' |', '|' + '|'.join('---' for _ in headers) + '|']
+        lines += ['| ' + ' | '.join(str(c) for c in r) + ' |' for r in rows]
+        return '\n'.join(lines)
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    lines = ['  '.join(str(h).ljust(w) for h, w in zip(headers, widths)),
+             '  '.join('-' * w for w in widths)]
+    lines += ['  '.join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return '\n'.join(lines)
+
+
+# -- main -----------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--smoke', action='store_true',
+                    help='every scenario for a second or less, gateway only, small counts')
+    ap.add_argument('--release', action='store_true', help='with --smoke: build in release mode')
+    ap.add_argument('--frappy', action=argparse.BooleanOptionalAction, default=None,
+                    help='also run against frappy (default: yes, except with --smoke)')
+    ap.add_argument('--only', help='comma-separated scenario keys (see FIGURES)')
+    ap.add_argument('--out', help='directory for results (default target/bench/<time>)')
+    ap.add_argument('--no-build', action='store_true', help='use the binaries as built')
+    ap.add_argument('--gateway-bin', help='use this secop-gateway binary (e.g. one built from another '
+                    'checkout) instead of building it')
+    args = ap.parse_args()
+
+    with_frappy = args.frappy if args.frappy is not None else not args.smoke
+    profile = 'release' if (args.release or not args.smoke) else 'dev'
+    out = Path(args.out) if args.out else ROOT / 'target' / 'bench' / time.strftime('%Y%m%d-%H%M%S')
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix='secop-bench-'))
+    logf = out / 'bench-output.txt'
+
+    if with_frappy:
+        try:
+            import frappy  # noqa: F401
+            from importlib.metadata import version
+            fv = version('frappy-core')
+            if fv != FRAPPY_VERSION:
+                log(f'note: frappy-core {fv} installed, the benchmarks were written for {FRAPPY_VERSION}')
+        except ImportError:
+            log(f'frappy-core is not installed: python3 -m pip install frappy-core=={FRAPPY_VERSION}'
+                ' (or run with --no-frappy)')
+            return 2
+
+    nofile = raise_nofile()
+    if args.no_build:
+        sub = 'release' if profile == 'release' else 'debug'
+        gw_bin, bench_bin = ROOT / 'target' / sub / 'secop-gateway', ROOT / 'target' / sub / 'secop-bench'
+    else:
+        gw_bin, bench_bin = build(profile, gateway=not args.gateway_bin)
+    if args.gateway_bin:
+        gw_bin = Path(args.gateway_bin).resolve()
+    gen_gateway_big(work / 'gateway_1000.toml')
+    gen_frappy_big(work / 'frappy_1000_cfg.py')
+    configs = {
+        ('gateway', 'bench'): HERE / 'gateway_bench.toml',
+        ('gateway', 'big'): work / 'gateway_1000.toml',
+        ('frappy', 'bench'): HERE / 'frappy_bench_cfg.py',
+        ('frappy', 'big'): work / 'frappy_1000_cfg.py',
+    }
+    scen = scenarios(args.smoke)
+    if args.only:
+        keys = set(args.only.split(','))
+        scen = [s for s in scen if s[0] in keys]
+    titles = {s[0]: s[1] for s in scen}
+    servers = ['gateway'] + (['frappy'] if with_frappy else [])
+    started = time.time()
+    log(f'results in {out}; RLIMIT_NOFILE {nofile}; load average {os.getloadavg()}')
+    results = {}
+    problems = []
+    per_run_timeout = 120 if args.smoke else 900
+    for key, title, bargs, node, which, threads in scen:
+        for server_kind in servers:
+            if which == 'gateway' and server_kind != 'gateway':
+                continue
+            log(f'\n### {title}: {server_kind}')
+            try:
+                srv = Server(server_kind, gw_bin, configs[(server_kind, node)], work,
+                             out / f'{server_kind}.log')
+            except Exception as e:  # noqa: BLE001  (report and go on)
+                problems.append(f'{key} {server_kind}: {e}')
+                log(f'cannot start {server_kind}: {e}')
+                continue
+            try:
+                res = run_bench(bench_bin, srv, server_kind, bargs, threads, logf, per_run_timeout)
+                if not srv.alive():
+                    res['ok'] = False
+                    res.setdefault('error_samples', []).append(
+                        f'{server_kind} exited during the run ({srv.proc.returncode})')
+            finally:
+                srv.stop()
+            res['load_after'] = os.getloadavg()
+            results[(server_kind, key)] = res
+            if not res.get('ok'):
+                problems.append(f'{key} {server_kind}: ' + '; '.join(res.get('error_samples', [])[:3]))
+
+    # -- report
+    rows = comparison(results, titles, with_frappy)
+    headers = ['scenario', 'figure', 'gateway', 'frappy', 'gateway better by']
+    if not with_frappy:
+        headers = headers[:3]
+        rows = [r[:3] for r in rows]
+    tgt = targets(results) if not args.smoke else []
+    print()
+    print(f'secop-bench results ({"smoke" if args.smoke else "full"} run, '
+          f'{time.time() - started:.0f} s, load average now {os.getloadavg()[0]:.2f})')
+    print(print_table(headers, rows))
+    if tgt:
+        print()
+        print(print_table(['target', 'gateway', ''], tgt))
+    failed_gw = [p for p in problems if ' gateway' in p.split(':')[0]]
+    if problems:
+        print()
+        for p in problems:
+            print('problem:', p)
+    (out / 'results.json').write_text(json.dumps(
+        [{'server': s, 'scenario': k, **r} for (s, k), r in results.items()], indent=1))
+    (out / 'table.md').write_text(print_table(headers, rows, md=True) + '\n\n' +
+                                  (print_table(['target', 'gateway', ''], tgt, md=True) + '\n' if tgt else ''))
+    print(f'\nwritten: {out}/results.json, table.md, bench-output.txt')
+    shutil.rmtree(work, ignore_errors=True)
+    # a run fails on errors of the gateway (frappy's failures are results)
+    return 1 if failed_gw else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
