@@ -82,7 +82,7 @@ class ModbusSim:
             trace_pdu=self._trace))
 
     def stop(self):
-        if self.loop and self.server:
+        if self.loop and self.server and self.loop.is_running():
             fut = asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop)
             try:
                 fut.result(5)
