@@ -172,6 +172,64 @@ pub const STATUS_CODES: &[(&str, i64)] = &[
     ("ERROR", st::ERROR),
 ];
 
+/// How often a link polls: its pollinterval, or at least every 0.2 s while a module
+/// on it moves, so that clients see a move progress and end promptly.
+pub fn poll_period(pollinterval: f64, moving: bool) -> std::time::Duration {
+    let secs = if moving {
+        pollinterval.min(0.2)
+    } else {
+        pollinterval
+    };
+    std::time::Duration::from_secs_f64(secs)
+}
+
+/// What a parameter of a config-defined module can do.
+pub struct Abilities {
+    pub readable: bool,
+    pub writable: bool,
+}
+
+/// Check that a module has the parameters its interface class needs: `value` that
+/// can be read, and for Writable and Drivable a `target` that can be written.
+/// `abilities` looks a parameter up; the hints say how to fix it for the protocol.
+pub fn check_class_parameters(
+    class: &str,
+    abilities: impl Fn(&str) -> Option<Abilities>,
+    read_hint: &str,
+    write_hint: &str,
+) -> Result<(), String> {
+    let need: &[&str] = match class {
+        "Readable" => &["value"],
+        "Writable" | "Drivable" => &["value", "target"],
+        _ => &[],
+    };
+    for name in need {
+        match abilities(name) {
+            None => return Err(format!("a {class} needs a parameter {name:?}")),
+            Some(a) if *name == "target" && !a.writable => {
+                return Err(format!("parameter \"target\" {write_hint}"))
+            }
+            Some(a) if *name == "value" && !a.readable => {
+                return Err(format!("parameter \"value\" {read_hint}"))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The accessibles the gateway adds to every config-defined module: `status` and the
+/// link's `pollinterval`.
+pub fn standard_accessibles(
+    builder: crate::builder::ModuleBuilder,
+) -> Result<crate::builder::ModuleBuilder, String> {
+    builder.status(STATUS_CODES).writable(
+        "pollinterval",
+        "polling interval of the link (shared by its modules)",
+        crate::sim::pollinterval_datainfo(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

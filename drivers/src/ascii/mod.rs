@@ -6,7 +6,10 @@
 pub mod template;
 
 use crate::builder::ModuleBuilder;
-use crate::drive::{module_status, Drive, DriveConfig, STATUS_CODES};
+use crate::drive::{
+    check_class_parameters, module_status, poll_period, standard_accessibles, Abilities, Drive,
+    DriveConfig,
+};
 use crate::link::{Link, LinkConfig, LinkError};
 use crate::ModuleConfig;
 use regex::Regex;
@@ -510,12 +513,7 @@ fn build_module(
         });
     }
     if has_status {
-        builder = builder.status(STATUS_CODES);
-        builder = builder.writable(
-            "pollinterval",
-            "polling interval of the link (shared by its modules)",
-            crate::sim::pollinterval_datainfo(),
-        )?;
+        builder = standard_accessibles(builder)?;
     }
     let mut commands = Vec::new();
     for (i, c) in spec.commands.iter().enumerate() {
@@ -565,23 +563,17 @@ fn build_module(
         (Some(_), _) => return Err("drive: only a Drivable has a [module.drive] section".into()),
         _ => None,
     };
-    let need: &[&str] = match spec.class.as_str() {
-        "Readable" => &["value"],
-        "Writable" | "Drivable" => &["value", "target"],
-        _ => &[],
-    };
-    for n in need {
-        match params.iter().find(|p| p.name == *n) {
-            None => return Err(format!("a {} needs a parameter {n:?}", spec.class)),
-            Some(p) if *n == "target" && p.write.is_none() => {
-                return Err("parameter \"target\" needs a write template".into())
-            }
-            Some(p) if *n == "value" && p.query.is_none() => {
-                return Err("parameter \"value\" needs a query".into())
-            }
-            _ => {}
-        }
-    }
+    check_class_parameters(
+        &spec.class,
+        |name| {
+            params.iter().find(|p| p.name == name).map(|p| Abilities {
+                readable: p.query.is_some(),
+                writable: p.write.is_some(),
+            })
+        },
+        "needs a query",
+        "needs a write template",
+    )?;
     let mut description = builder.build();
     if config.description.is_none() {
         description.description = format!("{} on an ASCII link", spec.class);
@@ -604,12 +596,7 @@ impl Backend for AsciiBackend {
     }
 
     fn poll_interval(&self) -> Duration {
-        let secs = if self.any_busy() {
-            self.pollinterval.min(0.2)
-        } else {
-            self.pollinterval
-        };
-        Duration::from_secs_f64(secs)
+        poll_period(self.pollinterval, self.any_busy())
     }
 
     fn poll_items(&mut self) -> usize {

@@ -10,7 +10,10 @@
 pub mod codec;
 
 use crate::builder::ModuleBuilder;
-use crate::drive::{module_status, Drive, DriveConfig, STATUS_CODES};
+use crate::drive::{
+    check_class_parameters, module_status, poll_period, standard_accessibles, Abilities, Drive,
+    DriveConfig,
+};
 use crate::link::{Link, LinkConfig, Stream};
 use crate::ModuleConfig;
 use codec::{Order, RegType};
@@ -674,12 +677,7 @@ fn build_module(
             last_error: None,
         });
     }
-    builder = builder.status(STATUS_CODES);
-    builder = builder.writable(
-        "pollinterval",
-        "polling interval of the link (shared by its modules)",
-        crate::sim::pollinterval_datainfo(),
-    )?;
+    builder = standard_accessibles(builder)?;
     let mut commands = Vec::new();
     for (i, c) in spec.commands.iter().enumerate() {
         let key = format!("command[{i}] ({:?})", c.name);
@@ -734,19 +732,17 @@ fn build_module(
         (Some(_), _) => return Err("drive: only a Drivable has a [module.drive] section".into()),
         _ => None,
     };
-    let need: &[&str] = match spec.class.as_str() {
-        "Readable" => &["value"],
-        _ => &["value", "target"],
-    };
-    for n in need {
-        match params.iter().find(|p| p.name == *n) {
-            None => return Err(format!("a {} needs a parameter {n:?}", spec.class)),
-            Some(p) if *n == "target" && !p.writable => {
-                return Err("parameter \"target\" must be writable".into())
-            }
-            _ => {}
-        }
-    }
+    check_class_parameters(
+        &spec.class,
+        |name| {
+            params.iter().find(|p| p.name == name).map(|p| Abilities {
+                readable: true,
+                writable: p.writable,
+            })
+        },
+        "must be readable",
+        "must be writable",
+    )?;
     let mut description = builder.build();
     if config.description.is_none() {
         description.description = format!("{} on a Modbus link", spec.class);
@@ -769,15 +765,11 @@ impl Backend for ModbusBackend {
     }
 
     fn poll_interval(&self) -> Duration {
-        let busy = self
+        let moving = self
             .modules
             .iter()
             .any(|m| m.drive.as_ref().is_some_and(Drive::is_busy));
-        Duration::from_secs_f64(if busy {
-            self.pollinterval.min(0.2)
-        } else {
-            self.pollinterval
-        })
+        poll_period(self.pollinterval, moving)
     }
 
     fn poll_items(&mut self) -> usize {
