@@ -2,7 +2,6 @@
 with the instrument simulator of instruments.py on the other end: the full path
 client -> node -> link -> pty/socket -> simulator and back, and the faults."""
 
-import socket
 import subprocess
 import time
 
@@ -10,6 +9,7 @@ import pytest
 
 from conftest import gateway_binary
 from instruments import LakeShoreSim, PtyInstrument, TcpInstrument
+from rawsecop import Line, value_of
 
 WAIT = 5.0
 
@@ -79,64 +79,6 @@ driver = "sim_pressure"
 pollinterval = 0.1
 '''
     return text
-
-
-class Line:
-    """A raw SECoP client."""
-
-    def __init__(self, gw):
-        self.sock = socket.create_connection((gw.host, gw.port), timeout=WAIT)
-        self.buf = b''
-
-    def send(self, line):
-        self.sock.sendall(line.encode() + b'\n')
-
-    def line(self, timeout=WAIT):
-        deadline = time.monotonic() + timeout
-        while b'\n' not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                return None
-            if not data:
-                return None
-            self.buf += data
-        line, self.buf = self.buf.split(b'\n', 1)
-        return line.decode()
-
-    def ask(self, request, timeout=WAIT):
-        """The reply to `request` (events before it are skipped)."""
-        self.send(request)
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.line(max(0.01, deadline - time.monotonic()))
-            assert line is not None, f'no reply to {request!r}'
-            if not line.startswith(('update ', 'error_update ', 'log ')):
-                return line
-
-    def wait_for(self, prefix, timeout=WAIT):
-        deadline = time.monotonic() + timeout
-        seen = []
-        while time.monotonic() < deadline:
-            line = self.line(max(0.01, deadline - time.monotonic()))
-            if line is None:
-                break
-            seen.append(line)
-            if line.startswith(prefix):
-                return line
-        raise AssertionError(f'no {prefix!r} within {timeout} s; saw {seen[-5:]}')
-
-    def close(self):
-        self.sock.close()
-
-
-def value_of(line):
-    import json
-    return json.loads(line.split(' ', 2)[2])[0]
 
 
 @pytest.fixture

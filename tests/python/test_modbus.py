@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import time
@@ -15,6 +14,7 @@ import time
 import pytest
 
 from modbus_sim import ModbusSim
+from rawsecop import Line
 
 WAIT = 5.0
 
@@ -180,50 +180,6 @@ def fill(sim, unit=1):
     sim.set(unit, 'holding', 0, words('f', 5.0))
     sim.set(unit, 'holding', 30, [2])
     sim.set(unit, 'discrete', 1, [1])
-
-
-class Line:
-    def __init__(self, gw):
-        self.sock = socket.create_connection((gw.host, gw.port), timeout=WAIT)
-        self.buf = b''
-
-    def line(self, timeout=WAIT):
-        deadline = time.monotonic() + timeout
-        while b'\n' not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                return None
-            if not data:
-                return None
-            self.buf += data
-        line, self.buf = self.buf.split(b'\n', 1)
-        return line.decode()
-
-    def ask(self, request, timeout=WAIT):
-        self.sock.sendall(request.encode() + b'\n')
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.line(max(0.01, deadline - time.monotonic()))
-            assert line is not None, f'no reply to {request!r}'
-            if not line.startswith(('update ', 'error_update ', 'log ')):
-                return line
-
-    def wait_for(self, prefix, timeout=WAIT):
-        deadline = time.monotonic() + timeout
-        seen = []
-        while time.monotonic() < deadline:
-            line = self.line(max(0.01, deadline - time.monotonic()))
-            if line is None:
-                break
-            seen.append(line)
-            if line.startswith(prefix):
-                return line
-        raise AssertionError(f'no {prefix!r} within {timeout} s; saw {seen[-5:]}')
 
 
 def value(line):
