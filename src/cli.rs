@@ -37,4 +37,17 @@ pub enum Command {
     Run,
     /// Validate the configuration and print the node description; start nothing.
     CheckConfig,
+    /// List SEC nodes that answer UDP discovery (SECoP RFC-105).
+    Discover {
+        /// Where to ask (repeatable), e.g. 127.0.0.1:10767 or a broadcast address such
+        /// as 192.168.1.255:10767. Default: 127.0.0.1:10767.
+        #[arg(long)]
+        target: Vec<std::net::SocketAddr>,
+        /// Seconds to wait for answers.
+        #[arg(long, default_value_t = 1.0)]
+        wait: f64,
+        /// One JSON object per node instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -44,6 +44,8 @@ pub struct GatewayConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
     #[serde(default, rename = "module")]
     pub modules: Vec<ModuleEntry>,
     #[serde(default, rename = "link")]
@@ -141,6 +143,28 @@ impl Default for ListenConfig {
             handshake_timeout: 10.0,
             idle_timeout: 0.0,
             websocket: WebSocketConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// Answer UDP discovery requests (SECoP RFC-105).
+    pub enabled: bool,
+    /// UDP address to listen on; 0.0.0.0:10767 to be found from the network.
+    pub address: String,
+    /// Where the start-up announcement goes. Broadcast addresses (e.g.
+    /// "192.168.1.255:10767") only if you list them.
+    pub announce: Vec<String>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            enabled: true,
+            address: "127.0.0.1:10767".into(),
+            announce: vec!["127.0.0.1:10767".into()],
         }
     }
 }
@@ -293,6 +317,19 @@ impl Loaded {
                 "listen.address: {:?} is not an address like 127.0.0.1:10767",
                 c.listen.address
             ));
+        }
+        if c.discovery.address.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "discovery.address: {:?} is not an address like 127.0.0.1:10767",
+                c.discovery.address
+            ));
+        }
+        for a in &c.discovery.announce {
+            if a.parse::<SocketAddr>().is_err() {
+                problems.push(format!(
+                    "discovery.announce: {a:?} is not an address like 127.0.0.1:10767"
+                ));
+            }
         }
         if let Some(a) = &c.metrics.address {
             if a.parse::<SocketAddr>().is_err() {

@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod discovery;
 mod http;
 mod server;
 mod sniff;
@@ -36,6 +37,58 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Run) {
+        Command::Discover { target, wait, json } => {
+            let targets = if target.is_empty() {
+                vec![std::net::SocketAddr::from(([127, 0, 0, 1], 10767))]
+            } else {
+                target
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("secop-gateway: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(discovery::discover(
+                &targets,
+                Duration::from_secs_f64(wait.max(0.05)),
+            )) {
+                Ok(found) => {
+                    for (from, node) in &found {
+                        if json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"from": from.to_string(), "node": node})
+                            );
+                        } else {
+                            println!(
+                                "{}:{}\t{}\t{}\t{}",
+                                from.ip(),
+                                node["port"],
+                                node["equipment_id"].as_str().unwrap_or(""),
+                                node["firmware"].as_str().unwrap_or(""),
+                                node["description"]
+                                    .as_str()
+                                    .unwrap_or("")
+                                    .lines()
+                                    .next()
+                                    .unwrap_or("")
+                            );
+                        }
+                    }
+                    eprintln!("{} node(s) found", found.len());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("secop-gateway: discovery failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::CheckConfig => {
             let pretty = serde_json::to_string_pretty(&description.to_json()).unwrap_or_default();
             println!("{pretty}");
@@ -170,8 +223,9 @@ async fn run(
         modules = loaded.config.modules.len(),
         "SECoP node listening"
     );
+    let udp = start_discovery(&loaded, bound.port(), &description_text(&loaded)).await;
     if let Some(path) = ready_file {
-        let text = serde_json::json!({"tcp": [bound.to_string()]}).to_string();
+        let text = serde_json::json!({"tcp": [bound.to_string()], "udp": udp}).to_string();
         std::fs::write(&path, text)
             .map_err(|e| format!("cannot write ready file {}: {e}", path.display()))?;
     }
@@ -239,6 +293,52 @@ async fn run(
         _ = server::shutdown_signal(node.clone()) => {}
     }
     Ok(())
+}
+
+fn description_text(loaded: &config::Loaded) -> discovery::Identity {
+    let props = loaded.node_properties();
+    discovery::Identity {
+        equipment_id: loaded.config.node.equipment_id.clone(),
+        firmware: props
+            .get("firmware")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+        description: loaded.config.node.description.clone(),
+    }
+}
+
+/// Start answering UDP discovery and announce the node once. A failure to bind is
+/// logged, not fatal: the node works without discovery. Returns the bound addresses.
+async fn start_discovery(
+    loaded: &config::Loaded,
+    port: u16,
+    identity: &discovery::Identity,
+) -> Vec<String> {
+    let d = &loaded.config.discovery;
+    if !d.enabled {
+        return Vec::new();
+    }
+    let Ok(address) = d.address.parse::<std::net::SocketAddr>() else {
+        return Vec::new();
+    };
+    let socket = match discovery::bind_shared(address) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%address, "UDP discovery disabled: cannot bind: {e}");
+            return Vec::new();
+        }
+    };
+    let bound = socket
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let targets: Vec<std::net::SocketAddr> =
+        d.announce.iter().filter_map(|a| a.parse().ok()).collect();
+    discovery::announce(&socket, identity, &[port], &targets).await;
+    tracing::info!(address = %bound, "answering UDP discovery");
+    actix::spawn(discovery::serve(socket, identity.clone(), vec![port]));
+    vec![bound]
 }
 
 /// Tell systemd (Type=notify) that we are ready, and keep its watchdog fed from the
