@@ -120,12 +120,14 @@ impl Report {
         self.metrics.push((key.to_owned(), v, unit));
     }
 
+    /// Percentiles of a latency set (null when there are no samples).
     pub fn latency(&mut self, prefix: &str, s: &Summary) {
-        self.metric(&format!("{prefix}_p50_us"), s.p50, "us");
-        self.metric(&format!("{prefix}_p90_us"), s.p90, "us");
-        self.metric(&format!("{prefix}_p99_us"), s.p99, "us");
-        self.metric(&format!("{prefix}_max_us"), s.max, "us");
-        self.metric(&format!("{prefix}_mean_us"), s.mean, "us");
+        let v = |x: f64| if s.count > 0 { json!(x) } else { Value::Null };
+        self.metric(&format!("{prefix}_p50_us"), v(s.p50), "us");
+        self.metric(&format!("{prefix}_p90_us"), v(s.p90), "us");
+        self.metric(&format!("{prefix}_p99_us"), v(s.p99), "us");
+        self.metric(&format!("{prefix}_max_us"), v(s.max), "us");
+        self.metric(&format!("{prefix}_mean_us"), v(s.mean), "us");
         self.metric(&format!("{prefix}_samples"), s.count, "");
     }
 

@@ -62,11 +62,12 @@ def scenarios(smoke):
             ('ws_pipelined', 'WebSocket pipelined read, C=2 N=100',
              ['--transport', 'ws', 'pipelined', '-c', '2', '-n', '100'], 'bench', 'gateway', 2),
             ('fanout', 'fanout S=10 R=50/s',
-             ['fanout', '-s', '10', '-r', '50', '-d', '0.5', '--grace', '3'], 'bench', 'both', 2),
+             ['fanout', '-s', '10', '-r', '50', '-d', '0.5', '--grace', '3', '--target', 'T:ramp'], 'bench', 'both', 2),
             ('fanout_poll', 'fanout by polling, S=5',
              ['fanout-poll', '-s', '5', '-d', '1'], 'bench', 'both', 2),
             ('slow_consumer', 'slow consumer, S=5 R=50/s',
-             ['slow-consumer', '-s', '5', '-r', '50', '-d', '1', '--grace', '3', '--slow-requests', '200'],
+             ['slow-consumer', '-s', '5', '-r', '50', '-d', '1', '--grace', '3', '--slow-requests', '200',
+              '--target', 'T:ramp'],
              'bench', 'both', 2),
             ('connections', 'connections K=200, bursts of 100',
              ['connections', '-k', '200', '-b', '100', '--hold', '0.2'], 'bench', 'both', 2),
@@ -90,15 +91,16 @@ def scenarios(smoke):
          ['--transport', 'ws', 'pipelined', '-c', '10', '-n', '1000', '--duration', '5'],
          'bench', 'gateway', 2),
         ('fanout_100', 'fanout S=100 R=100/s',
-         ['fanout', '-s', '100', '-r', '100', '-d', '10', '--connect-concurrency', '5'], 'bench', 'both', 2),
+         ['fanout', '-s', '100', '-r', '100', '-d', '10', '--connect-concurrency', '5', '--target', 'T:ramp'], 'bench', 'both', 2),
         ('fanout', 'fanout S=1000 R=100/s',
-         ['fanout', '-s', '1000', '-r', '100', '-d', '10', '--grace', '10', '--connect-concurrency', '5'],
+         ['fanout', '-s', '1000', '-r', '100', '-d', '10', '--grace', '10', '--connect-concurrency', '5',
+          '--target', 'T:ramp'],
          'bench', 'both', 2),
         ('fanout_poll', 'fanout by polling (10/s), S=1000',
          ['fanout-poll', '-s', '1000', '-d', '10', '--connect-concurrency', '5'], 'bench', 'both', 2),
         ('slow_consumer', 'slow consumer, S=200 R=100/s',
          ['slow-consumer', '-s', '200', '-r', '100', '-d', '10', '--grace', '10',
-          '--slow-requests', '5000', '--connect-concurrency', '5'], 'bench', 'both', 2),
+          '--slow-requests', '5000', '--connect-concurrency', '5', '--target', 'T:ramp'], 'bench', 'both', 2),
         ('connections', 'connections K=10000, bursts of 1000',
          ['connections', '-k', '10000', '-b', '1000', '--hold', '2'], 'bench', 'both', 2),
         ('describe_1000', 'describe, 1000 modules',
@@ -165,6 +167,43 @@ FIGURES = [
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
+
+
+def busy_jiffies():
+    """(busy, total) jiffies of all CPUs from /proc/stat"""
+    with open('/proc/stat') as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)   # idle + iowait
+    total = sum(v[:8])                          # without guest (counted in user)
+    return total - idle, total
+
+
+def proc_jiffies(pid):
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            rest = f.read().rsplit(')', 1)[1].split()
+        return int(rest[11]) + int(rest[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def wait_idle(max_wait, threshold=0.15):
+    """Wait (at most max_wait s) until the machine is nearly idle: other processes
+    (e.g. a compiler) distort the figures. Returns the busy fraction last seen."""
+    deadline = time.monotonic() + max_wait
+    waited = False
+    while True:
+        b0, t0 = busy_jiffies()
+        time.sleep(1.0)
+        b1, t1 = busy_jiffies()
+        busy = (b1 - b0) / max(1, t1 - t0)
+        if busy <= threshold or time.monotonic() >= deadline:
+            if waited:
+                log(f'machine busy {busy:.0%} after waiting' if busy > threshold else 'machine idle now')
+            return busy
+        if not waited:
+            log(f'machine busy ({busy:.0%} of all CPUs): waiting up to {max_wait:.0f} s for it to calm down')
+            waited = True
 
 
 def raise_nofile():
@@ -294,6 +333,9 @@ def run_bench(bench_bin, server, label, args, threads, logf, timeout):
            '--label', label, '--threads', str(threads)] + args
     log('$', ' '.join(cmd))
     t = time.monotonic()
+    busy0, total0 = busy_jiffies()
+    srv0 = proc_jiffies(server.pid)
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
         out, rc = p.stdout, p.returncode
@@ -301,8 +343,16 @@ def run_bench(bench_bin, server, label, args, threads, logf, timeout):
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b'').decode() if isinstance(e.stdout, bytes) else (e.stdout or '')
         err, rc = f'secop-bench timed out after {timeout} s', -1
+    # CPU used by other processes during the run (everything but the server and us)
+    busy1, total1 = busy_jiffies()
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    hz = os.sysconf('SC_CLK_TCK')
+    ours = (proc_jiffies(server.pid) - srv0) / hz + (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime)
+    wall = time.monotonic() - t
+    others_pct = max(0.0, ((busy1 - busy0) / hz - ours) / wall * 100) if wall > 0 else 0.0
     with open(logf, 'a') as f:
-        f.write(f'$ {" ".join(cmd)}\n{out}{err}\n(exit {rc}, {time.monotonic() - t:.1f} s)\n\n')
+        f.write(f'$ {" ".join(cmd)}\n{out}{err}\n(exit {rc}, {wall:.1f} s, '
+                f'other processes used {others_pct:.0f} % of a core)\n\n')
     result = None
     for line in reversed(out.splitlines()):
         if line.startswith('{'):
@@ -320,6 +370,7 @@ def run_bench(bench_bin, server, label, args, threads, logf, timeout):
     if result is None:
         result = {'ok': False, 'metrics': {}, 'error_samples': [err.strip() or 'no JSON output']}
     result['exit'] = rc
+    result['others_cpu_pct'] = round(others_pct, 1)
     return result
 
 
@@ -359,8 +410,10 @@ def comparison(results, titles, with_frappy):
                 ratio = '='
             elif better == 'lower' and gv == 0:
                 ratio = 'gw 0'
-        rows.append((titles[key], label, fmt(gv), fmt(fv) if f else ('n/a' if with_frappy else ''),
-                     ratio))
+        # a figure of a failed run (errors or timeouts) is marked with '*'
+        mark = lambda r, text: text + ('*' if r and not r.get('ok') else '')  # noqa: E731
+        rows.append((titles[key], label, mark(g, fmt(gv)),
+                     mark(f, fmt(fv)) if f else ('n/a' if with_frappy else ''), ratio))
     return rows
 
 
@@ -436,11 +489,15 @@ def main():
     ap.add_argument('--only', help='comma-separated scenario keys (see FIGURES)')
     ap.add_argument('--out', help='directory for results (default target/bench/<time>)')
     ap.add_argument('--no-build', action='store_true', help='use the binaries as built')
+    ap.add_argument('--wait-idle', type=float, default=None,
+                    help='before each run wait up to this many seconds for the machine to be idle '
+                    '(default: 300, 0 with --smoke)')
     ap.add_argument('--gateway-bin', help='use this secop-gateway binary (e.g. one built from another '
                     'checkout) instead of building it')
     args = ap.parse_args()
 
     with_frappy = args.frappy if args.frappy is not None else not args.smoke
+    wait = args.wait_idle if args.wait_idle is not None else (0 if args.smoke else 300)
     profile = 'release' if (args.release or not args.smoke) else 'dev'
     out = Path(args.out) if args.out else ROOT / 'target' / 'bench' / time.strftime('%Y%m%d-%H%M%S')
     out.mkdir(parents=True, exist_ok=True)
@@ -491,6 +548,7 @@ def main():
             if which == 'gateway' and server_kind != 'gateway':
                 continue
             log(f'\n### {title}: {server_kind}')
+            busy_before = wait_idle(wait) if wait > 0 else None
             try:
                 srv = Server(server_kind, gw_bin, configs[(server_kind, node)], work,
                              out / f'{server_kind}.log')
@@ -507,6 +565,7 @@ def main():
             finally:
                 srv.stop()
             res['load_after'] = os.getloadavg()
+            res['busy_before'] = busy_before
             results[(server_kind, key)] = res
             if not res.get('ok'):
                 problems.append(f'{key} {server_kind}: ' + '; '.join(res.get('error_samples', [])[:3]))
@@ -525,15 +584,26 @@ def main():
     if tgt:
         print()
         print(print_table(['target', 'gateway', ''], tgt))
+    # how much other processes disturbed each run
+    cond = [(titles[k], srv, f"{r.get('others_cpu_pct', 0):.0f} %",
+             '-' if r.get('busy_before') is None else f"{r['busy_before'] * 100:.0f} %")
+            for (srv, k), r in results.items()]
+    cond_headers = ['scenario', 'server', 'CPU of other processes during the run (% of a core)',
+                    'machine busy before (% of all CPUs)']
+    if not args.smoke:
+        print()
+        print(print_table(cond_headers, cond))
     failed_gw = [p for p in problems if ' gateway' in p.split(':')[0]]
     if problems:
         print()
+        print('* = the run had errors or timeouts (its figures are shown as measured):')
         for p in problems:
             print('problem:', p)
     (out / 'results.json').write_text(json.dumps(
         [{'server': s, 'scenario': k, **r} for (s, k), r in results.items()], indent=1))
     (out / 'table.md').write_text(print_table(headers, rows, md=True) + '\n\n' +
-                                  (print_table(['target', 'gateway', ''], tgt, md=True) + '\n' if tgt else ''))
+                                  (print_table(['target', 'gateway', ''], tgt, md=True) + '\n\n' if tgt else '') +
+                                  print_table(cond_headers, cond, md=True) + '\n')
     print(f'\nwritten: {out}/results.json, table.md, bench-output.txt')
     shutil.rmtree(work, ignore_errors=True)
     # a run fails on errors of the gateway (frappy's failures are results)
