@@ -50,6 +50,27 @@ pub struct GatewayConfig {
     pub modules: Vec<ModuleEntry>,
     #[serde(default, rename = "link")]
     pub links: Vec<secop_drivers::link::LinkConfig>,
+    #[serde(default, rename = "extra_node")]
+    pub extra_nodes: Vec<ExtraNode>,
+}
+
+/// `[[extra_node]]`: a further SEC node of this process, on its own port, exporting
+/// some or all modules, possibly read-only (a view for the control room).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraNode {
+    pub equipment_id: String,
+    pub description: String,
+    /// Its listen address.
+    pub listen: String,
+    /// The modules it exports (by name); all when absent.
+    pub modules: Option<Vec<String>>,
+    /// Accessibles it does not export, as "module:accessible".
+    #[serde(default)]
+    pub hide: Vec<String>,
+    /// Parameters read-only, `change` → ReadOnly, `do` → Disabled.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -422,6 +443,35 @@ impl Loaded {
                 }
                 (None, None) => {
                     problems.push(format!("{key}: needs a driver (simulators) or a link"))
+                }
+            }
+        }
+        let mut ids = vec![&c.node.equipment_id];
+        for (i, n) in c.extra_nodes.iter().enumerate() {
+            let key = format!("extra_node[{i}] ({:?})", n.equipment_id);
+            if ids.contains(&&n.equipment_id) {
+                problems.push(format!("{key}.equipment_id: another node has this id"));
+            }
+            ids.push(&n.equipment_id);
+            if n.listen.parse::<SocketAddr>().is_err() {
+                problems.push(format!(
+                    "{key}.listen: {:?} is not an address like 127.0.0.1:10768",
+                    n.listen
+                ));
+            }
+            for m in n.modules.iter().flatten() {
+                if !c.modules.iter().any(|x| &x.name == m) {
+                    problems.push(format!("{key}.modules: no module is named {m:?}"));
+                }
+            }
+            for h in &n.hide {
+                let known = h
+                    .split_once(':')
+                    .is_some_and(|(m, _)| c.modules.iter().any(|x| x.name == m));
+                if !known {
+                    problems.push(format!(
+                        "{key}.hide: {h:?} is not \"module:accessible\" of a known module"
+                    ));
                 }
             }
         }

@@ -77,10 +77,10 @@ pub fn bind_shared(address: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// Answer discovery requests until the future is dropped. Garbage gets no answer and
-/// never stops the listener.
-pub async fn serve(socket: UdpSocket, identity: Identity, ports: Vec<u16>) {
-    let replies: Vec<Vec<u8>> = ports.iter().map(|p| node_datagram(&identity, *p)).collect();
+/// Answer discovery requests (one datagram per node and port) until the future is
+/// dropped. Garbage gets no answer and never stops the listener.
+pub async fn serve(socket: UdpSocket, nodes: Vec<(Identity, u16)>) {
+    let replies: Vec<Vec<u8>> = nodes.iter().map(|(id, p)| node_datagram(id, *p)).collect();
     let mut buf = vec![0u8; 2048];
     loop {
         let (n, from) = match socket.recv_from(&mut buf).await {
@@ -102,14 +102,9 @@ pub async fn serve(socket: UdpSocket, identity: Identity, ports: Vec<u16>) {
     }
 }
 
-/// Announce the node once to each configured address.
-pub async fn announce(
-    socket: &UdpSocket,
-    identity: &Identity,
-    ports: &[u16],
-    targets: &[SocketAddr],
-) {
-    for port in ports {
+/// Announce the nodes once to each configured address.
+pub async fn announce(socket: &UdpSocket, nodes: &[(Identity, u16)], targets: &[SocketAddr]) {
+    for (identity, port) in nodes {
         let datagram = node_datagram(identity, *port);
         for target in targets {
             if let Err(e) = socket.send_to(&datagram, target).await {

@@ -187,55 +187,14 @@ async fn run(
         }
         devices.push(handle);
     }
-    let node_cfg = &loaded.config.node;
-    let settings = NodeSettings {
-        identification: node_cfg.identification.clone(),
-        device_timeout: loaded.device_timeout(),
-    };
-    let node = NodeActor::new(
-        settings,
-        &node_cfg.equipment_id,
-        &node_cfg.description,
-        loaded.node_properties(),
-        devices,
-    )
-    .map_err(|p| p.join("\n"))?
-    .start();
-    node.send(Start)
-        .await
-        .map_err(|e| format!("node did not start: {e}"))?;
-
     let l = &loaded.config.listen;
-    let address = match listen {
-        Some(a) => a,
-        None => l
-            .address
-            .parse()
-            .map_err(|e| format!("listen.address: {e}"))?,
-    };
-    let listener = bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the bound address: {e}"))?;
-    tracing::info!(
-        address = %bound,
-        equipment_id = %node_cfg.equipment_id,
-        modules = loaded.config.modules.len(),
-        "SECoP node listening"
-    );
-    let udp = start_discovery(&loaded, bound.port(), &description_text(&loaded)).await;
-    if let Some(path) = ready_file {
-        let text = serde_json::json!({"tcp": [bound.to_string()], "udp": udp}).to_string();
-        std::fs::write(&path, text)
-            .map_err(|e| format!("cannot write ready file {}: {e}", path.display()))?;
-    }
     let limits = OutboxLimits {
         backpressure_bytes: l.backpressure_bytes,
         coalesce_bytes: l.coalesce_bytes,
         max_bytes: l.max_queue_bytes,
     };
     let handshake_timeout = Duration::from_secs_f64(l.handshake_timeout);
-    let settings = server::ListenerSettings {
+    let listener_settings = server::ListenerSettings {
         max_line_bytes: l.max_line_bytes,
         max_connections: l.max_connections,
         write_timeout: Duration::from_secs_f64(l.write_timeout),
@@ -266,36 +225,131 @@ async fn run(
         });
     }
     let ws = &l.websocket;
-    let http_state = http::HttpState {
-        node: node.clone(),
-        ws: websocket::WsSettings {
-            max_message_bytes: ws.max_message_bytes,
-            ping_interval: Duration::from_secs_f64(ws.ping_interval),
-            ping_timeout: Duration::from_secs_f64(ws.ping_timeout),
-            limits,
-        },
-        origins: http::OriginPolicy {
-            allowed: ws.allowed_origins.clone(),
-        },
-        echo_endpoint: ws.echo_endpoint,
-        stats: stats.clone(),
-        health,
-    };
     if ws.echo_endpoint {
         tracing::warn!(
             "the WebSocket echo endpoint /echo is on (meant for conformance tests only)"
         );
     }
-    let http = http::service(http_state, handshake_timeout).await?;
-    notify_systemd();
-    tokio::select! {
-        _ = server::serve(listener, node.clone(), settings, stats, http) => {}
-        _ = server::shutdown_signal(node.clone()) => {}
+    let ws_settings = websocket::WsSettings {
+        max_message_bytes: ws.max_message_bytes,
+        ping_interval: Duration::from_secs_f64(ws.ping_interval),
+        ping_timeout: Duration::from_secs_f64(ws.ping_timeout),
+        limits,
+    };
+
+    // The main node, then the extra nodes: each a node actor with its own listener.
+    let main_cfg = &loaded.config.node;
+    let main_address = match listen {
+        Some(a) => a,
+        None => l
+            .address
+            .parse()
+            .map_err(|e| format!("listen.address: {e}"))?,
+    };
+    let mut plans = vec![NodePlan {
+        equipment_id: main_cfg.equipment_id.clone(),
+        description: main_cfg.description.clone(),
+        address: main_address,
+        read_only: false,
+        devices: devices.clone(),
+    }];
+    for (i, extra) in loaded.config.extra_nodes.iter().enumerate() {
+        let address = extra
+            .listen
+            .parse()
+            .map_err(|e| format!("extra_node[{i}].listen: {e}"))?;
+        plans.push(NodePlan {
+            equipment_id: extra.equipment_id.clone(),
+            description: extra.description.clone(),
+            address,
+            read_only: extra.read_only,
+            devices: devices
+                .iter()
+                .map(|d| d.restricted(extra.modules.as_deref(), &extra.hide))
+                .filter(|d| !d.modules.is_empty())
+                .collect(),
+        });
     }
+    let mut nodes = Vec::new();
+    let mut bound_addresses = Vec::new();
+    let mut identities = Vec::new();
+    for plan in plans {
+        let settings = NodeSettings {
+            identification: main_cfg.identification.clone(),
+            device_timeout: loaded.device_timeout(),
+            read_only: plan.read_only,
+        };
+        let mut properties = loaded.node_properties();
+        if plan.read_only {
+            properties.insert("_read_only_view".into(), serde_json::Value::Bool(true));
+        }
+        let node = NodeActor::new(
+            settings,
+            &plan.equipment_id,
+            &plan.description,
+            properties,
+            plan.devices,
+        )
+        .map_err(|p| format!("node {:?}: {}", plan.equipment_id, p.join("; ")))?
+        .start();
+        node.send(Start)
+            .await
+            .map_err(|e| format!("node did not start: {e}"))?;
+        let listener =
+            bind(plan.address).map_err(|e| format!("cannot listen on {}: {e}", plan.address))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| format!("cannot read the bound address: {e}"))?;
+        tracing::info!(address = %bound, equipment_id = %plan.equipment_id, read_only = plan.read_only, "SECoP node listening");
+        let http_state = http::HttpState {
+            node: node.clone(),
+            ws: ws_settings.clone(),
+            origins: http::OriginPolicy {
+                allowed: ws.allowed_origins.clone(),
+            },
+            echo_endpoint: ws.echo_endpoint,
+            stats: stats.clone(),
+            health: health.clone(),
+        };
+        let http = http::service(http_state, handshake_timeout).await?;
+        actix::spawn(server::serve(
+            listener,
+            node.clone(),
+            listener_settings.clone(),
+            stats.clone(),
+            http,
+        ));
+        identities.push((
+            discovery::Identity {
+                equipment_id: plan.equipment_id.clone(),
+                ..identity(&loaded)
+            },
+            bound.port(),
+        ));
+        nodes.push(node);
+        bound_addresses.push(bound.to_string());
+    }
+    let udp = start_discovery(&loaded, identities).await;
+    if let Some(path) = ready_file {
+        let text = serde_json::json!({"tcp": bound_addresses, "udp": udp}).to_string();
+        std::fs::write(&path, text)
+            .map_err(|e| format!("cannot write ready file {}: {e}", path.display()))?;
+    }
+    notify_systemd();
+    server::shutdown_signal(nodes).await;
     Ok(())
 }
 
-fn description_text(loaded: &config::Loaded) -> discovery::Identity {
+/// What a node of this process is made of.
+struct NodePlan {
+    equipment_id: String,
+    description: String,
+    address: std::net::SocketAddr,
+    read_only: bool,
+    devices: Vec<secop_actors::device::DeviceHandle>,
+}
+
+fn identity(loaded: &config::Loaded) -> discovery::Identity {
     let props = loaded.node_properties();
     discovery::Identity {
         equipment_id: loaded.config.node.equipment_id.clone(),
@@ -312,8 +366,7 @@ fn description_text(loaded: &config::Loaded) -> discovery::Identity {
 /// logged, not fatal: the node works without discovery. Returns the bound addresses.
 async fn start_discovery(
     loaded: &config::Loaded,
-    port: u16,
-    identity: &discovery::Identity,
+    nodes: Vec<(discovery::Identity, u16)>,
 ) -> Vec<String> {
     let d = &loaded.config.discovery;
     if !d.enabled {
@@ -335,9 +388,9 @@ async fn start_discovery(
         .unwrap_or_default();
     let targets: Vec<std::net::SocketAddr> =
         d.announce.iter().filter_map(|a| a.parse().ok()).collect();
-    discovery::announce(&socket, identity, &[port], &targets).await;
+    discovery::announce(&socket, &nodes, &targets).await;
     tracing::info!(address = %bound, "answering UDP discovery");
-    actix::spawn(discovery::serve(socket, identity.clone(), vec![port]));
+    actix::spawn(discovery::serve(socket, nodes));
     vec![bound]
 }
 

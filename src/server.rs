@@ -120,8 +120,8 @@ fn start_session(
     });
 }
 
-/// Wait for SIGINT or SIGTERM, then close all sessions.
-pub async fn shutdown_signal(node: Addr<NodeActor>) {
+/// Wait for SIGINT or SIGTERM, then close all sessions of all nodes.
+pub async fn shutdown_signal(nodes: Vec<Addr<NodeActor>>) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let term = async {
@@ -139,7 +139,9 @@ pub async fn shutdown_signal(node: Addr<NodeActor>) {
         _ = term => tracing::info!("SIGTERM received, shutting down"),
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    let _ = node.send(CloseSessions).await;
+    for node in &nodes {
+        let _ = node.send(CloseSessions).await;
+    }
     // Give writers a moment to flush and close their sockets.
     tokio::time::sleep(Duration::from_millis(100)).await;
 }

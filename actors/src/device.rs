@@ -96,6 +96,20 @@ pub struct DeviceHandle {
 }
 
 impl DeviceHandle {
+    /// The same device as another node sees it: only the modules in `modules` (all
+    /// if `None`), without the accessibles named in `hide` (`module:accessible`).
+    pub fn restricted(&self, modules: Option<&[String]>, hide: &[String]) -> DeviceHandle {
+        let mut handle = self.clone();
+        handle
+            .modules
+            .retain(|m| modules.is_none_or(|list| list.iter().any(|n| n == &m.name)));
+        for m in handle.modules.iter_mut() {
+            m.accessibles
+                .retain(|a| !hide.iter().any(|h| *h == format!("{}:{}", m.name, a.name)));
+        }
+        handle
+    }
+
     pub fn of<A>(name: &str, modules: Vec<ModuleDescription>, addr: &Addr<A>) -> Self
     where
         A: Actor<Context = Context<A>> + Handler<DeviceRequest> + Handler<Subscribe>,

@@ -42,6 +42,9 @@ pub struct NodeSettings {
     pub identification: String,
     /// How long a device may take for one request before the client gets `TimeoutError`.
     pub device_timeout: Duration,
+    /// A read-only view: every parameter is read-only, `change` answers `ReadOnly` and
+    /// `do` answers `Disabled`; updates flow as usual.
+    pub read_only: bool,
 }
 
 impl Default for NodeSettings {
@@ -49,6 +52,7 @@ impl Default for NodeSettings {
         NodeSettings {
             identification: message::IDN_REPLY_V2.to_owned(),
             device_timeout: Duration::from_secs(10),
+            read_only: false,
         }
     }
 }
@@ -164,6 +168,15 @@ impl NodeActor {
         let mut states = Vec::new();
         for device in &devices {
             for m in &device.modules {
+                let mut m = m.clone();
+                if settings.read_only {
+                    for a in m.accessibles.iter_mut() {
+                        if let secop_proto::AccessibleKind::Parameter { readonly } = &mut a.kind {
+                            *readonly = true;
+                        }
+                    }
+                }
+                let m = &m;
                 states.push(ModuleState {
                     name: Arc::from(m.name.as_str()),
                     device: device.requests.clone(),
@@ -535,6 +548,11 @@ impl NodeActor {
                 value,
             } => {
                 let (m, p) = self.parameter(module, parameter)?;
+                if self.settings.read_only {
+                    return Err(SecopError::read_only(format!(
+                        "{module}:{parameter}: this node is a read-only view"
+                    )));
+                }
                 let value = self.check_change(m, p, value)?;
                 self.log(
                     m,
@@ -559,6 +577,11 @@ impl NodeActor {
                 argument,
             } => {
                 let (m, c) = self.command(module, command)?;
+                if self.settings.read_only {
+                    return Err(SecopError::disabled(format!(
+                        "{module}:{command}: commands are disabled on this read-only view"
+                    )));
+                }
                 let argument = self.check_argument(m, c, argument)?;
                 self.log(m, LogLevel::Info, &format!("do {command}"));
                 Ok(Next::Device {
@@ -585,6 +608,11 @@ impl NodeActor {
                 if !desc.accessibles[a].checkable {
                     return Err(SecopError::not_checkable(format!(
                         "{module}:{accessible} is not checkable"
+                    )));
+                }
+                if self.settings.read_only && desc.accessibles[a].is_command() {
+                    return Err(SecopError::disabled(format!(
+                        "{module}:{accessible}: commands are disabled on this read-only view"
                     )));
                 }
                 let checked = if desc.accessibles[a].is_command() {

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 /// A running gateway process, killed on drop.
 pub struct Gateway {
     child: Child,
+    /// The main node's address.
     pub addr: SocketAddr,
+    /// Every node's address, the main node first.
+    pub addrs: Vec<SocketAddr>,
     pub dir: PathBuf,
 }
 
@@ -85,12 +88,18 @@ impl Gateway {
         loop {
             if let Ok(text) = std::fs::read_to_string(&ready) {
                 if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                    let addr = v["tcp"][0]
-                        .as_str()
-                        .expect("tcp address")
-                        .parse()
-                        .expect("addr");
-                    return Gateway { child, addr, dir };
+                    let addrs: Vec<SocketAddr> = v["tcp"]
+                        .as_array()
+                        .expect("tcp addresses")
+                        .iter()
+                        .map(|a| a.as_str().expect("address").parse().expect("addr"))
+                        .collect();
+                    return Gateway {
+                        child,
+                        addr: addrs[0],
+                        addrs,
+                        dir,
+                    };
                 }
             }
             if let Ok(Some(status)) = child.try_wait() {
