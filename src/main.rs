@@ -251,7 +251,8 @@ async fn run(
         description: main_cfg.description.clone(),
         address: main_address,
         read_only: false,
-        devices: devices.clone(),
+        export: None,
+        hide: Vec::new(),
     }];
     for (i, extra) in loaded.config.extra_nodes.iter().enumerate() {
         let address = extra
@@ -263,11 +264,8 @@ async fn run(
             description: extra.description.clone(),
             address,
             read_only: extra.read_only,
-            devices: devices
-                .iter()
-                .map(|d| d.restricted(extra.modules.as_deref(), &extra.hide))
-                .filter(|d| !d.modules.is_empty())
-                .collect(),
+            export: extra.modules.clone(),
+            hide: extra.hide.clone(),
         });
     }
     let mut nodes = Vec::new();
@@ -278,6 +276,8 @@ async fn run(
             identification: main_cfg.identification.clone(),
             device_timeout: loaded.device_timeout(),
             read_only: plan.read_only,
+            export: plan.export,
+            hide: plan.hide,
         };
         let mut properties = loaded.node_properties();
         if plan.read_only {
@@ -288,7 +288,7 @@ async fn run(
             &plan.equipment_id,
             &plan.description,
             properties,
-            plan.devices,
+            devices.clone(),
         )
         .map_err(|p| format!("node {:?}: {}", plan.equipment_id, p.join("; ")))?
         .start();
@@ -346,7 +346,8 @@ struct NodePlan {
     description: String,
     address: std::net::SocketAddr,
     read_only: bool,
-    devices: Vec<secop_actors::device::DeviceHandle>,
+    export: Option<Vec<String>>,
+    hide: Vec<String>,
 }
 
 fn identity(loaded: &config::Loaded) -> discovery::Identity {

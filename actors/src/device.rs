@@ -83,7 +83,14 @@ pub type SubscriberId = u64;
 pub struct Subscribe {
     pub id: SubscriberId,
     pub sink: Recipient<DeviceUpdates>,
+    /// Told when the device's modules change (remote nodes only).
+    pub on_change: Option<Recipient<DeviceModulesChanged>>,
 }
+
+/// The modules of a device changed (a remote node's description changed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeviceModulesChanged(pub DeviceHandle);
 
 /// Everything a node needs to reach a device: its modules and one recipient per
 /// message type, so that any actor type can be a device.

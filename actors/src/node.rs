@@ -6,6 +6,7 @@
 //! requesting session to queue; so every side effect of a `change`/`do` reaches every
 //! activated client (the requester included) before the `changed`/`done`.
 
+use crate::device::DeviceModulesChanged;
 use crate::device::{
     DeviceAction, DeviceHandle, DeviceReply, DeviceRequest, DeviceUpdates, ParamUpdate, Subscribe,
     SubscriberId,
@@ -45,6 +46,10 @@ pub struct NodeSettings {
     /// A read-only view: every parameter is read-only, `change` answers `ReadOnly` and
     /// `do` answers `Disabled`; updates flow as usual.
     pub read_only: bool,
+    /// The modules this node exports (all if `None`).
+    pub export: Option<Vec<String>>,
+    /// Accessibles this node does not export, as `module:accessible`.
+    pub hide: Vec<String>,
 }
 
 impl Default for NodeSettings {
@@ -53,6 +58,8 @@ impl Default for NodeSettings {
             identification: message::IDN_REPLY_V2.to_owned(),
             device_timeout: Duration::from_secs(10),
             read_only: false,
+            export: None,
+            hide: Vec::new(),
         }
     }
 }
@@ -164,19 +171,40 @@ impl NodeActor {
         properties: serde_json::Map<String, Value>,
         devices: Vec<DeviceHandle>,
     ) -> Result<NodeActor, Vec<String>> {
+        let mut node = NodeActor {
+            settings,
+            description: Arc::new(NodeDescription {
+                equipment_id: equipment_id.to_owned(),
+                description: description.to_owned(),
+                modules: Vec::new(),
+                properties,
+            }),
+            describing: Bytes::new(),
+            modules: Vec::new(),
+            module_index: HashMap::new(),
+            devices,
+            sessions: HashMap::new(),
+            subscriber_id: next_id(),
+        };
+        node.assemble()?;
+        Ok(node)
+    }
+
+    /// (Re)build the description and the cache from the devices, as this node exports
+    /// them (module subset, hidden accessibles, read-only view).
+    fn assemble(&mut self) -> Result<(), Vec<String>> {
         let mut modules = Vec::new();
         let mut states = Vec::new();
-        for device in &devices {
-            for m in &device.modules {
-                let mut m = m.clone();
-                if settings.read_only {
+        for device in &self.devices {
+            let device = device.restricted(self.settings.export.as_deref(), &self.settings.hide);
+            for mut m in device.modules {
+                if self.settings.read_only {
                     for a in m.accessibles.iter_mut() {
                         if let secop_proto::AccessibleKind::Parameter { readonly } = &mut a.kind {
                             *readonly = true;
                         }
                     }
                 }
-                let m = &m;
                 states.push(ModuleState {
                     name: Arc::from(m.name.as_str()),
                     device: device.requests.clone(),
@@ -195,46 +223,38 @@ impl NodeActor {
                         })
                         .collect(),
                 });
-                modules.push(m.clone());
+                modules.push(m);
             }
         }
         let description = NodeDescription {
-            equipment_id: equipment_id.to_owned(),
-            description: description.to_owned(),
+            equipment_id: self.description.equipment_id.clone(),
+            description: self.description.description.clone(),
             modules,
-            properties,
+            properties: self.description.properties.clone(),
         };
         let problems = description.problems();
         if !problems.is_empty() {
             return Err(problems);
         }
-        let describing = Bytes::from(line(
+        self.describing = Bytes::from(line(
             "describing",
             ".",
             Some(secop_proto::json::to_json(&description.to_json()).as_bytes()),
         ));
-        let module_index = description
+        self.module_index = description
             .modules
             .iter()
             .enumerate()
             .map(|(i, m)| (m.name.clone(), i))
             .collect();
-        let mut node = NodeActor {
-            settings,
-            description: Arc::new(description),
-            describing,
-            modules: states,
-            module_index,
-            devices,
-            sessions: HashMap::new(),
-            subscriber_id: next_id(),
-        };
-        for m in 0..node.modules.len() {
-            for p in 0..node.modules[m].params.len() {
-                node.refresh_update_line(m, p);
+        self.description = Arc::new(description);
+        self.modules = states;
+        for m in 0..self.modules.len() {
+            for p in 0..self.modules[m].params.len() {
+                self.refresh_update_line(m, p);
             }
         }
-        Ok(node)
+        Ok(())
     }
 
     pub fn description(&self) -> Arc<NodeDescription> {
@@ -671,6 +691,7 @@ impl Handler<Start> for NodeActor {
 
     fn handle(&mut self, _: Start, ctx: &mut Self::Context) -> Self::Result {
         let sink = ctx.address().recipient::<DeviceUpdates>();
+        let changes = ctx.address().recipient::<DeviceModulesChanged>();
         let id = self.subscriber_id;
         let requests: Vec<_> = self
             .devices
@@ -680,6 +701,7 @@ impl Handler<Start> for NodeActor {
                 let fut = d.subscribe.send(Subscribe {
                     id,
                     sink: sink.clone(),
+                    on_change: Some(changes.clone()),
                 });
                 async move { (name, fut.await) }
             })
@@ -766,6 +788,31 @@ impl Handler<GetSnapshot> for NodeActor {
             description: self.description.clone(),
             values,
         })
+    }
+}
+
+impl Handler<DeviceModulesChanged> for NodeActor {
+    type Result = ();
+
+    /// A device's modules changed (a remote node was reconfigured): rebuild the
+    /// description and disconnect this node's clients, so that they read it again.
+    fn handle(&mut self, msg: DeviceModulesChanged, _: &mut Self::Context) {
+        let name = msg.0.name.clone();
+        match self.devices.iter_mut().find(|d| d.name == name) {
+            Some(d) => *d = msg.0,
+            None => self.devices.push(msg.0),
+        }
+        match self.assemble() {
+            Ok(()) => {
+                tracing::warn!(node = %self.description.equipment_id, device = %name,
+                    "description changed; disconnecting this node's clients");
+                for (_, s) in self.sessions.drain() {
+                    s.outbox.close(CloseReason::Kicked);
+                }
+            }
+            Err(problems) => tracing::error!(node = %self.description.equipment_id, device = %name,
+                "the new modules do not fit this node: {}", problems.join("; ")),
+        }
     }
 }
 

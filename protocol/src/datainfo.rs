@@ -144,6 +144,17 @@ impl DataInfo {
     /// Parse a datainfo description. Errors name the offending property; nested errors
     /// are prefixed with the path (`members.x: ...`).
     pub fn from_json(json: &Value) -> Result<DataInfo, String> {
+        DataInfo::parse(json, true)
+    }
+
+    /// Parse a datainfo that a remote node sent: unknown properties are ignored
+    /// (must-accept rule 2), everything else is checked as strictly as our own.
+    pub fn from_remote_json(json: &Value) -> Result<DataInfo, String> {
+        DataInfo::parse(json, false)
+    }
+
+    fn parse(json: &Value, strict: bool) -> Result<DataInfo, String> {
+        let from_json = |v: &Value| DataInfo::parse(v, strict);
         let obj = json
             .as_object()
             .ok_or_else(|| "datainfo must be an object with a \"type\"".to_owned())?;
@@ -153,7 +164,7 @@ impl DataInfo {
             .ok_or_else(|| "datainfo has no string \"type\"".to_owned())?;
         let known = known_properties(type_name);
         for key in obj.keys() {
-            if key != "type" && !key.starts_with('_') && !known.contains(&key.as_str()) {
+            if strict && key != "type" && !key.starts_with('_') && !known.contains(&key.as_str()) {
                 return Err(format!("{type_name}: unknown property {key:?}"));
             }
         }
@@ -255,7 +266,7 @@ impl DataInfo {
                 let members = obj
                     .get("members")
                     .ok_or("array: \"members\" is mandatory")?;
-                let members = DataInfo::from_json(members).map_err(|e| format!("members: {e}"))?;
+                let members = from_json(members).map_err(|e| format!("members: {e}"))?;
                 if members.is_command() {
                     return Err("array: members cannot be a command".into());
                 }
@@ -278,7 +289,7 @@ impl DataInfo {
                 let members = members
                     .iter()
                     .enumerate()
-                    .map(|(i, m)| DataInfo::from_json(m).map_err(|e| format!("members[{i}]: {e}")))
+                    .map(|(i, m)| from_json(m).map_err(|e| format!("members[{i}]: {e}")))
                     .collect::<Result<Vec<_>, _>>()?;
                 if members.is_empty() {
                     return Err("tuple: \"members\" is empty".into());
@@ -301,7 +312,7 @@ impl DataInfo {
                     {
                         return Err(format!("struct: member {name:?} is not unique"));
                     }
-                    let di = DataInfo::from_json(m).map_err(|e| format!("members.{name}: {e}"))?;
+                    let di = from_json(m).map_err(|e| format!("members.{name}: {e}"))?;
                     list.push((name.clone(), di));
                 }
                 let optional = match obj.get("optional") {
@@ -361,7 +372,7 @@ impl DataInfo {
                     match obj.get(key) {
                         None | Some(Value::Null) => Ok(None),
                         Some(v) => {
-                            let di = DataInfo::from_json(v).map_err(|e| format!("{key}: {e}"))?;
+                            let di = from_json(v).map_err(|e| format!("{key}: {e}"))?;
                             if di.is_command() {
                                 return Err(format!("command: {key} cannot be a command"));
                             }

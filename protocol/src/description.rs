@@ -228,6 +228,127 @@ impl NodeDescription {
     }
 }
 
+/// Parsing a description that a remote node sent (`describing . {...}`), leniently:
+/// unknown properties are kept as they are, unknown datainfo properties ignored.
+impl NodeDescription {
+    pub fn from_json(json: &Value) -> Result<NodeDescription, String> {
+        let obj = json
+            .as_object()
+            .ok_or("the description is not a JSON object")?;
+        let text = |key: &str| -> Result<String, String> {
+            obj.get(key)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| format!("the description has no string {key:?}"))
+        };
+        let modules_json = obj
+            .get("modules")
+            .and_then(Value::as_object)
+            .ok_or("the description has no \"modules\" object")?;
+        let mut modules = Vec::with_capacity(modules_json.len());
+        for (name, m) in modules_json {
+            modules.push(
+                ModuleDescription::from_json(name, m).map_err(|e| format!("module {name}: {e}"))?,
+            );
+        }
+        let properties = obj
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "equipment_id" | "description" | "modules"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(NodeDescription {
+            equipment_id: text("equipment_id")?,
+            description: text("description").unwrap_or_default(),
+            modules,
+            properties,
+        })
+    }
+}
+
+impl ModuleDescription {
+    pub fn from_json(name: &str, json: &Value) -> Result<ModuleDescription, String> {
+        let obj = json.as_object().ok_or("not a JSON object")?;
+        let accessibles_json = obj
+            .get("accessibles")
+            .and_then(Value::as_object)
+            .ok_or("no \"accessibles\" object")?;
+        let mut accessibles = Vec::with_capacity(accessibles_json.len());
+        for (aname, a) in accessibles_json {
+            accessibles.push(Accessible::from_json(aname, a).map_err(|e| format!("{aname}: {e}"))?);
+        }
+        let interface_classes = obj
+            .get("interface_classes")
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .filter_map(|c| c.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let properties = obj
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "description" | "interface_classes" | "accessibles"
+                )
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(ModuleDescription {
+            name: name.to_owned(),
+            description: obj
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            interface_classes,
+            accessibles,
+            properties,
+        })
+    }
+}
+
+impl Accessible {
+    pub fn from_json(name: &str, json: &Value) -> Result<Accessible, String> {
+        let obj = json.as_object().ok_or("not a JSON object")?;
+        let datainfo = DataInfo::from_remote_json(obj.get("datainfo").ok_or("no datainfo")?)?;
+        let kind = if datainfo.is_command() {
+            AccessibleKind::Command
+        } else {
+            AccessibleKind::Parameter {
+                readonly: obj.get("readonly").and_then(Value::as_bool).unwrap_or(true),
+            }
+        };
+        let properties = obj
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "description" | "datainfo" | "readonly" | "checkable" | "constant"
+                )
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(Accessible {
+            name: name.to_owned(),
+            description: obj
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            datainfo,
+            kind,
+            checkable: obj
+                .get("checkable")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            constant: obj.get("constant").cloned(),
+            properties,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +384,23 @@ mod tests {
         let text = crate::json::to_json(&node.to_json());
         assert!(text.starts_with(r#"{"equipment_id":"test_eq","description":"d","modules":{"T":{"description":"a sensor","interface_classes":["Readable"],"accessibles":{"value":{"description":"the value","datainfo":{"type":"double","unit":"K"},"readonly":true},"status""#), "{text}");
         assert!(node.problems().is_empty(), "{:?}", node.problems());
+    }
+
+    #[test]
+    fn parses_what_it_emits() {
+        let node = NodeDescription {
+            equipment_id: "eq".into(),
+            description: "d".into(),
+            modules: vec![module()],
+            properties: Map::new(),
+        };
+        let back = NodeDescription::from_json(&node.to_json()).unwrap();
+        assert_eq!(back, node);
+        let lenient = json!({"equipment_id": "x", "description": "", "modules": {"m": {
+            "description": "", "interface_classes": ["Readable"], "accessibles": {
+                "value": {"description": "", "datainfo": {"type": "double", "frappy_only": 1}, "readonly": true}}}}});
+        assert!(NodeDescription::from_json(&lenient).is_ok());
+        assert!(NodeDescription::from_json(&json!({"modules": {}})).is_err());
     }
 
     #[test]
