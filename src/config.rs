@@ -52,6 +52,9 @@ pub struct GatewayConfig {
     pub links: Vec<secop_drivers::link::LinkConfig>,
     #[serde(default, rename = "extra_node")]
     pub extra_nodes: Vec<ExtraNode>,
+    /// Remote SEC nodes whose modules this gateway re-exports.
+    #[serde(default, rename = "remote")]
+    pub remotes: Vec<secop_drivers::remote::RemoteConfig>,
 }
 
 /// `[[extra_node]]`: a further SEC node of this process, on its own port, exporting
@@ -403,7 +406,7 @@ impl Loaded {
         if !c.node.identification.is_ascii() || c.node.identification.contains('\n') {
             problems.push("node.identification: must be one line of ASCII".into());
         }
-        if c.modules.is_empty() {
+        if c.modules.is_empty() && c.remotes.is_empty() {
             problems.push("module: the node has no modules (add [[module]] sections)".into());
         }
         for (i, m) in c.modules.iter().enumerate() {
@@ -460,7 +463,8 @@ impl Loaded {
                 ));
             }
             for m in n.modules.iter().flatten() {
-                if !c.modules.iter().any(|x| &x.name == m) {
+                // Remote modules are only known once connected.
+                if c.remotes.is_empty() && !c.modules.iter().any(|x| &x.name == m) {
                     problems.push(format!("{key}.modules: no module is named {m:?}"));
                 }
             }
@@ -473,6 +477,24 @@ impl Loaded {
                         "{key}.hide: {h:?} is not \"module:accessible\" of a known module"
                     ));
                 }
+            }
+        }
+        for (i, r) in c.remotes.iter().enumerate() {
+            let key = format!("remote[{i}] ({:?})", r.name);
+            if r.address
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                problems.push(format!("{key}.address: {:?} is not host:port", r.address));
+            }
+            if !(r.timeout > 0.0 && r.reconnect_min > 0.0 && r.reconnect_max >= r.reconnect_min) {
+                problems.push(format!("{key}: timeout and reconnect times must be positive, reconnect_max >= reconnect_min"));
+            }
+            if c.links.iter().any(|l| l.name == r.name)
+                || c.remotes[..i].iter().any(|o| o.name == r.name)
+            {
+                problems.push(format!("{key}.name: another link or remote has this name"));
             }
         }
         let mut link_names = Vec::new();

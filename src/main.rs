@@ -187,6 +187,21 @@ async fn run(
         }
         devices.push(handle);
     }
+    // Remote nodes: a first connection attempt now, so that their modules are in the
+    // first description; if they are unreachable, their modules come when they do.
+    for remote in &loaded.config.remotes {
+        let first = match secop_drivers::remote::connect(remote).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(remote = %remote.name, "not connected at start: {e}");
+                None
+            }
+        };
+        devices.push(secop_drivers::remote::RemoteNode::start(
+            remote.clone(),
+            first,
+        ));
+    }
     let l = &loaded.config.listen;
     let limits = OutboxLimits {
         backpressure_bytes: l.backpressure_bytes,

@@ -802,7 +802,11 @@ impl Handler<DeviceModulesChanged> for NodeActor {
             Some(d) => *d = msg.0,
             None => self.devices.push(msg.0),
         }
+        let before = self.describing.clone();
         match self.assemble() {
+            Ok(()) if self.describing == before => {
+                // Nothing this node exports changed: its clients keep their connection.
+            }
             Ok(()) => {
                 tracing::warn!(node = %self.description.equipment_id, device = %name,
                     "description changed; disconnecting this node's clients");

@@ -9,6 +9,7 @@ pub mod builder;
 pub mod drive;
 pub mod link;
 pub mod modbus;
+pub mod remote;
 pub mod sim;
 
 use secop_actors::device::DeviceHandle;

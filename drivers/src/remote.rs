@@ -1,0 +1,523 @@
+//! Re-exporting the modules of a remote SEC node (a frappy server, a PLC node, another
+//! gateway): an upstream SECoP client that is a device like any other.
+//!
+//! It connects, checks `*IDN?`, reads the description, activates, and then forwards
+//! `read`, `change` and `do` with the remote's replies and error classes preserved,
+//! turning the remote's updates into device updates. Module names may get a prefix;
+//! every module gets the remote's `equipment_id` as property `_remote_equipment_id`.
+//! When the remote goes away, its values become `CommunicationFailed` errors and the
+//! client reconnects with backoff; when it comes back with another description, the
+//! nodes are told to rebuild theirs.
+
+use actix::prelude::*;
+use secop_actors::device::{
+    now, DeviceAction, DeviceHandle, DeviceModulesChanged, DeviceReply, DeviceRequest,
+    DeviceUpdates, ParamUpdate, Subscribe, SubscriberId,
+};
+use secop_proto::message::split;
+use secop_proto::{ErrorClass, ModuleDescription, NodeDescription, SecopError};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+/// `[[remote]]` in the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// Name of this upstream connection (device name in metrics and logs).
+    pub name: String,
+    /// `host:port` of the remote SEC node.
+    pub address: String,
+    /// Prepended to every remote module name (collisions are a config error).
+    #[serde(default)]
+    pub prefix: String,
+    /// Seconds for connecting and for each forwarded request.
+    #[serde(default = "default_timeout")]
+    pub timeout: f64,
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min: f64,
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max: f64,
+}
+
+fn default_timeout() -> f64 {
+    5.0
+}
+fn default_reconnect_min() -> f64 {
+    0.5
+}
+fn default_reconnect_max() -> f64 {
+    30.0
+}
+
+/// An established session with the remote node.
+pub struct Connected {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    description: NodeDescription,
+    /// The lines that came with `activate`, up to `active`.
+    initial: Vec<String>,
+}
+
+/// Longest line accepted from a remote node (a big description).
+const MAX_LINE: usize = 64 * 1024 * 1024;
+
+async fn read_line(reader: &mut BufReader<OwnedReadHalf>) -> Result<String, String> {
+    let mut line = String::new();
+    let n = reader
+        .read_line(&mut line)
+        .await
+        .map_err(|e| format!("read failed: {e}"))?;
+    if n == 0 {
+        return Err("the remote node closed the connection".into());
+    }
+    if line.len() > MAX_LINE {
+        return Err("line too long".into());
+    }
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// Connect, identify, describe and activate, within the timeout.
+pub async fn connect(config: &RemoteConfig) -> Result<Connected, String> {
+    let timeout = Duration::from_secs_f64(config.timeout);
+    let work = async {
+        let stream = TcpStream::connect(&config.address)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", config.address))?;
+        let _ = stream.set_nodelay(true);
+        let (read, mut writer) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        writer
+            .write_all(b"*IDN?\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let idn = read_line(&mut reader).await?;
+        let fields: Vec<&str> = idn.split(',').collect();
+        if fields.len() < 2 || !fields[0].contains("ISSE") || fields[1] != "SECoP" {
+            return Err(format!(
+                "{} is not a SEC node: *IDN? answered {idn:?}",
+                config.address
+            ));
+        }
+        writer
+            .write_all(b"describe\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let description = loop {
+            let line = read_line(&mut reader).await?;
+            let raw = split(&line);
+            if raw.action == "describing" {
+                let json: Value = serde_json::from_str(raw.data.unwrap_or("null"))
+                    .map_err(|e| format!("description is not JSON: {e}"))?;
+                break NodeDescription::from_json(&json)
+                    .map_err(|e| format!("cannot use the remote description: {e}"))?;
+            }
+        };
+        writer
+            .write_all(b"activate\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut initial = Vec::new();
+        loop {
+            let line = read_line(&mut reader).await?;
+            if split(&line).action == "active" {
+                break;
+            }
+            initial.push(line);
+        }
+        Ok(Connected {
+            reader,
+            writer,
+            description,
+            initial,
+        })
+    };
+    tokio::time::timeout(timeout, work).await.map_err(|_| {
+        format!(
+            "{}: no complete handshake within {} s",
+            config.address, config.timeout
+        )
+    })?
+}
+
+/// Our view of the remote modules: local names (prefixed) and the remote equipment id.
+fn local_modules(config: &RemoteConfig, description: &NodeDescription) -> Vec<ModuleDescription> {
+    description
+        .modules
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            m.name = format!("{}{}", config.prefix, m.name);
+            m.properties.insert(
+                "_remote_equipment_id".into(),
+                Value::from(description.equipment_id.clone()),
+            );
+            m
+        })
+        .collect()
+}
+
+struct Pending {
+    /// The remote specifier the reply will echo.
+    specifier: String,
+    origin: Option<SubscriberId>,
+    /// Updates that arrived while waiting: side effects, delivered with the reply.
+    updates: Vec<ParamUpdate>,
+    reply: oneshot::Sender<DeviceReply>,
+}
+
+/// A line read from the remote (or why reading ended), tagged with the connection it
+/// came from so that a stale connection's end is not taken for the current one's.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RemoteLine(Result<String, String>, u64);
+
+/// See the module documentation.
+pub struct RemoteNode {
+    config: RemoteConfig,
+    name: Arc<str>,
+    modules: Vec<ModuleDescription>,
+    description_json: Option<Value>,
+    writer: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    pending: VecDeque<Pending>,
+    subscribers: Vec<(
+        SubscriberId,
+        Recipient<DeviceUpdates>,
+        Option<Recipient<DeviceModulesChanged>>,
+    )>,
+    last: HashMap<(String, String), ParamUpdate>,
+    backoff: Duration,
+    connection: u64,
+}
+
+impl RemoteNode {
+    /// Start the client; `first` is the result of a connection attempt made before the
+    /// node was built, so that the remote modules are in its first description.
+    pub fn start(config: RemoteConfig, first: Option<Connected>) -> DeviceHandle {
+        let modules = first
+            .as_ref()
+            .map(|c| local_modules(&config, &c.description))
+            .unwrap_or_default();
+        let name = config.name.clone();
+        let actor = RemoteNode {
+            name: Arc::from(config.name.as_str()),
+            backoff: Duration::from_secs_f64(config.reconnect_min),
+            config,
+            modules: modules.clone(),
+            description_json: first.as_ref().map(|c| c.description.to_json()),
+            writer: None,
+            pending: VecDeque::new(),
+            subscribers: Vec::new(),
+            last: HashMap::new(),
+            connection: 0,
+        };
+        let addr = RemoteNode::create(move |ctx| {
+            let mut actor = actor;
+            match first {
+                Some(c) => actor.attach(c, ctx),
+                None => actor.schedule_reconnect(ctx),
+            }
+            actor
+        });
+        DeviceHandle::of(&name, modules, &addr)
+    }
+
+    fn attach(&mut self, connected: Connected, ctx: &mut Context<Self>) {
+        self.connection += 1;
+        let connection = self.connection;
+        metrics_up(&self.name, true);
+        self.backoff = Duration::from_secs_f64(self.config.reconnect_min);
+        let Connected {
+            reader,
+            mut writer,
+            initial,
+            ..
+        } = connected;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        self.writer = Some(tx);
+        actix::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                if writer.write_all(line.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let lines = futures_util::stream::unfold(Some(reader), move |state| async move {
+            let mut reader = state?;
+            match read_line(&mut reader).await {
+                Ok(line) => Some((RemoteLine(Ok(line), connection), Some(reader))),
+                Err(e) => Some((RemoteLine(Err(e), connection), None)),
+            }
+        });
+        ctx.add_stream(lines);
+        for line in initial {
+            self.on_line(&line);
+        }
+        tracing::info!(remote = %self.name, address = %self.config.address, "remote node connected");
+    }
+
+    fn schedule_reconnect(&mut self, ctx: &mut Context<Self>) {
+        let delay = self.backoff;
+        let max = Duration::from_secs_f64(self.config.reconnect_max);
+        self.backoff = (self.backoff * 2).min(max);
+        ctx.run_later(delay, |act, ctx| {
+            let config = act.config.clone();
+            ctx.spawn(async move { connect(&config).await }.into_actor(act).map(
+                |result, act, ctx| match result {
+                    Ok(connected) => {
+                        let json = connected.description.to_json();
+                        let changed = act.description_json.as_ref() != Some(&json);
+                        act.description_json = Some(json);
+                        if changed {
+                            act.modules = local_modules(&act.config, &connected.description);
+                            act.last.clear();
+                            let handle = DeviceHandle::of(
+                                &act.config.name,
+                                act.modules.clone(),
+                                &ctx.address(),
+                            );
+                            for (_, _, on_change) in &act.subscribers {
+                                if let Some(r) = on_change {
+                                    r.do_send(DeviceModulesChanged(handle.clone()));
+                                }
+                            }
+                        }
+                        act.attach(connected, ctx);
+                    }
+                    Err(e) => {
+                        tracing::warn!(remote = %act.name, "{e}");
+                        act.schedule_reconnect(ctx);
+                    }
+                },
+            ));
+        });
+    }
+
+    fn local(&self, remote_module: &str) -> String {
+        format!("{}{}", self.config.prefix, remote_module)
+    }
+
+    fn remote_name<'a>(&self, local: &'a str) -> &'a str {
+        local
+            .strip_prefix(self.config.prefix.as_str())
+            .unwrap_or(local)
+    }
+
+    fn broadcast(&self, updates: Vec<ParamUpdate>) {
+        let busy: Vec<SubscriberId> = self.pending.iter().filter_map(|p| p.origin).collect();
+        for (id, sink, _) in &self.subscribers {
+            if !busy.contains(id) {
+                sink.do_send(DeviceUpdates(updates.clone()));
+            }
+        }
+    }
+
+    /// Handle one line from the remote.
+    fn on_line(&mut self, line: &str) {
+        let raw = split(line);
+        let data: Option<Value> = raw.data.and_then(|d| serde_json::from_str(d).ok());
+        match raw.action {
+            "update" | "error_update" => {
+                let Some((module, parameter)) = raw.specifier.split_once(':') else {
+                    return;
+                };
+                let (value, t) = report(raw.action == "update", data.as_ref());
+                let update = ParamUpdate {
+                    module: Arc::from(self.local(module).as_str()),
+                    parameter: Arc::from(parameter),
+                    value,
+                    timestamp: t,
+                };
+                self.last.insert(
+                    (update.module.to_string(), parameter.to_owned()),
+                    update.clone(),
+                );
+                for p in self.pending.iter_mut() {
+                    p.updates.push(update.clone());
+                }
+                self.broadcast(vec![update]);
+            }
+            "reply" | "changed" | "done" | "checked" => {
+                self.resolve(raw.specifier, report(true, data.as_ref()))
+            }
+            a if a.starts_with("error_") => {
+                self.resolve(raw.specifier, report(false, data.as_ref()))
+            }
+            _ => {}
+        }
+    }
+
+    fn resolve(&mut self, specifier: &str, (value, t): (Result<Value, SecopError>, f64)) {
+        let Some(i) = self.pending.iter().position(|p| p.specifier == specifier) else {
+            return;
+        };
+        let Some(p) = self.pending.remove(i) else {
+            return;
+        };
+        let _ = p.reply.send(DeviceReply {
+            result: value.map(|v| (v, t)),
+            updates: p.updates,
+        });
+    }
+
+    /// The connection is gone: fail what waits, turn every value into an error, reconnect.
+    fn lost(&mut self, reason: &str, ctx: &mut Context<Self>) {
+        tracing::warn!(remote = %self.name, "remote node lost: {reason}");
+        metrics_up(&self.name, false);
+        self.writer = None;
+        let error = SecopError::communication_failed(format!(
+            "remote node {} unreachable: {reason}",
+            self.config.address
+        ));
+        for p in self.pending.drain(..) {
+            let _ = p.reply.send(DeviceReply {
+                result: Err(error.clone()),
+                updates: Vec::new(),
+            });
+        }
+        let t = now();
+        let updates: Vec<ParamUpdate> = self
+            .last
+            .values()
+            .map(|u| ParamUpdate {
+                value: Err(error.clone()),
+                timestamp: t,
+                ..u.clone()
+            })
+            .collect();
+        for u in &updates {
+            self.last
+                .insert((u.module.to_string(), u.parameter.to_string()), u.clone());
+        }
+        self.broadcast(updates);
+        self.schedule_reconnect(ctx);
+    }
+}
+
+fn metrics_up(name: &str, up: bool) {
+    secop_actors::metrics::metrics()
+        .device_up
+        .with_label_values(&[name])
+        .set(i64::from(up));
+}
+
+/// `[value,{"t":..}]` or `["Class","text",{..}]` → value or error, and the timestamp.
+fn report(ok: bool, data: Option<&Value>) -> (Result<Value, SecopError>, f64) {
+    let t = data
+        .and_then(|d| d.get(if ok { 1 } else { 2 }))
+        .and_then(|q| q.get("t"))
+        .and_then(Value::as_f64)
+        .unwrap_or_else(now);
+    if ok {
+        let value = data.and_then(|d| d.get(0)).cloned().unwrap_or(Value::Null);
+        return (Ok(value), t);
+    }
+    let class = data
+        .and_then(|d| d.get(0))
+        .and_then(Value::as_str)
+        .and_then(ErrorClass::parse)
+        .unwrap_or(ErrorClass::InternalError);
+    let text = data
+        .and_then(|d| d.get(1))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    (Err(SecopError::new(class, text)), t)
+}
+
+impl Actor for RemoteNode {
+    type Context = Context<Self>;
+}
+
+impl StreamHandler<RemoteLine> for RemoteNode {
+    fn handle(&mut self, item: RemoteLine, ctx: &mut Self::Context) {
+        if item.1 != self.connection {
+            return;
+        }
+        match item.0 {
+            Ok(line) => self.on_line(&line),
+            Err(e) => self.lost(&e, ctx),
+        }
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+impl Handler<Subscribe> for RemoteNode {
+    type Result = MessageResult<Subscribe>;
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
+        self.subscribers.retain(|(id, _, _)| *id != msg.id);
+        self.subscribers.push((msg.id, msg.sink, msg.on_change));
+        MessageResult(self.last.values().cloned().collect())
+    }
+}
+
+impl Handler<DeviceRequest> for RemoteNode {
+    type Result = ResponseFuture<DeviceReply>;
+
+    fn handle(&mut self, msg: DeviceRequest, _: &mut Self::Context) -> Self::Result {
+        let module = self.remote_name(&msg.module).to_owned();
+        let (action, accessible, data) = match msg.action {
+            DeviceAction::Read { parameter } => ("read", parameter, None),
+            DeviceAction::Change { parameter, value } => ("change", parameter, Some(value)),
+            DeviceAction::Do { command, argument } => ("do", command, Some(argument)),
+        };
+        let specifier = format!("{module}:{accessible}");
+        let mut line = format!("{action} {specifier}");
+        if let Some(d) = data.filter(|d| !d.is_null()) {
+            line.push(' ');
+            line.push_str(&secop_proto::json::to_json(&d));
+        }
+        line.push('\n');
+        let (tx, rx) = oneshot::channel();
+        let Some(writer) = &self.writer else {
+            let error = SecopError::communication_failed(format!(
+                "remote node {} is not connected",
+                self.config.address
+            ));
+            return Box::pin(async move {
+                DeviceReply {
+                    result: Err(error),
+                    updates: Vec::new(),
+                }
+            });
+        };
+        if writer.send(line).is_err() {
+            return Box::pin(async {
+                DeviceReply {
+                    result: Err(SecopError::communication_failed("remote connection closed")),
+                    updates: Vec::new(),
+                }
+            });
+        }
+        self.pending.push_back(Pending {
+            specifier,
+            origin: msg.origin,
+            updates: Vec::new(),
+            reply: tx,
+        });
+        let timeout = Duration::from_secs_f64(self.config.timeout);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(_)) => DeviceReply {
+                    result: Err(SecopError::communication_failed("remote connection closed")),
+                    updates: Vec::new(),
+                },
+                Err(_) => DeviceReply {
+                    result: Err(SecopError::timeout(
+                        "the remote node did not answer in time",
+                    )),
+                    updates: Vec::new(),
+                },
+            }
+        })
+    }
+}
