@@ -40,7 +40,8 @@ pub enum Command {
     /// List SEC nodes that answer UDP discovery (SECoP RFC-105).
     Discover {
         /// Where to ask (repeatable), e.g. 127.0.0.1:10767 or a broadcast address such
-        /// as 192.168.1.255:10767. Default: 127.0.0.1:10767.
+        /// as 192.168.1.255:10767. Default: 127.0.0.1:10767 and the config's
+        /// discovery.announce addresses.
         #[arg(long)]
         target: Vec<std::net::SocketAddr>,
         /// Seconds to wait for answers.

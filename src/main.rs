@@ -38,8 +38,18 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Discover { target, wait, json } => {
+            // By default: this host, and the addresses the config announces to (where
+            // an operator listed the LAN's broadcast address).
             let targets = if target.is_empty() {
-                vec![std::net::SocketAddr::from(([127, 0, 0, 1], 10767))]
+                let mut t = vec![std::net::SocketAddr::from(([127, 0, 0, 1], 10767))];
+                for a in &loaded.config.discovery.announce {
+                    if let Ok(a) = a.parse() {
+                        if !t.contains(&a) {
+                            t.push(a);
+                        }
+                    }
+                }
+                t
             } else {
                 target
             };

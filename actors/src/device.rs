@@ -42,9 +42,23 @@ impl ParamUpdate {
 /// What the node asks a device to do. Values are already validated by the node.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeviceAction {
-    Read { parameter: String },
-    Change { parameter: String, value: Value },
-    Do { command: String, argument: Value },
+    Read {
+        parameter: String,
+    },
+    Change {
+        parameter: String,
+        value: Value,
+    },
+    Do {
+        command: String,
+        argument: Value,
+    },
+    /// Only for devices that check themselves (remote nodes, see
+    /// [`DeviceHandle::checks`]); the node checks for all others.
+    Check {
+        accessible: String,
+        value: Value,
+    },
 }
 
 /// A request for one module of a device.
@@ -98,6 +112,8 @@ pub struct DeviceModulesChanged(pub DeviceHandle);
 pub struct DeviceHandle {
     pub name: Arc<str>,
     pub modules: Vec<ModuleDescription>,
+    /// The device answers `check` itself (a remote node knows best what it accepts).
+    pub checks: bool,
     pub requests: Recipient<DeviceRequest>,
     pub subscribe: Recipient<Subscribe>,
 }
@@ -124,6 +140,7 @@ impl DeviceHandle {
         DeviceHandle {
             name: Arc::from(name),
             modules,
+            checks: false,
             requests: addr.clone().recipient(),
             subscribe: addr.clone().recipient(),
         }

@@ -290,6 +290,11 @@ impl<B: Backend> Handler<DeviceRequest> for DeviceActor<B> {
                     let r = b.execute(&module, &command, argument, &mut effects).await;
                     (command, Kind::Do, r)
                 }
+                DeviceAction::Check { accessible, .. } => (
+                    accessible,
+                    Kind::Do,
+                    Err(SecopError::internal("this device does not check by itself")),
+                ),
             };
             (module, accessible, kind, result, effects, started.elapsed())
         };

@@ -76,6 +76,8 @@ struct ParamState {
 struct ModuleState {
     name: Arc<str>,
     device: Recipient<DeviceRequest>,
+    /// The device answers `check` itself.
+    checks: bool,
     /// Aligned with the description's accessibles; `None` for commands and constants.
     params: Vec<Option<ParamState>>,
 }
@@ -208,6 +210,7 @@ impl NodeActor {
                 states.push(ModuleState {
                     name: Arc::from(m.name.as_str()),
                     device: device.requests.clone(),
+                    checks: device.checks,
                     params: m
                         .accessibles
                         .iter()
@@ -640,6 +643,17 @@ impl NodeActor {
                 } else {
                     self.check_change(m, a, value)?
                 };
+                if self.modules[m].checks {
+                    // The remote node has the last word (Impossible, its own limits).
+                    return Ok(Next::Device {
+                        module: m,
+                        action: DeviceAction::Check {
+                            accessible: accessible.clone(),
+                            value: checked,
+                        },
+                        force: false,
+                    });
+                }
                 let report = data_report(&checked, Qualifiers::default());
                 Ok(Next::Reply(Bytes::from(line(
                     "checked",
@@ -661,6 +675,7 @@ impl NodeActor {
                 let action = match req.request {
                     Request::Read { .. } => "reply",
                     Request::Change { .. } => "changed",
+                    Request::Check { .. } => "checked",
                     _ => "done",
                 };
                 Bytes::from(line(

@@ -225,7 +225,10 @@ impl RemoteNode {
             }
             actor
         });
-        DeviceHandle::of(&name, modules, &addr)
+        DeviceHandle {
+            checks: true,
+            ..DeviceHandle::of(&name, modules, &addr)
+        }
     }
 
     fn attach(&mut self, connected: Connected, ctx: &mut Context<Self>) {
@@ -468,6 +471,7 @@ impl Handler<DeviceRequest> for RemoteNode {
             DeviceAction::Read { parameter } => ("read", parameter, None),
             DeviceAction::Change { parameter, value } => ("change", parameter, Some(value)),
             DeviceAction::Do { command, argument } => ("do", command, Some(argument)),
+            DeviceAction::Check { accessible, value } => ("check", accessible, Some(value)),
         };
         let specifier = format!("{module}:{accessible}");
         let mut line = format!("{action} {specifier}");

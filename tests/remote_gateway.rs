@@ -1,0 +1,71 @@
+//! A gateway re-exporting another gateway (the upstream client against a real SEC
+//! node of ours): forwarded reads, changes, commands and checks, with error classes
+//! preserved.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+
+fn metrics(gw: &Gateway) -> String {
+    let mut s = std::net::TcpStream::connect(gw.addr).expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn counter(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn chained_gateways_forward_everything() {
+    let upstream = Gateway::start(FAST_CONFIG);
+    let downstream = Gateway::start(&format!(
+        "[node]\nequipment_id = \"downstream\"\ndescription = \"re-exports upstream\"\n\
+         [discovery]\nenabled = false\n\
+         [[remote]]\nname = \"up\"\naddress = \"{}\"\nprefix = \"up_\"\ntimeout = 3\n",
+        upstream.addr
+    ));
+    let mut c = downstream.client();
+    let d = parts(&c.ask("describe")).2.expect("description");
+    assert_eq!(d["modules"]["up_T"]["_remote_equipment_id"], "test_node");
+    assert!(c.ask("read up_T:value").starts_with("reply up_T:value ["));
+    assert!(c
+        .ask("change up_T:target 20")
+        .starts_with("changed up_T:target [20"));
+    assert_eq!(
+        value(&c.ask("do up_io:communicate \"*IDN?\"")),
+        "SIMULATED,SCPI-INSTRUMENT,0,1.0"
+    );
+    assert_eq!(
+        error_class(&c.ask("do up_io:communicate \"BOGUS\"")),
+        "CommunicationFailed"
+    );
+    assert_eq!(
+        error_class(&c.ask("change up_ps:_limits {\"voltage\": 99}")),
+        "RangeError"
+    );
+    let before = counter(
+        &metrics(&upstream),
+        "secop_gateway_messages_received_total{action=\"check\"}",
+    );
+    let r = c.ask("check up_T:target 30");
+    assert!(r.starts_with("checked up_T:target [30,"), "{r}");
+    let after = counter(
+        &metrics(&upstream),
+        "secop_gateway_messages_received_total{action=\"check\"}",
+    );
+    assert_eq!(after, before + 1.0, "the check went to the upstream node");
+    // activation and updates through the chain
+    assert_eq!(c.request("activate up_p").1, "active up_p");
+    assert!(c
+        .wait_event(WAIT, |l| l.starts_with("update up_p:value ["))
+        .is_some());
+}
