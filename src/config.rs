@@ -481,12 +481,19 @@ impl Loaded {
         }
         for (i, r) in c.remotes.iter().enumerate() {
             let key = format!("remote[{i}] ({:?})", r.name);
-            if r.address
+            let authority = match r.address.strip_prefix("ws://") {
+                Some(rest) => rest.split('/').next().unwrap_or(""),
+                None => r.address.as_str(),
+            };
+            if authority
                 .rsplit_once(':')
                 .and_then(|(_, p)| p.parse::<u16>().ok())
                 .is_none()
             {
-                problems.push(format!("{key}.address: {:?} is not host:port", r.address));
+                problems.push(format!(
+                    "{key}.address: {:?} is not host:port or ws://host:port/path",
+                    r.address
+                ));
             }
             if !(r.timeout > 0.0 && r.reconnect_min > 0.0 && r.reconnect_max >= r.reconnect_min) {
                 problems.push(format!("{key}: timeout and reconnect times must be positive, reconnect_max >= reconnect_min"));

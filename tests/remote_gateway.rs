@@ -69,3 +69,23 @@ fn chained_gateways_forward_everything() {
         .wait_event(WAIT, |l| l.starts_with("update up_p:value ["))
         .is_some());
 }
+
+#[test]
+fn a_remote_node_over_websocket() {
+    let upstream = Gateway::start(FAST_CONFIG);
+    let downstream = Gateway::start(&format!(
+        "[node]\nequipment_id = \"downstream_ws\"\ndescription = \"re-exports upstream over WebSocket\"\n\
+         [discovery]\nenabled = false\n\
+         [[remote]]\nname = \"up\"\naddress = \"ws://{}/ws\"\ntimeout = 3\n",
+        upstream.addr
+    ));
+    let mut c = downstream.client();
+    assert!(c.ask("read T:value").starts_with("reply T:value ["));
+    assert!(c
+        .ask("change ps:target 3")
+        .starts_with("changed ps:target [3"));
+    assert_eq!(c.request("activate p").1, "active p");
+    assert!(c
+        .wait_event(WAIT, |l| l.starts_with("update p:value ["))
+        .is_some());
+}

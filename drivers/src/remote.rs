@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -32,7 +32,8 @@ use tokio::sync::oneshot;
 pub struct RemoteConfig {
     /// Name of this upstream connection (device name in metrics and logs).
     pub name: String,
-    /// `host:port` of the remote SEC node.
+    /// `host:port` of the remote SEC node, or `ws://host:port/path` for SECoP over
+    /// WebSocket.
     pub address: String,
     /// Prepended to every remote module name (collisions are a config error).
     #[serde(default)]
@@ -56,10 +57,13 @@ fn default_reconnect_max() -> f64 {
     30.0
 }
 
+/// Lines from the remote, whatever carries them (TCP lines or WebSocket frames).
+type LineStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<String, String>>>>;
+
 /// An established session with the remote node.
 pub struct Connected {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    lines: LineStream,
+    send: tokio::sync::mpsc::UnboundedSender<String>,
     description: NodeDescription,
     /// The lines that came with `activate`, up to `active`.
     initial: Vec<String>,
@@ -83,21 +87,85 @@ async fn read_line(reader: &mut BufReader<OwnedReadHalf>) -> Result<String, Stri
     Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }
 
+/// Open the transport: `ws://host:port/path` is SECoP over WebSocket (RFC-107), anything
+/// else `host:port` for plain TCP. Outgoing lines go through a writer task.
+async fn open(
+    address: &str,
+) -> Result<(LineStream, tokio::sync::mpsc::UnboundedSender<String>), String> {
+    use futures_util::{SinkExt, StreamExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    if address.starts_with("ws://") {
+        let (ws, _) = tokio_tungstenite::connect_async(address)
+            .await
+            .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+        let (mut sink, stream) = ws.split();
+        actix::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                let text = line.trim_end_matches('\n').to_owned();
+                if sink
+                    .send(tokio_tungstenite::tungstenite::Message::text(text))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let lines = stream.filter_map(|m| async move {
+            use tokio_tungstenite::tungstenite::Message;
+            match m {
+                Ok(Message::Text(t)) => Some(Ok(t.trim_end_matches(['\n', '\r']).to_owned())),
+                Ok(Message::Close(_)) => {
+                    Some(Err("the remote node closed the WebSocket".to_owned()))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(format!("WebSocket error: {e}"))),
+            }
+        });
+        return Ok((Box::pin(lines), tx));
+    }
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (read, mut writer) = stream.into_split();
+    actix::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            if writer.write_all(line.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let lines = futures_util::stream::unfold(Some(BufReader::new(read)), |state| async move {
+        let mut reader = state?;
+        match read_line(&mut reader).await {
+            Ok(line) => Some((Ok(line), Some(reader))),
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    Ok((Box::pin(lines), tx))
+}
+
+async fn next(lines: &mut LineStream) -> Result<String, String> {
+    use futures_util::StreamExt;
+    lines
+        .next()
+        .await
+        .unwrap_or_else(|| Err("the remote node closed the connection".into()))
+}
+
 /// Connect, identify, describe and activate, within the timeout.
 pub async fn connect(config: &RemoteConfig) -> Result<Connected, String> {
     let timeout = Duration::from_secs_f64(config.timeout);
     let work = async {
-        let stream = TcpStream::connect(&config.address)
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", config.address))?;
-        let _ = stream.set_nodelay(true);
-        let (read, mut writer) = stream.into_split();
-        let mut reader = BufReader::new(read);
-        writer
-            .write_all(b"*IDN?\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        let idn = read_line(&mut reader).await?;
+        let (mut lines, send) = open(&config.address).await?;
+        let say = |line: &str| {
+            send.send(format!("{line}\n"))
+                .map_err(|_| "connection closed".to_owned())
+        };
+        say("*IDN?")?;
+        let idn = next(&mut lines).await?;
         let fields: Vec<&str> = idn.split(',').collect();
         if fields.len() < 2 || !fields[0].contains("ISSE") || fields[1] != "SECoP" {
             return Err(format!(
@@ -105,12 +173,9 @@ pub async fn connect(config: &RemoteConfig) -> Result<Connected, String> {
                 config.address
             ));
         }
-        writer
-            .write_all(b"describe\n")
-            .await
-            .map_err(|e| e.to_string())?;
+        say("describe")?;
         let description = loop {
-            let line = read_line(&mut reader).await?;
+            let line = next(&mut lines).await?;
             let raw = split(&line);
             if raw.action == "describing" {
                 let json: Value = serde_json::from_str(raw.data.unwrap_or("null"))
@@ -119,21 +184,18 @@ pub async fn connect(config: &RemoteConfig) -> Result<Connected, String> {
                     .map_err(|e| format!("cannot use the remote description: {e}"))?;
             }
         };
-        writer
-            .write_all(b"activate\n")
-            .await
-            .map_err(|e| e.to_string())?;
+        say("activate")?;
         let mut initial = Vec::new();
         loop {
-            let line = read_line(&mut reader).await?;
+            let line = next(&mut lines).await?;
             if split(&line).action == "active" {
                 break;
             }
             initial.push(line);
         }
         Ok(Connected {
-            reader,
-            writer,
+            lines,
+            send,
             description,
             initial,
         })
@@ -237,28 +299,14 @@ impl RemoteNode {
         metrics_up(&self.name, true);
         self.backoff = Duration::from_secs_f64(self.config.reconnect_min);
         let Connected {
-            reader,
-            mut writer,
+            lines,
+            send,
             initial,
             ..
         } = connected;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        self.writer = Some(tx);
-        actix::spawn(async move {
-            while let Some(line) = rx.recv().await {
-                if writer.write_all(line.as_bytes()).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let lines = futures_util::stream::unfold(Some(reader), move |state| async move {
-            let mut reader = state?;
-            match read_line(&mut reader).await {
-                Ok(line) => Some((RemoteLine(Ok(line), connection), Some(reader))),
-                Err(e) => Some((RemoteLine(Err(e), connection), None)),
-            }
-        });
-        ctx.add_stream(lines);
+        self.writer = Some(send);
+        use futures_util::StreamExt;
+        ctx.add_stream(lines.map(move |line| RemoteLine(line, connection)));
         for line in initial {
             self.on_line(&line);
         }
@@ -371,6 +419,9 @@ impl RemoteNode {
 
     /// The connection is gone: fail what waits, turn every value into an error, reconnect.
     fn lost(&mut self, reason: &str, ctx: &mut Context<Self>) {
+        if self.writer.is_none() {
+            return; // already handled for this connection
+        }
         tracing::warn!(remote = %self.name, "remote node lost: {reason}");
         metrics_up(&self.name, false);
         self.writer = None;
