@@ -2,7 +2,8 @@
 # gateway_bench.toml, with the same names, from frappy-core's own simulation classes.
 #   T   Drivable with stop (SimDrivable: ramps value to target, BUSY while moving)
 #   p   Readable, polled every 0.1 s (SimReadable with jitter, so every poll changes it)
-#   ps  Writable (SimWritable: value follows target)
+#   ps  Writable (SimWritable: value follows target); the fanout writer changes
+#       ps:pollinterval (one update per change here and in the gateway)
 # The port is given by scripts/bench/frappy_server.py (127.0.0.1 only, no UDP).
 
 Node('frappy_bench',
