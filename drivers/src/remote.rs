@@ -552,6 +552,8 @@ impl Handler<DeviceRequest> for RemoteNode {
                 }
             });
         }
+        // Requests whose caller gave up (timed out) are not waited for any longer.
+        self.pending.retain(|p| !p.reply.is_closed());
         self.pending.push_back(Pending {
             specifier,
             origin: msg.origin,
