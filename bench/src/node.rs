@@ -261,3 +261,50 @@ pub async fn handshake(
 pub fn is_timeout(e: &str) -> bool {
     e.contains("no reply in time") || e.contains("timed out")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DESCRIBING: &str = r#"describing . {"modules":{"ps":{"accessibles":{"target":{"datainfo":{"type":"double","min":0,"max":30,"unit":"V"}},"status":{"datainfo":{"type":"tuple","members":[{"type":"enum","members":{"IDLE":100}},{"type":"string"}]}},"stop":{"datainfo":{"type":"command"}},"odd":{"datainfo":{"type":"double","fancy":1}}}}}}"#;
+
+    #[test]
+    fn replies_are_checked_against_the_datainfo() {
+        let node = NodeInfo::from_describing(DESCRIBING).unwrap();
+        assert_eq!(node.modules, ["ps"]);
+        assert_eq!(node.range("ps:target"), (Some(0.0), Some(30.0)));
+        let r = node
+            .check_reply(r#"reply ps:target [1.5,{"t":1.0}]"#, "reply", "ps:target")
+            .unwrap();
+        assert_eq!((r.value.as_f64(), r.t), (Some(1.5), Some(1.0)));
+        // out of range, wrong specifier, error reply, no qualifiers
+        assert!(node
+            .check_reply(r#"reply ps:target [31,{}]"#, "reply", "ps:target")
+            .is_err());
+        assert!(node
+            .check_reply(r#"reply ps:status [1.5,{}]"#, "reply", "ps:target")
+            .is_err());
+        assert!(node
+            .check_reply(r#"error_read ps:target ["X","y",{}]"#, "reply", "ps:target")
+            .is_err());
+        assert!(node
+            .check_reply(r#"reply ps:target 1.5"#, "reply", "ps:target")
+            .is_err());
+        assert!(node
+            .check_update(r#"update ps:status [[100,"ok"],{}]"#)
+            .is_ok());
+        assert!(node
+            .check_update(r#"update ps:status [[300,"ok"],{}]"#)
+            .is_err());
+        assert!(node
+            .check_reply(r#"done ps:stop [null,{}]"#, "done", "ps:stop")
+            .is_ok());
+    }
+
+    #[test]
+    fn unknown_datainfo_properties_are_dropped() {
+        // frappy-style extra properties must not make a parameter unusable
+        let node = NodeInfo::from_describing(DESCRIBING).unwrap();
+        assert!(node.datainfo("ps:odd").is_ok());
+    }
+}

@@ -209,3 +209,33 @@ pub fn round_sig(x: f64, digits: i32) -> f64 {
     let factor = 10f64.powi(digits - 1 - mag);
     (x * factor).round() / factor
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank() {
+        let s = Summary::of((1..=100).map(|x| x * 1000).collect());
+        assert_eq!(s.count, 100);
+        assert_eq!(s.p50, 50.0);
+        assert_eq!(s.p90, 90.0);
+        assert_eq!(s.p99, 99.0);
+        assert_eq!(s.max, 100.0);
+        assert_eq!(Summary::of(vec![]).count, 0);
+    }
+
+    #[test]
+    fn timeouts_are_counted_apart() {
+        let c = Counters::default();
+        c.fail("read p:value: no reply in time");
+        c.fail("expected reply p:value, got error_read p:value");
+        assert_eq!((c.errors(), c.timeouts()), (1, 1));
+    }
+
+    #[test]
+    fn rounding_keeps_four_digits() {
+        assert_eq!(round_sig(12345.678, 4), 12350.0);
+        assert_eq!(round_sig(0.000123456, 4), 0.0001235);
+    }
+}
