@@ -315,16 +315,19 @@ impl NodeActor {
                 .with_label_values(&[self.description.equipment_id.as_str()])
                 .inc();
             self.fan_out(m, p);
-            let text = match &update.value {
-                Ok(v) => format!("{} = {}", update.parameter, secop_proto::json::to_json(v)),
-                Err(e) => format!("{}: {e}", update.parameter),
-            };
             let level = if update.value.is_ok() {
                 LogLevel::Debug
             } else {
                 LogLevel::Error
             };
-            self.log(m, level, &text);
+            // The log text is only built when a client asked for it.
+            if self.sessions.values().any(|s| s.logging[m].admits(level)) {
+                let text = match &update.value {
+                    Ok(v) => format!("{} = {}", update.parameter, secop_proto::json::to_json(v)),
+                    Err(e) => format!("{}: {e}", update.parameter),
+                };
+                self.log(m, level, &text);
+            }
         }
         Some(report)
     }

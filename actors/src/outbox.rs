@@ -115,6 +115,9 @@ pub struct Outbox {
     data_ready: Notify,
     /// Wakes a session waiting for the queue to shrink.
     drained: Notify,
+    /// Wakes whoever waits for the outbox to close (kept apart from `drained`, so that
+    /// every drain does not wake the session).
+    closing: Notify,
     limits: OutboxLimits,
     stats: Arc<SlowClientStats>,
 }
@@ -125,6 +128,7 @@ impl Outbox {
             state: Mutex::new(State::default()),
             data_ready: Notify::new(),
             drained: Notify::new(),
+            closing: Notify::new(),
             limits,
             stats,
         })
@@ -203,6 +207,7 @@ impl Outbox {
         drop(st);
         self.data_ready.notify_one();
         self.drained.notify_waiters();
+        self.closing.notify_waiters();
     }
 
     /// Close because the client did not take data for too long; counted.
@@ -293,7 +298,7 @@ impl Outbox {
     /// Wait until the outbox is closed.
     pub async fn wait_closed(&self) {
         loop {
-            let notified = self.drained.notified();
+            let notified = self.closing.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if self.closed().is_some() {

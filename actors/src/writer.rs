@@ -18,9 +18,19 @@ pub async fn write_stream<W: AsyncWrite + Unpin>(
     outbox: Arc<Outbox>,
     write_timeout: Duration,
 ) {
-    let mut buf = Vec::with_capacity(BATCH);
-    while let Ok(batch) = outbox.next_batch(BATCH).await {
+    // Grown on demand and given back after big writes: idle connections stay small.
+    let mut buf = Vec::new();
+    while let Ok(mut batch) = outbox.next_batch(BATCH).await {
+        // Let the session and the node run once more before writing: a client that
+        // pipelines requests then gets many replies in one send, not one send each.
+        tokio::task::yield_now().await;
+        if let Ok(more) = outbox.take(BATCH) {
+            batch.extend(more);
+        }
         buf.clear();
+        if buf.capacity() > 4 * BATCH {
+            buf = Vec::new();
+        }
         for chunk in &batch {
             crate::metrics::count_sent(chunk);
             buf.extend_from_slice(chunk);
