@@ -40,5 +40,9 @@ echo "== cargo test"
 cargo build --quiet
 cargo test --workspace --quiet
 
-echo "== python tests (frappy client, WebSocket, Autobahn, browser, Prometheus, deploy)"
+echo "== benchmark smoke run (every scenario briefly; fails only on errors)"
+python3 scripts/bench/run_all.py --smoke > target/bench-smoke.log 2>&1 || { tail -40 target/bench-smoke.log; exit 1; }
+grep -E "^written:" target/bench-smoke.log || true
+
+echo "== python tests (frappy client, WebSocket, Autobahn, browser, Prometheus, deploy, links, Modbus, remote nodes)"
 SECOP_GATEWAY_BIN="$PWD/target/debug/secop-gateway" python3 -m pytest tests/python -q
