@@ -67,6 +67,24 @@ fn status(code: i64, text: &str) -> Value {
     serde_json::json!([code, text])
 }
 
+/// The node rejects writes to read-only parameters before they get here; this answers
+/// a device request that bypassed it all the same.
+fn read_only(module: &str, parameter: &str) -> SecopError {
+    SecopError::read_only(format!("{module}:{parameter} is read-only"))
+}
+
+/// One poll cycle of a simulator: the current value of each named parameter.
+fn produce(
+    module: &str,
+    parameters: &[&str],
+    value_of: impl Fn(&str) -> Result<Value, SecopError>,
+) -> Vec<secop_actors::device_actor::Produced> {
+    parameters
+        .iter()
+        .map(|p| (module.to_owned(), (*p).to_owned(), value_of(p)))
+        .collect()
+}
+
 fn unknown_parameter(module: &str, parameter: &str) -> SecopError {
     SecopError::no_such_parameter(format!("{module} has no parameter {parameter:?}"))
 }

@@ -147,18 +147,19 @@ impl Backend for PowerSupply {
     }
 
     async fn poll(&mut self, _item: usize) -> Vec<Produced> {
-        [
-            "value",
-            "status",
-            "target",
-            "mode",
-            "current",
-            "_limits",
-            "pollinterval",
-        ]
-        .iter()
-        .map(|p| (self.name.clone(), (*p).to_owned(), self.value_of(p)))
-        .collect()
+        produce(
+            &self.name,
+            &[
+                "value",
+                "status",
+                "target",
+                "mode",
+                "current",
+                "_limits",
+                "pollinterval",
+            ],
+            |p| self.value_of(p),
+        )
     }
 
     async fn read(&mut self, _module: &str, parameter: &str) -> Result<Value, SecopError> {
@@ -192,12 +193,7 @@ impl Backend for PowerSupply {
                 self.pollinterval = super::pollinterval(&value)?;
                 return self.value_of(parameter);
             }
-            "value" | "status" | "current" => {
-                return Err(SecopError::read_only(format!(
-                    "{}:{parameter} is read-only",
-                    self.name
-                )))
-            }
+            "value" | "status" | "current" => return Err(read_only(&self.name, parameter)),
             other => return Err(unknown_parameter(&self.name, other)),
         }
         self.output_effects(fx);

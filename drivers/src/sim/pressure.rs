@@ -111,10 +111,11 @@ impl Backend for PressureGauge {
     }
 
     async fn poll(&mut self, _item: usize) -> Vec<Produced> {
-        ["value", "status", "pollinterval", "_fault"]
-            .iter()
-            .map(|p| (self.name.clone(), (*p).to_owned(), self.value_of(p)))
-            .collect()
+        produce(
+            &self.name,
+            &["value", "status", "pollinterval", "_fault"],
+            |p| self.value_of(p),
+        )
     }
 
     async fn read(&mut self, _module: &str, parameter: &str) -> Result<Value, SecopError> {
@@ -137,12 +138,7 @@ impl Backend for PressureGauge {
                 fx.push(&self.name, "value", self.value_of("value"));
             }
             "pollinterval" => self.pollinterval = super::pollinterval(&value)?,
-            "value" | "status" => {
-                return Err(SecopError::read_only(format!(
-                    "{}:{parameter} is read-only",
-                    self.name
-                )))
-            }
+            "value" | "status" => return Err(read_only(&self.name, parameter)),
             other => return Err(unknown_parameter(&self.name, other)),
         }
         self.value_of(parameter)

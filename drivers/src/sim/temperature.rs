@@ -239,10 +239,7 @@ impl Backend for TemperatureController {
 
     async fn poll(&mut self, _item: usize) -> Vec<Produced> {
         self.advance();
-        POLLED
-            .iter()
-            .map(|p| (self.name.clone(), (*p).to_owned(), self.value_of(p)))
-            .collect()
+        produce(&self.name, POLLED, |p| self.value_of(p))
     }
 
     async fn read(&mut self, _module: &str, parameter: &str) -> Result<Value, SecopError> {
@@ -287,10 +284,7 @@ impl Backend for TemperatureController {
             "ramp" => self.ramp = f64_of(&value)?,
             "pollinterval" => self.pollinterval = super::pollinterval(&value)?,
             "value" | "status" | "setpoint" | "heater_power" => {
-                return Err(SecopError::read_only(format!(
-                    "{}:{parameter} is read-only",
-                    self.name
-                )))
+                return Err(read_only(&self.name, parameter))
             }
             other => return Err(unknown_parameter(&self.name, other)),
         }
