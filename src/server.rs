@@ -114,10 +114,7 @@ fn start_session(
     });
     let frames = FramedRead::new(read, LineCodec::new(settings.max_line_bytes));
     let node = node.clone();
-    SessionActor::create(move |ctx| {
-        ctx.add_stream(frames);
-        SessionActor::new(node, outbox, peer)
-    });
+    SessionActor::start(node, outbox, peer, frames);
 }
 
 /// Wait for SIGINT or SIGTERM, then close all sessions of all nodes.

@@ -350,10 +350,7 @@ pub fn start_secop_session(
         rx.recv().await.map(|item| (item, rx))
     });
     let actor_outbox = outbox.clone();
-    SessionActor::create(move |ctx| {
-        ctx.add_stream(inbound);
-        SessionActor::new(node, actor_outbox, peer)
-    });
+    SessionActor::start(node, actor_outbox, peer, inbound);
     // Writer: each queued line becomes one TEXT frame, without its LF.
     let writer_outbox = outbox.clone();
     let mut writer_session = session.clone();

@@ -511,3 +511,102 @@ fn two_clients_are_independent() {
         assert!(b.line().starts_with("reply T:value "));
     }
 }
+
+/// Requests written at once are handled as a batch: reads go to the devices together,
+/// but replies keep request order and every request sees what the ones before it did.
+#[test]
+fn pipelined_requests_keep_order_and_sequential_meaning() {
+    let gw = Gateway::start(FAST_CONFIG);
+    let mut c = gw.client();
+    let mut script = String::new();
+    for _ in 0..200 {
+        script.push_str("read p:value\n");
+    }
+    script.push_str("change T:target_limits [5, 100]\n"); // a read after it sees it
+    script.push_str("read T:target_limits\n");
+    script.push_str("change T:target 150\n"); // refused by the limits set just before
+    script.push_str("ping a\n");
+    script.push_str("bogus\n");
+    script.push_str("activate T\n");
+    script.push_str("change T:target 50\n"); // side effects to this client, before changed
+    script.push_str("*IDN?\n"); // resets activation...
+    script.push_str("change T:target 60\n"); // ...so no updates for this one
+    script.push_str("read T:target\n");
+    c.send_raw(script.as_bytes());
+
+    for i in 0..200 {
+        let reply = c.line();
+        assert!(reply.starts_with("reply p:value ["), "reply {i}: {reply}");
+    }
+    assert!(c.line().starts_with("changed T:target_limits [[5"));
+    assert!(c.line().starts_with("reply T:target_limits [[5"));
+    let refused = c.line();
+    assert_eq!(error_class(&refused), "RangeError", "{refused}");
+    assert!(refused.starts_with("error_change T:target "), "{refused}");
+    assert!(c.line().starts_with("pong a [null,"));
+    let bogus = c.line();
+    assert!(bogus.starts_with("error_bogus "), "{bogus}");
+    // activate: initial updates, then active
+    let (initial, active) = c.until_reply();
+    assert_eq!(active, "active T");
+    assert!(initial
+        .iter()
+        .all(|l| l.starts_with("update T:") || l.starts_with("error_update T:")));
+    assert!(initial.iter().any(|l| l.starts_with("update T:target ")));
+    let (effects, changed) = c.until_reply();
+    assert!(changed.starts_with("changed T:target [50"), "{changed}");
+    assert!(
+        effects.iter().any(|l| l.starts_with("update T:target [50")),
+        "side effects before changed: {effects:?}"
+    );
+    // Poll updates of T may still arrive before *IDN? takes effect, none after it.
+    let (_, idn) = c.until_reply();
+    assert_eq!(idn, "ISSE,SECoP,,v2.0");
+    let changed = c.line();
+    assert!(
+        changed.starts_with("changed T:target [60"),
+        "no update after *IDN?: {changed}"
+    );
+    let read = c.line();
+    assert!(read.starts_with("reply T:target [60"), "{read}");
+    assert!(
+        c.events_for(Duration::from_millis(400)).is_empty(),
+        "deactivated by *IDN?"
+    );
+}
+
+/// Many clients pipelining at once all get exactly their own replies, in order.
+#[test]
+fn concurrent_pipelining_clients_get_their_own_replies() {
+    let gw = Gateway::start(FAST_CONFIG);
+    let addr = gw.addr;
+    let threads: Vec<_> = (0..8)
+        .map(|k| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for round in 0..5 {
+                    let mut script = String::new();
+                    for i in 0..300 {
+                        match i % 3 {
+                            0 => script.push_str(&format!("ping c{k}r{round}i{i}\n")),
+                            1 => script.push_str("read ps:value\n"),
+                            _ => script.push_str("read T:value\n"),
+                        }
+                    }
+                    c.send_raw(script.as_bytes());
+                    for i in 0..300 {
+                        let l = c.line();
+                        match i % 3 {
+                            0 => assert!(l.starts_with(&format!("pong c{k}r{round}i{i} ")), "{l}"),
+                            1 => assert!(l.starts_with("reply ps:value ["), "{l}"),
+                            _ => assert!(l.starts_with("reply T:value ["), "{l}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+}

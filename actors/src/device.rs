@@ -9,7 +9,7 @@ use actix::prelude::*;
 use secop_proto::{ModuleDescription, SecopError};
 use serde_json::Value;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// UNIX time in seconds, the SECoP timestamp.
 pub fn now() -> f64 {
@@ -61,18 +61,72 @@ pub enum DeviceAction {
     },
 }
 
-/// A request for one module of a device.
-#[derive(Debug, Message)]
-#[rtype(result = "DeviceReply")]
-pub struct DeviceRequest {
+/// One thing asked of a device: an action on one of its modules. `slot` tells the
+/// asker which of its requests the answer belongs to.
+#[derive(Debug)]
+pub struct DeviceCall {
     pub module: Arc<str>,
     pub action: DeviceAction,
+    pub slot: u32,
+}
+
+/// Requests for a device, taken in order. A client that pipelines reads has them
+/// sent as one message (one envelope, one answer), not one each.
+///
+/// Devices queue requests and answer through the [`Responder`], as a message back to
+/// the node: the node keeps no future per request in flight (an actix actor polls
+/// every future it holds on each wake-up, so thousands of pending requests would make
+/// every message cost thousands of polls).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DeviceRequest {
+    pub calls: Vec<DeviceCall>,
     /// The subscriber that asked; it gets the side effects in the reply and is left out
     /// when the device broadcasts them to its other subscribers.
     pub origin: Option<SubscriberId>,
+    /// The asker has given up by then (it answered its client with `TimeoutError`): a
+    /// call not started by this time is answered without touching the link.
+    pub deadline: Instant,
+    pub reply: Responder,
 }
 
-/// The outcome of a [`DeviceRequest`].
+/// Answers to (some of) the calls of one [`DeviceRequest`], by slot.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DeviceDone {
+    /// The asker's reference for the request (its batch).
+    pub token: u64,
+    pub replies: Vec<(u32, DeviceReply)>,
+}
+
+/// Where the answers to one [`DeviceRequest`] go.
+#[derive(Clone)]
+pub struct Responder {
+    sink: Recipient<DeviceDone>,
+    token: u64,
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Responder({})", self.token)
+    }
+}
+
+impl Responder {
+    pub fn new(sink: Recipient<DeviceDone>, token: u64) -> Self {
+        Responder { sink, token }
+    }
+
+    /// Deliver answers. An asker that is gone is not an error of the device.
+    pub fn send(&self, replies: Vec<(u32, DeviceReply)>) {
+        self.sink.do_send(DeviceDone {
+            token: self.token,
+            replies,
+        });
+    }
+}
+
+/// The outcome of one [`DeviceCall`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceReply {
     /// Read-back value (read, change) or command result (do), with its timestamp.
@@ -80,6 +134,16 @@ pub struct DeviceReply {
     /// Side effects (status to BUSY, a new target, ...) that must reach activated
     /// clients before the requester's reply.
     pub updates: Vec<ParamUpdate>,
+}
+
+impl DeviceReply {
+    /// An answer that is only an error.
+    pub fn error(error: SecopError) -> Self {
+        DeviceReply {
+            result: Err(error),
+            updates: Vec::new(),
+        }
+    }
 }
 
 /// Values a device pushes on its own (polling, a move in progress).

@@ -1,19 +1,23 @@
 //! A generic device actor: one per link, around a [`Backend`] that does the I/O.
 //!
-//! The actor owns the backend exclusively and runs one transaction at a time (the
-//! backend sits behind an async mutex, which also queues waiting transactions in
-//! order), polls on its own timer, remembers the last value of every parameter so
-//! that polls push only changes, and fans values out to every subscribed node.
+//! The actor owns the backend exclusively and runs one transaction at a time: client
+//! requests wait in a queue (each with the deadline after which its asker has given
+//! up; such a request is answered without touching the link) and one worker takes
+//! them in order; the backend sits behind an async mutex that the poll cycle takes
+//! per poll item, so polls and client requests interleave. The actor polls on its own
+//! timer, remembers the last value of every parameter so that polls push only
+//! changes, and fans values out to every subscribed node.
 
 use crate::device::{
-    now, DeviceAction, DeviceReply, DeviceRequest, DeviceUpdates, ParamUpdate, Subscribe,
-    SubscriberId,
+    now, DeviceAction, DeviceCall, DeviceReply, DeviceRequest, DeviceUpdates, ParamUpdate,
+    Subscribe, SubscriberId,
 };
 use crate::metrics::metrics;
 use actix::prelude::*;
+use prometheus::{Gauge, Histogram, IntCounter, IntGauge};
 use secop_proto::{ModuleDescription, SecopError};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,11 +79,38 @@ pub trait Backend: 'static {
     ) -> Result<Value, SecopError>;
 }
 
-#[derive(Clone, Copy)]
-enum Kind {
-    Read,
-    Change,
-    Do,
+/// The metrics of one device, with their labels resolved once: they are updated on
+/// every transaction.
+struct DeviceMetrics {
+    up: IntGauge,
+    reconnects: IntCounter,
+    last_success: Gauge,
+    ok: IntCounter,
+    timeout: IntCounter,
+    error: IntCounter,
+    duration: Histogram,
+    poll_cycle: Histogram,
+    poll_overruns: IntCounter,
+}
+
+impl DeviceMetrics {
+    fn new(device: &str) -> Self {
+        let m = metrics();
+        let d = [device];
+        DeviceMetrics {
+            up: m.device_up.with_label_values(&d),
+            reconnects: m.device_reconnects.with_label_values(&d),
+            last_success: m.device_last_success.with_label_values(&d),
+            ok: m.device_transactions.with_label_values(&[device, "ok"]),
+            timeout: m
+                .device_transactions
+                .with_label_values(&[device, "timeout"]),
+            error: m.device_transactions.with_label_values(&[device, "error"]),
+            duration: m.device_transaction_duration.with_label_values(&d),
+            poll_cycle: m.poll_cycle_duration.with_label_values(&d),
+            poll_overruns: m.poll_overruns.with_label_values(&d),
+        }
+    }
 }
 
 /// See the module documentation.
@@ -89,6 +120,11 @@ pub struct DeviceActor<B: Backend> {
     subscribers: Vec<(SubscriberId, Recipient<DeviceUpdates>)>,
     last: HashMap<(Arc<str>, Arc<str>), Result<Value, SecopError>>,
     interned: HashMap<String, Arc<str>>,
+    /// Client requests waiting for the link, in arrival order.
+    queue: VecDeque<DeviceRequest>,
+    /// Whether a request is being worked on (the worker takes the next when done).
+    working: bool,
+    metrics: DeviceMetrics,
 }
 
 impl<B: Backend> DeviceActor<B> {
@@ -99,6 +135,9 @@ impl<B: Backend> DeviceActor<B> {
             subscribers: Vec::new(),
             last: HashMap::new(),
             interned: HashMap::new(),
+            queue: VecDeque::new(),
+            working: false,
+            metrics: DeviceMetrics::new(name),
         }
     }
 
@@ -114,7 +153,11 @@ impl<B: Backend> DeviceActor<B> {
     /// Stamp produced values, remember them, and return the ones that changed (all of
     /// them when `all` is set).
     fn record(&mut self, produced: Vec<Produced>, all: bool) -> Vec<ParamUpdate> {
-        let t = now();
+        self.record_at(produced, all, now())
+    }
+
+    /// [`Self::record`] with the timestamp given.
+    fn record_at(&mut self, produced: Vec<Produced>, all: bool, t: f64) -> Vec<ParamUpdate> {
         let mut out = Vec::with_capacity(produced.len());
         for (module, parameter, value) in produced {
             let key = (self.intern(&module), self.intern(&parameter));
@@ -161,13 +204,9 @@ impl<B: Backend> DeviceActor<B> {
             };
             ctx.spawn(cycle.into_actor(act).map(|(values, interval, took, link), act, ctx| {
                 act.report_link(link);
-                let m = metrics();
-                let device = [act.name.as_ref()];
-                m.poll_cycle_duration
-                    .with_label_values(&device)
-                    .observe(took.as_secs_f64());
+                act.metrics.poll_cycle.observe(took.as_secs_f64());
                 if took > interval {
-                    m.poll_overruns.with_label_values(&device).inc();
+                    act.metrics.poll_overruns.inc();
                     tracing::warn!(device = %act.name, ?took, ?interval, "poll cycle overran its interval");
                 }
                 // A poll cycle is a transaction too: it proves (or disproves) the link.
@@ -179,7 +218,7 @@ impl<B: Backend> DeviceActor<B> {
                         .find_map(|(_, _, v)| v.clone().err())
                         .map_or(Ok(Value::Null), Err)
                 };
-                act.count_transaction(took, &outcome);
+                act.count_transaction(took, &outcome, now());
                 let updates = act.record(values, false);
                 act.broadcast(&updates, None);
                 act.schedule_poll(ctx, interval);
@@ -188,37 +227,143 @@ impl<B: Backend> DeviceActor<B> {
     }
 
     fn report_link(&self, (up, reconnects): (bool, u64)) {
-        let m = metrics();
-        let device = [self.name.as_ref()];
-        m.device_up.with_label_values(&device).set(i64::from(up));
+        self.metrics.up.set(i64::from(up));
         if reconnects > 0 {
-            m.device_reconnects
-                .with_label_values(&device)
-                .inc_by(reconnects);
+            self.metrics.reconnects.inc_by(reconnects);
         }
     }
 
     /// Account for one transaction in the metrics.
-    fn count_transaction(&self, took: Duration, result: &Result<Value, SecopError>) {
-        let m = metrics();
-        let device = self.name.as_ref();
-        let outcome = match result {
+    fn count_transaction(&self, took: Duration, result: &Result<Value, SecopError>, t: f64) {
+        let m = &self.metrics;
+        match result {
             Ok(_) => {
-                m.device_last_success
-                    .with_label_values(&[device])
-                    .set(now());
-                "ok"
+                m.last_success.set(t);
+                m.ok.inc()
             }
-            Err(e) if e.class == secop_proto::ErrorClass::TimeoutError => "timeout",
-            Err(_) => "error",
+            Err(e) if e.class == secop_proto::ErrorClass::TimeoutError => m.timeout.inc(),
+            Err(_) => m.error.inc(),
         };
-        m.device_transactions
-            .with_label_values(&[device, outcome])
-            .inc();
-        m.device_transaction_duration
-            .with_label_values(&[device])
-            .observe(took.as_secs_f64());
+        m.duration.observe(took.as_secs_f64());
     }
+
+    /// Start the next queued request unless one is running.
+    fn work_next(&mut self, ctx: &mut Context<Self>) {
+        if self.working {
+            return;
+        }
+        let Some(request) = self.queue.pop_front() else {
+            return;
+        };
+        self.working = true;
+        let DeviceRequest {
+            calls,
+            origin,
+            deadline,
+            reply,
+        } = request;
+        let backend = self.backend.clone();
+        let transactions = async move {
+            let mut done = Vec::with_capacity(calls.len());
+            for call in calls {
+                // The lock is taken per call: a poll cycle waiting for it gets its turn
+                // between two calls of a long request.
+                let mut b = backend.lock().await;
+                let started = Instant::now();
+                if started >= deadline {
+                    // Its asker has answered the client already: spare the link.
+                    done.push(Transaction {
+                        call,
+                        result: Err(SecopError::timeout(
+                            "the request waited too long for the device",
+                        )),
+                        effects: Effects::default(),
+                        took: None,
+                    });
+                    continue;
+                }
+                let mut effects = Effects::default();
+                let result = match &call.action {
+                    DeviceAction::Read { parameter } => b.read(&call.module, parameter).await,
+                    DeviceAction::Change { parameter, value } => {
+                        b.change(&call.module, parameter, value.clone(), &mut effects)
+                            .await
+                    }
+                    DeviceAction::Do { command, argument } => {
+                        b.execute(&call.module, command, argument.clone(), &mut effects)
+                            .await
+                    }
+                    DeviceAction::Check { .. } => {
+                        Err(SecopError::internal("this device does not check by itself"))
+                    }
+                };
+                done.push(Transaction {
+                    call,
+                    result,
+                    effects,
+                    took: Some(started.elapsed()),
+                });
+            }
+            done
+        };
+        ctx.spawn(transactions.into_actor(self).map(move |done, act, ctx| {
+            let t = now();
+            let mut replies = Vec::with_capacity(done.len());
+            let mut others = Vec::new();
+            for tx in done {
+                if let Some(took) = tx.took {
+                    act.count_transaction(took, &tx.result, t);
+                }
+                let mut produced = tx.effects.0;
+                // The read-back of a parameter is a value like any other: others see
+                // it. A failed read also tells everybody that the value is unknown now;
+                // a failed change leaves the parameter as it was.
+                let accessible = match &tx.call.action {
+                    DeviceAction::Read { parameter } | DeviceAction::Change { parameter, .. } => {
+                        Some(parameter)
+                    }
+                    _ => None,
+                };
+                if let Some(parameter) = accessible {
+                    let is_read = matches!(tx.call.action, DeviceAction::Read { .. });
+                    match &tx.result {
+                        Ok(v) => produced.push((
+                            tx.call.module.to_string(),
+                            parameter.clone(),
+                            Ok(v.clone()),
+                        )),
+                        Err(e) if is_read && tx.took.is_some() => produced.push((
+                            tx.call.module.to_string(),
+                            parameter.clone(),
+                            Err(e.clone()),
+                        )),
+                        Err(_) => {}
+                    }
+                }
+                let updates = act.record_at(produced, true, t);
+                others.extend(updates.iter().cloned());
+                replies.push((
+                    tx.call.slot,
+                    DeviceReply {
+                        result: tx.result.map(|v| (v, t)),
+                        updates,
+                    },
+                ));
+            }
+            act.broadcast(&others, origin);
+            reply.send(replies);
+            act.working = false;
+            act.work_next(ctx);
+        }));
+    }
+}
+
+/// One call of a request, done (or skipped: `took` is `None`).
+struct Transaction {
+    call: DeviceCall,
+    result: Result<Value, SecopError>,
+    effects: Effects,
+    took: Option<Duration>,
 }
 
 impl<B: Backend> Actor for DeviceActor<B> {
@@ -233,11 +378,8 @@ impl<B: Backend> Actor for DeviceActor<B> {
         tracing::debug!(device = %self.name, ?interval, "device actor started");
         // A simulated or freshly opened link counts as up; drivers with real links
         // set this gauge as their connection comes and goes.
-        let m = metrics();
-        m.device_up.with_label_values(&[self.name.as_ref()]).set(1);
-        m.device_reconnects
-            .with_label_values(&[self.name.as_ref()])
-            .inc_by(0);
+        self.metrics.up.set(1);
+        self.metrics.reconnects.inc_by(0);
         self.schedule_poll(ctx, interval);
     }
 }
@@ -266,62 +408,10 @@ impl<B: Backend> Handler<Subscribe> for DeviceActor<B> {
 }
 
 impl<B: Backend> Handler<DeviceRequest> for DeviceActor<B> {
-    type Result = ResponseActFuture<Self, DeviceReply>;
+    type Result = ();
 
-    fn handle(&mut self, msg: DeviceRequest, _ctx: &mut Self::Context) -> Self::Result {
-        let backend = self.backend.clone();
-        let module = msg.module.clone();
-        let action = msg.action;
-        let origin = msg.origin;
-        let transaction = async move {
-            let mut b = backend.lock().await;
-            let started = Instant::now();
-            let mut effects = Effects::default();
-            let (accessible, kind, result) = match action {
-                DeviceAction::Read { parameter } => {
-                    let r = b.read(&module, &parameter).await;
-                    (parameter, Kind::Read, r)
-                }
-                DeviceAction::Change { parameter, value } => {
-                    let r = b.change(&module, &parameter, value, &mut effects).await;
-                    (parameter, Kind::Change, r)
-                }
-                DeviceAction::Do { command, argument } => {
-                    let r = b.execute(&module, &command, argument, &mut effects).await;
-                    (command, Kind::Do, r)
-                }
-                DeviceAction::Check { accessible, .. } => (
-                    accessible,
-                    Kind::Do,
-                    Err(SecopError::internal("this device does not check by itself")),
-                ),
-            };
-            (module, accessible, kind, result, effects, started.elapsed())
-        };
-        Box::pin(transaction.into_actor(self).map(
-            move |(module, accessible, kind, result, effects, took), act, _| {
-                act.count_transaction(took, &result);
-                let t = now();
-                let mut produced = effects.0;
-                // The read-back of a parameter is a value like any other: others see it.
-                // A failed read also tells everybody that the value is unknown now; a
-                // failed change leaves the parameter as it was.
-                match (&result, kind) {
-                    (Ok(v), Kind::Read | Kind::Change) => {
-                        produced.push((module.to_string(), accessible, Ok(v.clone())))
-                    }
-                    (Err(e), Kind::Read) => {
-                        produced.push((module.to_string(), accessible, Err(e.clone())))
-                    }
-                    _ => {}
-                }
-                let updates = act.record(produced, true);
-                act.broadcast(&updates, origin);
-                DeviceReply {
-                    result: result.map(|v| (v, t)),
-                    updates,
-                }
-            },
-        ))
+    fn handle(&mut self, msg: DeviceRequest, ctx: &mut Self::Context) {
+        self.queue.push_back(msg);
+        self.work_next(ctx);
     }
 }

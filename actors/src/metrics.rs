@@ -126,21 +126,56 @@ pub fn render() -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// Labels of received actions (a bounded set), in the order of
+/// [`received_action_index`].
+pub const RECEIVED_ACTIONS: [&str; 11] = [
+    "idn",
+    "describe",
+    "activate",
+    "deactivate",
+    "read",
+    "change",
+    "do",
+    "ping",
+    "check",
+    "logging",
+    "other",
+];
+
+/// Index of an action's label in [`RECEIVED_ACTIONS`]: metric handles are resolved
+/// once per label and indexed by it, since counting is on every request's path.
+pub fn received_action_index(action: &str) -> usize {
+    match action {
+        "*IDN?" => 0,
+        "describe" => 1,
+        "activate" => 2,
+        "deactivate" => 3,
+        "read" => 4,
+        "change" => 5,
+        "do" => 6,
+        "ping" => 7,
+        "check" => 8,
+        "logging" => 9,
+        _ => 10,
+    }
+}
+
 /// Label of a received action (bounded set).
 pub fn received_action(action: &str) -> &'static str {
-    match action {
-        "*IDN?" => "idn",
-        "describe" => "describe",
-        "activate" => "activate",
-        "deactivate" => "deactivate",
-        "read" => "read",
-        "change" => "change",
-        "do" => "do",
-        "ping" => "ping",
-        "check" => "check",
-        "logging" => "logging",
-        _ => "other",
-    }
+    RECEIVED_ACTIONS[received_action_index(action)]
+}
+
+/// Count one message received from a client (`None`: not a valid message).
+pub fn count_received(action: Option<&str>) {
+    static RECEIVED: LazyLock<Vec<IntCounter>> = LazyLock::new(|| {
+        RECEIVED_ACTIONS
+            .iter()
+            .chain(["invalid"].iter())
+            .map(|l| metrics().messages_received.with_label_values(&[l]))
+            .collect()
+    });
+    let index = action.map_or(RECEIVED_ACTIONS.len(), received_action_index);
+    RECEIVED[index].inc();
 }
 
 /// Count one line sent to a client: its action and, for error replies, the class.

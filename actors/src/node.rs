@@ -6,15 +6,20 @@
 //! requesting session to queue; so every side effect of a `change`/`do` reaches every
 //! activated client (the requester included) before the `changed`/`done`.
 
+mod batch;
+
+pub use batch::{BatchItem, SessionBatch};
+
 use crate::device::DeviceModulesChanged;
 use crate::device::{
-    DeviceAction, DeviceHandle, DeviceReply, DeviceRequest, DeviceUpdates, ParamUpdate, Subscribe,
-    SubscriberId,
+    DeviceAction, DeviceDone, DeviceHandle, DeviceReply, DeviceRequest, DeviceUpdates, ParamUpdate,
+    Subscribe, SubscriberId,
 };
-use crate::metrics::{metrics, received_action};
+use crate::metrics::{metrics, RECEIVED_ACTIONS};
 use crate::outbox::{CloseReason, Outbox, UpdateKey};
 use actix::prelude::*;
 use bytes::Bytes;
+use prometheus::{Histogram, IntCounter, IntGauge};
 use secop_proto::message::{self, data_report, error_report, line, Qualifiers};
 use secop_proto::{
     Accessible, Kind, LogLevel, ModuleDescription, NodeDescription, ParsedRequest, Request,
@@ -24,7 +29,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Identifies a client session, unique within the process.
 pub type SessionId = u64;
@@ -68,7 +73,9 @@ impl Default for NodeSettings {
 struct ParamState {
     /// `[value,{qualifiers}]` or `["Class","text",{info}]`, serialised once.
     report: Bytes,
-    /// The full `update ...`/`error_update ...` line, shared by all sessions.
+    /// The full `update ...`/`error_update ...` line, shared by all sessions; built
+    /// when first needed after a change (empty until then), so values nobody has
+    /// activated cost no formatting.
     update_line: Bytes,
     value: Result<Value, SecopError>,
 }
@@ -76,6 +83,9 @@ struct ParamState {
 struct ModuleState {
     name: Arc<str>,
     device: Recipient<DeviceRequest>,
+    /// Index of that device in the node's device list: calls of one batch for the same
+    /// device travel in one request.
+    device_index: usize,
     /// The device answers `check` itself.
     checks: bool,
     /// Aligned with the description's accessibles; `None` for commands and constants.
@@ -103,14 +113,6 @@ pub struct Connect {
 #[rtype(result = "()")]
 pub struct Disconnect {
     pub session: SessionId,
-}
-
-/// A request of a session; answered with the complete reply line.
-#[derive(Message)]
-#[rtype(result = "Bytes")]
-pub struct SessionRequest {
-    pub session: SessionId,
-    pub request: ParsedRequest,
 }
 
 /// Subscribe to all devices and fill the cache; answered once the cache is complete.
@@ -150,6 +152,17 @@ pub struct NodeActor {
     devices: Vec<DeviceHandle>,
     sessions: HashMap<SessionId, SessionEntry>,
     subscriber_id: SubscriberId,
+    /// Batches with device requests outstanding, by batch id.
+    in_flight: HashMap<u64, batch::InFlight>,
+    next_batch: u64,
+    /// Where devices send their answers (this actor; set when it starts).
+    done_sink: Option<Recipient<DeviceDone>>,
+    /// Request counter and duration per action ([`RECEIVED_ACTIONS`] order), resolved
+    /// once: they are on every request's path.
+    request_metrics: Vec<(IntCounter, Histogram)>,
+    updates_emitted: IntCounter,
+    /// The status gauge of each module (by index).
+    module_status: Vec<IntGauge>,
 }
 
 /// What a request needs after the synchronous checks.
@@ -187,6 +200,21 @@ impl NodeActor {
             devices,
             sessions: HashMap::new(),
             subscriber_id: next_id(),
+            in_flight: HashMap::new(),
+            next_batch: 0,
+            done_sink: None,
+            request_metrics: RECEIVED_ACTIONS
+                .iter()
+                .map(|action| {
+                    let labels = [equipment_id, action];
+                    (
+                        metrics().requests.with_label_values(&labels),
+                        metrics().request_duration.with_label_values(&labels),
+                    )
+                })
+                .collect(),
+            updates_emitted: metrics().updates_emitted.with_label_values(&[equipment_id]),
+            module_status: Vec::new(),
         };
         node.assemble()?;
         Ok(node)
@@ -197,7 +225,7 @@ impl NodeActor {
     fn assemble(&mut self) -> Result<(), Vec<String>> {
         let mut modules = Vec::new();
         let mut states = Vec::new();
-        for device in &self.devices {
+        for (device_index, device) in self.devices.iter().enumerate() {
             let device = device.restricted(self.settings.export.as_deref(), &self.settings.hide);
             for mut m in device.modules {
                 if self.settings.read_only {
@@ -210,6 +238,7 @@ impl NodeActor {
                 states.push(ModuleState {
                     name: Arc::from(m.name.as_str()),
                     device: device.requests.clone(),
+                    device_index,
                     checks: device.checks,
                     params: m
                         .accessibles
@@ -250,13 +279,17 @@ impl NodeActor {
             .enumerate()
             .map(|(i, m)| (m.name.clone(), i))
             .collect();
+        self.module_status = description
+            .modules
+            .iter()
+            .map(|m| {
+                metrics()
+                    .module_status
+                    .with_label_values(&[description.equipment_id.as_str(), &m.name])
+            })
+            .collect();
         self.description = Arc::new(description);
         self.modules = states;
-        for m in 0..self.modules.len() {
-            for p in 0..self.modules[m].params.len() {
-                self.refresh_update_line(m, p);
-            }
-        }
         Ok(())
     }
 
@@ -264,10 +297,16 @@ impl NodeActor {
         self.description.clone()
     }
 
-    fn refresh_update_line(&mut self, m: usize, p: usize) {
-        let module = self.modules[m].name.clone();
-        let name = &self.description.modules[m].accessibles[p].name;
-        if let Some(state) = self.modules[m].params[p].as_mut() {
+    /// The `update` line of parameter `p` of module `m`, built if it is stale.
+    fn update_line(&mut self, m: usize, p: usize) -> Option<Bytes> {
+        let ModuleState {
+            name: module,
+            params,
+            ..
+        } = &mut self.modules[m];
+        let state = params[p].as_mut()?;
+        if state.update_line.is_empty() {
+            let name = &self.description.modules[m].accessibles[p].name;
             let action = if state.value.is_ok() {
                 "update"
             } else {
@@ -279,6 +318,7 @@ impl NodeActor {
                 Some(&state.report),
             ));
         }
+        Some(state.update_line.clone())
     }
 
     /// Store a value in the cache; send it to activated sessions if it changed or
@@ -293,8 +333,8 @@ impl NodeActor {
             Err(e) => error_report(e, Some(update.timestamp)),
         });
         state.value = update.value.clone();
+        state.update_line = Bytes::new();
         let report = state.report.clone();
-        self.refresh_update_line(m, p);
         if update.parameter.as_ref() == "status" {
             if let Some(code) = update
                 .value
@@ -303,17 +343,11 @@ impl NodeActor {
                 .and_then(|v| v.get(0))
                 .and_then(Value::as_i64)
             {
-                metrics()
-                    .module_status
-                    .with_label_values(&[self.description.equipment_id.as_str(), &update.module])
-                    .set(code);
+                self.module_status[m].set(code);
             }
         }
         if changed || force {
-            metrics()
-                .updates_emitted
-                .with_label_values(&[self.description.equipment_id.as_str()])
-                .inc();
+            self.updates_emitted.inc();
             self.fan_out(m, p);
             let level = if update.value.is_ok() {
                 LogLevel::Debug
@@ -332,14 +366,17 @@ impl NodeActor {
         Some(report)
     }
 
-    fn fan_out(&self, m: usize, p: usize) {
-        let Some(state) = &self.modules[m].params[p] else {
+    fn fan_out(&mut self, m: usize, p: usize) {
+        if !self.sessions.values().any(|s| s.active[m]) {
+            return;
+        }
+        let Some(update_line) = self.update_line(m, p) else {
             return;
         };
         let key: UpdateKey = (m as u32, p as u32);
         for session in self.sessions.values() {
             if session.active[m] {
-                session.outbox.push_update(key, state.update_line.clone());
+                session.outbox.push_update(key, update_line.clone());
             }
         }
     }
@@ -358,10 +395,10 @@ impl NodeActor {
     }
 
     /// Queue the current value of every parameter of module `m` for one session.
-    fn send_module_values(&self, outbox: &Outbox, m: usize) {
-        for (p, state) in self.modules[m].params.iter().enumerate() {
-            if let Some(state) = state {
-                outbox.push_update((m as u32, p as u32), state.update_line.clone());
+    fn send_module_values(&mut self, outbox: &Outbox, m: usize) {
+        for p in 0..self.modules[m].params.len() {
+            if let Some(update_line) = self.update_line(m, p) {
+                outbox.push_update((m as u32, p as u32), update_line);
             }
         }
     }
@@ -669,8 +706,21 @@ impl NodeActor {
 
     /// Turn a device's answer into the reply line, after applying its side effects.
     fn finish(&mut self, req: &ParsedRequest, m: usize, force: bool, reply: DeviceReply) -> Bytes {
+        // The read-back of a read or change is among the updates, with the reply's value
+        // and timestamp: its report, formatted for the cache, is the reply's data too.
+        let target = match &req.request {
+            Request::Read { parameter, .. } | Request::Change { parameter, .. } => {
+                Some(parameter.as_str())
+            }
+            _ => None,
+        };
+        let mut read_back = None;
         for update in &reply.updates {
-            self.apply(update, force);
+            let report = self.apply(update, force);
+            if target == Some(update.parameter.as_ref()) && *update.module == *self.modules[m].name
+            {
+                read_back = report.zip(Some(update));
+            }
         }
         let spec = &req.specifier;
         match reply.result {
@@ -681,11 +731,15 @@ impl NodeActor {
                     Request::Check { .. } => "checked",
                     _ => "done",
                 };
-                Bytes::from(line(
-                    action,
-                    spec,
-                    Some(&data_report(&value, Qualifiers::at(t))),
-                ))
+                let data = match read_back {
+                    Some((report, update))
+                        if update.timestamp == t && update.value.as_ref() == Ok(&value) =>
+                    {
+                        report
+                    }
+                    _ => Bytes::from(data_report(&value, Qualifiers::at(t))),
+                };
+                Bytes::from(line(action, spec, Some(&data)))
             }
             Err(e) => {
                 self.log(m, LogLevel::Error, &format!("{} {spec}: {e}", req.action));
@@ -701,6 +755,9 @@ impl Actor for NodeActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Updates are the node's lifeblood; keep its mailbox roomy.
         ctx.set_mailbox_capacity(4096);
+        self.done_sink = Some(ctx.address().recipient());
+        // One timer for every request in flight, not one per request.
+        ctx.run_interval(batch::EXPIRY_SWEEP, |act, _| act.expire());
     }
 }
 
@@ -844,73 +901,6 @@ impl Handler<DeviceUpdates> for NodeActor {
     fn handle(&mut self, msg: DeviceUpdates, _: &mut Self::Context) {
         for update in &msg.0 {
             self.apply(update, false);
-        }
-    }
-}
-
-impl Handler<SessionRequest> for NodeActor {
-    type Result = ResponseActFuture<Self, Bytes>;
-
-    fn handle(&mut self, msg: SessionRequest, _: &mut Self::Context) -> Self::Result {
-        let req = msg.request;
-        let started = Instant::now();
-        let labels = [
-            self.description.equipment_id.clone(),
-            received_action(&req.action).to_owned(),
-        ];
-        metrics().requests.with_label_values(&labels).inc();
-        let observe = move || {
-            metrics()
-                .request_duration
-                .with_label_values(&labels)
-                .observe(started.elapsed().as_secs_f64())
-        };
-        match self.prepare(msg.session, &req) {
-            Ok(Next::Reply(bytes)) => {
-                observe();
-                Box::pin(actix::fut::ready(bytes))
-            }
-            Err(e) => {
-                observe();
-                Box::pin(actix::fut::ready(Bytes::from(message::error_reply(
-                    &req.action,
-                    &req.specifier,
-                    &e,
-                ))))
-            }
-            Ok(Next::Device {
-                module,
-                action,
-                force,
-            }) => {
-                let request = DeviceRequest {
-                    module: self.modules[module].name.clone(),
-                    action,
-                    origin: Some(self.subscriber_id),
-                };
-                let pending = self.modules[module]
-                    .device
-                    .send(request)
-                    .timeout(self.settings.device_timeout);
-                Box::pin(pending.into_actor(self).map(move |result, act, _| {
-                    let reply = match result {
-                        Ok(reply) => reply,
-                        Err(MailboxError::Timeout) => DeviceReply {
-                            result: Err(SecopError::timeout("the device did not answer in time")),
-                            updates: Vec::new(),
-                        },
-                        Err(MailboxError::Closed) => DeviceReply {
-                            result: Err(SecopError::communication_failed(
-                                "the device actor has stopped",
-                            )),
-                            updates: Vec::new(),
-                        },
-                    };
-                    let line = act.finish(&req, module, force, reply);
-                    observe();
-                    line
-                }))
-            }
         }
     }
 }

@@ -145,6 +145,19 @@ impl Outbox {
         self.push(None, data);
     }
 
+    /// Queue several replies at once (one lock, one wake-up of the writer).
+    pub fn push_replies(&self, replies: Vec<Bytes>) {
+        let mut st = self.lock();
+        if st.closed.is_some() || replies.is_empty() {
+            return;
+        }
+        for data in replies {
+            st.bytes += data.len();
+            st.queue.push_back(Item { key: None, data });
+        }
+        self.queued(st);
+    }
+
     /// Queue an update of parameter `key`, coalescing when the client lags.
     pub fn push_update(&self, key: UpdateKey, data: Bytes) {
         self.push(Some(key), data);
@@ -185,6 +198,11 @@ impl Outbox {
         }
         st.bytes += data.len();
         st.queue.push_back(Item { key, data });
+        self.queued(st);
+    }
+
+    /// After queueing: close if over the limit, and wake the writer.
+    fn queued(&self, mut st: MutexGuard<'_, State>) {
         if st.bytes > self.limits.max_bytes {
             st.closed = Some(CloseReason::Overflow);
             self.stats.sessions_closed_slow.inc();
@@ -194,6 +212,9 @@ impl Outbox {
             );
             drop(st);
             self.drained.notify_waiters();
+            self.closing.notify_waiters();
+        } else {
+            drop(st);
         }
         self.data_ready.notify_one();
     }

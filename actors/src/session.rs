@@ -1,20 +1,34 @@
 //! The client session actor: one per connection, whatever the framing.
 //!
-//! It receives framed [`Inbound`] items (TCP lines today, WebSocket messages later),
-//! turns each into a reply via the node, and queues replies in its [`Outbox`]; a
-//! transport-specific writer drains that. Requests of one session are handled one
-//! at a time (`ctx.wait`), so replies come in request order; sessions do not wait
-//! for each other. While the outbox is over its backpressure limit, no further
-//! request is read: a client that does not read its replies is not served.
+//! It receives framed [`Inbound`] items (TCP lines, WebSocket messages) and has the
+//! node answer them; the node queues the replies in the session's [`Outbox`], which a
+//! transport-specific writer drains. Items that arrived together (a client pipelining
+//! requests) go to the node as one [`SessionBatch`], so that their replies leave in
+//! one write; the node keeps request order (see [`crate::node`]). One batch of a
+//! session is handled at a time (`ctx.wait`); sessions do not wait for each other.
+//! While the outbox is over its backpressure limit, no further request is read: a
+//! client that does not read its replies is not served.
 
 use crate::line_codec::Inbound;
-use crate::node::{next_id, Connect, Disconnect, NodeActor, SessionId, SessionRequest};
+use crate::node::{next_id, BatchItem, Connect, Disconnect, NodeActor, SessionBatch, SessionId};
 use crate::outbox::{CloseReason, Outbox};
 use actix::prelude::*;
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use secop_proto::message::{self, parse_request};
 use secop_proto::{Request, SecopError};
 use std::sync::Arc;
+
+/// Items that arrived together, handled as one: the unit the session reads.
+pub type InboundChunk = Vec<Result<Inbound, std::io::Error>>;
+
+/// Most items taken from the transport at once.
+const MAX_CHUNK: usize = 256;
+
+/// Most requests sent to the node in one batch. With the `describe` and `activate`
+/// rules of [`split_batches`] this bounds what one batch adds to the outbox before
+/// the session looks at its backpressure again.
+const MAX_BATCH: usize = 64;
 
 /// See the module documentation.
 pub struct SessionActor {
@@ -33,6 +47,44 @@ impl SessionActor {
             peer,
         }
     }
+
+    /// Start a session reading `inbound`. Whatever the transport has decoded already
+    /// is taken in one go (up to [`MAX_CHUNK`] items).
+    pub fn start<S>(
+        node: Addr<NodeActor>,
+        outbox: Arc<Outbox>,
+        peer: String,
+        inbound: S,
+    ) -> Addr<SessionActor>
+    where
+        S: Stream<Item = Result<Inbound, std::io::Error>> + 'static,
+    {
+        SessionActor::create(move |ctx| {
+            ctx.add_stream(inbound.ready_chunks(MAX_CHUNK));
+            SessionActor::new(node, outbox, peer)
+        })
+    }
+}
+
+/// Split a chunk into the batches sent to the node: at most [`MAX_BATCH`] items, and a
+/// batch ends after a `describe` or an `activate` (the big answers).
+fn split_batches(items: Vec<BatchItem>) -> Vec<Vec<BatchItem>> {
+    let mut batches = Vec::new();
+    let mut current = Vec::new();
+    for item in items {
+        let big = matches!(
+            &item,
+            BatchItem::Request(r) if matches!(r.request, Request::Describe | Request::Activate { .. })
+        );
+        current.push(item);
+        if big || current.len() == MAX_BATCH {
+            batches.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
 }
 
 /// What one inbound item asks for.
@@ -44,11 +96,10 @@ enum Work {
 
 /// Interpret one framed item: the part of a session that knows SECoP but no transport.
 fn interpret(item: Inbound, max_line: Option<usize>) -> Work {
-    let received = &crate::metrics::metrics().messages_received;
     let bytes = match item {
         Inbound::Line(bytes) => bytes,
         Inbound::TooLong { prefix, length } => {
-            received.with_label_values(&["invalid"]).inc();
+            crate::metrics::count_received(None);
             let text = String::from_utf8_lossy(&prefix);
             let raw = message::split(&text);
             let limit = max_line.map_or(String::new(), |m| format!(" (limit {m})"));
@@ -64,7 +115,7 @@ fn interpret(item: Inbound, max_line: Option<usize>) -> Work {
     let text = match std::str::from_utf8(&bytes) {
         Ok(text) => text,
         Err(e) => {
-            received.with_label_values(&["invalid"]).inc();
+            crate::metrics::count_received(None);
             let lossy = String::from_utf8_lossy(&bytes);
             let raw = message::split(&lossy);
             // Action and specifier are ASCII by definition; bad bytes after them are a
@@ -84,10 +135,7 @@ fn interpret(item: Inbound, max_line: Option<usize>) -> Work {
     };
     let parsed = parse_request(text);
     if parsed.is_some() {
-        let action = message::split(text).action;
-        received
-            .with_label_values(&[crate::metrics::received_action(action)])
-            .inc();
+        crate::metrics::count_received(Some(message::split(text).action));
     }
     match parsed {
         None => Work::None,
@@ -130,47 +178,64 @@ impl Actor for SessionActor {
     }
 }
 
-impl StreamHandler<Result<Inbound, std::io::Error>> for SessionActor {
-    fn handle(&mut self, item: Result<Inbound, std::io::Error>, ctx: &mut Self::Context) {
-        let item = match item {
-            Ok(item) => item,
-            Err(e) => {
-                tracing::debug!(session = self.id, "read error: {e}");
-                ctx.stop();
-                return;
-            }
-        };
-        let work = interpret(item, None);
-        let outbox = self.outbox.clone();
-        let lagging = outbox.is_lagging();
-        match work {
-            Work::None => {}
-            Work::Local(reply) if !lagging => outbox.push_reply(reply),
-            Work::Local(reply) => ctx.wait(
-                async move {
-                    outbox.writable().await;
-                    outbox.push_reply(reply);
+impl StreamHandler<InboundChunk> for SessionActor {
+    fn handle(&mut self, chunk: InboundChunk, ctx: &mut Self::Context) {
+        let mut items = Vec::with_capacity(chunk.len());
+        let mut failed = false;
+        for item in chunk {
+            match item {
+                Ok(item) => match interpret(item, None) {
+                    Work::None => {}
+                    Work::Local(reply) => items.push(BatchItem::Answered(reply)),
+                    Work::Node(request) => items.push(BatchItem::Request(request)),
+                },
+                Err(e) => {
+                    // What came before the error is still answered.
+                    tracing::debug!(session = self.id, "read error: {e}");
+                    failed = true;
+                    break;
                 }
-                .into_actor(self),
-            ),
-            Work::Node(request) => {
-                let node = self.node.clone();
-                let session = self.id;
-                ctx.wait(
-                    async move {
-                        outbox.writable().await;
-                        match node.send(SessionRequest { session, request }).await {
-                            Ok(reply) => outbox.push_reply(reply),
-                            Err(_) => {
-                                tracing::error!(session, "the node actor is gone");
-                                outbox.close(CloseReason::Internal)
-                            }
-                        }
-                    }
-                    .into_actor(self),
-                );
             }
         }
+        let outbox = self.outbox.clone();
+        let local = items.iter().all(|i| matches!(i, BatchItem::Answered(_)));
+        if local && !outbox.is_lagging() {
+            // Answered here (ping, a malformed line): no need to involve the node.
+            outbox.push_replies(items.into_iter().filter_map(BatchItem::answered).collect());
+            if failed {
+                ctx.stop();
+            }
+            return;
+        }
+        let node = self.node.clone();
+        let session = self.id;
+        ctx.wait(
+            async move {
+                for items in split_batches(items) {
+                    outbox.writable().await;
+                    let (done, replied) = tokio::sync::oneshot::channel();
+                    node.do_send(SessionBatch {
+                        session,
+                        items,
+                        done,
+                    });
+                    if replied.await.is_err() {
+                        // The node dropped the batch: it stopped, or dropped this session.
+                        if outbox.closed().is_none() {
+                            tracing::error!(session, "the node did not answer");
+                            outbox.close(CloseReason::Internal);
+                        }
+                        return;
+                    }
+                }
+            }
+            .into_actor(self)
+            .map(move |_, _, ctx| {
+                if failed {
+                    ctx.stop();
+                }
+            }),
+        );
     }
 }
 

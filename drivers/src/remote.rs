@@ -11,8 +11,8 @@
 
 use actix::prelude::*;
 use secop_actors::device::{
-    now, DeviceAction, DeviceHandle, DeviceModulesChanged, DeviceReply, DeviceRequest,
-    DeviceUpdates, ParamUpdate, Subscribe, SubscriberId,
+    now, DeviceAction, DeviceCall, DeviceHandle, DeviceModulesChanged, DeviceReply, DeviceRequest,
+    DeviceUpdates, ParamUpdate, Responder, Subscribe, SubscriberId,
 };
 use secop_proto::message::split;
 use secop_proto::{ErrorClass, ModuleDescription, NodeDescription, SecopError};
@@ -20,11 +20,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 
 /// `[[remote]]` in the config.
 #[derive(Debug, Clone, Deserialize)]
@@ -231,7 +230,12 @@ struct Pending {
     origin: Option<SubscriberId>,
     /// Updates that arrived while waiting: side effects, delivered with the reply.
     updates: Vec<ParamUpdate>,
-    reply: oneshot::Sender<DeviceReply>,
+    /// When the remote's answer is no longer waited for (`timeout`, or the asker's own
+    /// deadline if earlier).
+    deadline: Instant,
+    reply: Responder,
+    /// The call's slot in the asker's request.
+    slot: u32,
 }
 
 /// A line read from the remote (or why reading ended), tagged with the connection it
@@ -411,10 +415,13 @@ impl RemoteNode {
         let Some(p) = self.pending.remove(i) else {
             return;
         };
-        let _ = p.reply.send(DeviceReply {
-            result: value.map(|v| (v, t)),
-            updates: p.updates,
-        });
+        p.reply.send(vec![(
+            p.slot,
+            DeviceReply {
+                result: value.map(|v| (v, t)),
+                updates: p.updates,
+            },
+        )]);
     }
 
     /// The connection is gone: fail what waits, turn every value into an error, reconnect.
@@ -430,10 +437,8 @@ impl RemoteNode {
             self.config.address
         ));
         for p in self.pending.drain(..) {
-            let _ = p.reply.send(DeviceReply {
-                result: Err(error.clone()),
-                updates: Vec::new(),
-            });
+            p.reply
+                .send(vec![(p.slot, DeviceReply::error(error.clone()))]);
         }
         let t = now();
         let updates: Vec<ParamUpdate> = self
@@ -485,8 +490,34 @@ fn report(ok: bool, data: Option<&Value>) -> (Result<Value, SecopError>, f64) {
     (Err(SecopError::new(class, text)), t)
 }
 
+impl RemoteNode {
+    /// Answer the requests the remote did not answer in time. They leave the queue, so
+    /// a late answer finds nobody waiting (as with any unknown specifier).
+    fn expire_pending(&mut self) {
+        let now = Instant::now();
+        if !self.pending.iter().any(|p| p.deadline <= now) {
+            return;
+        }
+        let (expired, kept): (VecDeque<Pending>, VecDeque<Pending>) =
+            self.pending.drain(..).partition(|p| p.deadline <= now);
+        self.pending = kept;
+        for p in expired {
+            let error = SecopError::timeout("the remote node did not answer in time");
+            p.reply.send(vec![(p.slot, DeviceReply::error(error))]);
+        }
+    }
+}
+
+/// How often requests are checked against their deadlines.
+const EXPIRY_SWEEP: Duration = Duration::from_millis(50);
+
 impl Actor for RemoteNode {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // One timer for all requests in flight, not one per request.
+        ctx.run_interval(EXPIRY_SWEEP, |act, _| act.expire_pending());
+    }
 }
 
 impl StreamHandler<RemoteLine> for RemoteNode {
@@ -514,11 +545,26 @@ impl Handler<Subscribe> for RemoteNode {
 }
 
 impl Handler<DeviceRequest> for RemoteNode {
-    type Result = ResponseFuture<DeviceReply>;
+    type Result = ();
 
-    fn handle(&mut self, msg: DeviceRequest, _: &mut Self::Context) -> Self::Result {
-        let module = self.remote_name(&msg.module).to_owned();
-        let (action, accessible, data) = match msg.action {
+    fn handle(&mut self, msg: DeviceRequest, _: &mut Self::Context) {
+        for call in msg.calls {
+            self.forward(call, msg.origin, msg.deadline, &msg.reply);
+        }
+    }
+}
+
+impl RemoteNode {
+    /// Send one call to the remote node; its answer is matched by specifier.
+    fn forward(
+        &mut self,
+        call: DeviceCall,
+        origin: Option<SubscriberId>,
+        deadline: Instant,
+        reply: &Responder,
+    ) {
+        let module = self.remote_name(&call.module).to_owned();
+        let (action, accessible, data) = match call.action {
             DeviceAction::Read { parameter } => ("read", parameter, None),
             DeviceAction::Change { parameter, value } => ("change", parameter, Some(value)),
             DeviceAction::Do { command, argument } => ("do", command, Some(argument)),
@@ -531,50 +577,28 @@ impl Handler<DeviceRequest> for RemoteNode {
             line.push_str(&secop_proto::json::to_json(&d));
         }
         line.push('\n');
-        let (tx, rx) = oneshot::channel();
-        let Some(writer) = &self.writer else {
-            let error = SecopError::communication_failed(format!(
+        let failure = match &self.writer {
+            None => Some(SecopError::communication_failed(format!(
                 "remote node {} is not connected",
                 self.config.address
-            ));
-            return Box::pin(async move {
-                DeviceReply {
-                    result: Err(error),
-                    updates: Vec::new(),
-                }
-            });
+            ))),
+            Some(writer) if writer.send(line).is_err() => {
+                Some(SecopError::communication_failed("remote connection closed"))
+            }
+            Some(_) => None,
         };
-        if writer.send(line).is_err() {
-            return Box::pin(async {
-                DeviceReply {
-                    result: Err(SecopError::communication_failed("remote connection closed")),
-                    updates: Vec::new(),
-                }
-            });
+        if let Some(error) = failure {
+            reply.send(vec![(call.slot, DeviceReply::error(error))]);
+            return;
         }
-        // Requests whose caller gave up (timed out) are not waited for any longer.
-        self.pending.retain(|p| !p.reply.is_closed());
+        let timeout = Instant::now() + Duration::from_secs_f64(self.config.timeout);
         self.pending.push_back(Pending {
             specifier,
-            origin: msg.origin,
+            origin,
             updates: Vec::new(),
-            reply: tx,
+            deadline: timeout.min(deadline),
+            reply: reply.clone(),
+            slot: call.slot,
         });
-        let timeout = Duration::from_secs_f64(self.config.timeout);
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(_)) => DeviceReply {
-                    result: Err(SecopError::communication_failed("remote connection closed")),
-                    updates: Vec::new(),
-                },
-                Err(_) => DeviceReply {
-                    result: Err(SecopError::timeout(
-                        "the remote node did not answer in time",
-                    )),
-                    updates: Vec::new(),
-                },
-            }
-        })
     }
 }

@@ -252,3 +252,31 @@ def test_check_config_names_file_link_module_and_key(tmp_path, change, expected)
     assert out.returncode == 2, out
     assert str(path) in out.stderr, out.stderr
     assert expected in out.stderr, out.stderr
+
+
+def test_node_timeout_answers_queued_requests_without_the_link(start_gateway, pty_instrument):
+    """The node gives up on a slow device after `device_timeout` and answers the client;
+    requests still queued for the link by then are not sent to the instrument at all."""
+    sim = pty_instrument.instrument
+    config = link_config(f'serial = "{pty_instrument.path}"', timeout=3.0)
+    config = config.replace('pollinterval = 0.2', 'pollinterval = 600')
+    config = config.replace('description = "LakeShore-like controller on an ASCII link"',
+                            'description = "LakeShore-like controller on an ASCII link"\n'
+                            'device_timeout = 0.3', 1)
+    gw = start_gateway(config, 'node-timeout')
+    c = Line(gw)
+    assert c.ask('read T_A:value').startswith('reply T_A:value [295.0')
+    sim.late_delay = 1.5
+    sim.late = True
+    before = sim.requests.count('KRDG? A')
+    c.send('read T_A:value\nread T_A:value\nread T_A:value\nread T_A:value')
+    for _ in range(4):
+        r = c.line(timeout=WAIT)
+        # the node's timeout, not the link's (3 s)
+        assert r.startswith('error_read T_A:value ["TimeoutError","the device did not answer'), r
+    time.sleep(2.0)   # the one transaction under way ends (late answer after 1.5 s)
+    sim.late = False
+    assert sim.requests.count('KRDG? A') - before == 1, sim.requests[-6:]
+    r = c.ask('read T_A:value')
+    assert r.startswith('reply T_A:value [295.0'), r
+    c.close()
