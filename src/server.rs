@@ -103,7 +103,10 @@ fn start_session(
     // Replies are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
+    let write = Arc::new(write);
     let outbox = Outbox::new(settings.limits, stats.clone());
+    // Replies and updates go to the socket straight from the node when it takes them.
+    outbox.attach(write.clone());
     let timeout = settings.write_timeout;
     let writer_outbox = outbox.clone();
     let connection = ConnectionMetric::open("tcp");

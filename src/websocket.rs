@@ -359,7 +359,6 @@ pub fn start_secop_session(
             match writer_outbox.next_batch(64 * 1024).await {
                 Ok(batch) => {
                     for line in batch {
-                        secop_actors::metrics::count_sent(&line);
                         let text =
                             String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line))
                                 .into_owned();
@@ -368,6 +367,7 @@ pub fn start_secop_session(
                             return;
                         }
                     }
+                    writer_outbox.written();
                 }
                 Err(reason) => {
                     // Kicked = node shutdown or description change: "going away".

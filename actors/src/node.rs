@@ -163,6 +163,16 @@ pub struct NodeActor {
     updates_emitted: IntCounter,
     /// The status gauge of each module (by index).
     module_status: Vec<IntGauge>,
+    /// Per module: how many sessions have it activated, and how many asked for its
+    /// log. Kept so that an update nobody receives costs no walk over all sessions.
+    interest: Vec<Interest>,
+}
+
+/// See [`NodeActor::interest`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Interest {
+    active: u32,
+    logging: u32,
 }
 
 /// What a request needs after the synchronous checks.
@@ -215,6 +225,7 @@ impl NodeActor {
                 .collect(),
             updates_emitted: metrics().updates_emitted.with_label_values(&[equipment_id]),
             module_status: Vec::new(),
+            interest: Vec::new(),
         };
         node.assemble()?;
         Ok(node)
@@ -290,7 +301,33 @@ impl NodeActor {
             .collect();
         self.description = Arc::new(description);
         self.modules = states;
+        // Count the sessions afresh (they keep their connection when what this node
+        // exports is unchanged).
+        self.interest = vec![Interest::default(); self.modules.len()];
+        for entry in self.sessions.values_mut() {
+            entry.active.resize(self.interest.len(), false);
+            entry.logging.resize(self.interest.len(), LogLevel::Off);
+            count_interest(&mut self.interest, entry, true);
+        }
         Ok(())
+    }
+
+    /// Change a session's activation or logging, keeping [`Interest`] right.
+    fn change_session(&mut self, session: SessionId, change: impl FnOnce(&mut SessionEntry)) {
+        let Some(entry) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        count_interest(&mut self.interest, entry, false);
+        change(entry);
+        count_interest(&mut self.interest, entry, true);
+    }
+
+    /// Forget every session (they are being closed).
+    fn drop_sessions(&mut self) -> Vec<SessionEntry> {
+        self.interest
+            .iter_mut()
+            .for_each(|i| *i = Interest::default());
+        self.sessions.drain().map(|(_, s)| s).collect()
     }
 
     pub fn description(&self) -> Arc<NodeDescription> {
@@ -355,7 +392,9 @@ impl NodeActor {
                 LogLevel::Error
             };
             // The log text is only built when a client asked for it.
-            if self.sessions.values().any(|s| s.logging[m].admits(level)) {
+            if self.interest[m].logging > 0
+                && self.sessions.values().any(|s| s.logging[m].admits(level))
+            {
                 let text = match &update.value {
                     Ok(v) => format!("{} = {}", update.parameter, secop_proto::json::to_json(v)),
                     Err(e) => format!("{}: {e}", update.parameter),
@@ -367,7 +406,7 @@ impl NodeActor {
     }
 
     fn fan_out(&mut self, m: usize, p: usize) {
-        if !self.sessions.values().any(|s| s.active[m]) {
+        if self.interest[m].active == 0 {
             return;
         }
         let Some(update_line) = self.update_line(m, p) else {
@@ -383,6 +422,9 @@ impl NodeActor {
 
     /// Send a `log` event to the sessions that asked for this module's logging.
     fn log(&self, m: usize, level: LogLevel, text: &str) {
+        if self.interest[m].logging == 0 {
+            return;
+        }
         let mut event: Option<Bytes> = None;
         for session in self.sessions.values() {
             if session.logging[m].admits(level) {
@@ -523,10 +565,10 @@ impl NodeActor {
         let spec = req.specifier.as_str();
         match &req.request {
             Request::Identify => {
-                if let Some(s) = self.sessions.get_mut(&session) {
+                self.change_session(session, |s| {
                     s.active.iter_mut().for_each(|a| *a = false);
                     s.logging.iter_mut().for_each(|l| *l = LogLevel::Off);
-                }
+                });
                 Ok(Next::Reply(Bytes::from(format!(
                     "{}\n",
                     self.settings.identification
@@ -550,9 +592,7 @@ impl NodeActor {
                 for m in range.clone() {
                     self.send_module_values(&outbox, m);
                 }
-                if let Some(entry) = self.sessions.get_mut(&session) {
-                    range.for_each(|m| entry.active[m] = true);
-                }
+                self.change_session(session, |entry| range.for_each(|m| entry.active[m] = true));
                 let reply = match module {
                     Some(m) => line("active", m, None),
                     None => line("active", "", None),
@@ -561,12 +601,10 @@ impl NodeActor {
             }
             Request::Deactivate { module } => {
                 let target = module.as_deref().map(|m| self.module(m)).transpose()?;
-                if let Some(entry) = self.sessions.get_mut(&session) {
-                    match target {
-                        Some(m) => entry.active[m] = false,
-                        None => entry.active.iter_mut().for_each(|a| *a = false),
-                    }
-                }
+                self.change_session(session, |entry| match target {
+                    Some(m) => entry.active[m] = false,
+                    None => entry.active.iter_mut().for_each(|a| *a = false),
+                });
                 let reply = match module {
                     Some(m) => line("inactive", m, None),
                     None => line("inactive", "", None),
@@ -575,12 +613,10 @@ impl NodeActor {
             }
             Request::Logging { module, level } => {
                 let target = module.as_deref().map(|m| self.module(m)).transpose()?;
-                if let Some(entry) = self.sessions.get_mut(&session) {
-                    match target {
-                        Some(m) => entry.logging[m] = *level,
-                        None => entry.logging.iter_mut().for_each(|l| *l = *level),
-                    }
-                }
+                self.change_session(session, |entry| match target {
+                    Some(m) => entry.logging[m] = *level,
+                    None => entry.logging.iter_mut().for_each(|l| *l = *level),
+                });
                 let data = secop_proto::json::to_json(level.as_str());
                 // `m:p` is widened to `m`: we log per module.
                 let reply = line(
@@ -749,6 +785,21 @@ impl NodeActor {
     }
 }
 
+/// Add (or remove) what one session contributes to the per-module interest.
+fn count_interest(interest: &mut [Interest], entry: &SessionEntry, add: bool) {
+    for (m, i) in interest.iter_mut().enumerate() {
+        let active = u32::from(entry.active.get(m).copied().unwrap_or(false));
+        let logging = u32::from(entry.logging.get(m).is_some_and(|l| *l != LogLevel::Off));
+        if add {
+            i.active += active;
+            i.logging += logging;
+        } else {
+            i.active = i.active.saturating_sub(active);
+            i.logging = i.logging.saturating_sub(logging);
+        }
+    }
+}
+
 impl Actor for NodeActor {
     type Context = Context<Self>;
 
@@ -820,7 +871,9 @@ impl Handler<Disconnect> for NodeActor {
     type Result = ();
 
     fn handle(&mut self, msg: Disconnect, _: &mut Self::Context) {
-        self.sessions.remove(&msg.session);
+        if let Some(entry) = self.sessions.remove(&msg.session) {
+            count_interest(&mut self.interest, &entry, false);
+        }
     }
 }
 
@@ -828,7 +881,7 @@ impl Handler<CloseSessions> for NodeActor {
     type Result = ();
 
     fn handle(&mut self, _: CloseSessions, _: &mut Self::Context) {
-        for (_, s) in self.sessions.drain() {
+        for s in self.drop_sessions() {
             s.outbox.close(CloseReason::Kicked);
         }
     }
@@ -885,7 +938,7 @@ impl Handler<DeviceModulesChanged> for NodeActor {
             Ok(()) => {
                 tracing::warn!(node = %self.description.equipment_id, device = %name,
                     "description changed; disconnecting this node's clients");
-                for (_, s) in self.sessions.drain() {
+                for s in self.drop_sessions() {
                     s.outbox.close(CloseReason::Kicked);
                 }
             }

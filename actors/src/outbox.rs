@@ -2,8 +2,13 @@
 //!
 //! The node pushes into it directly (no actor message in between), which is what
 //! makes "every side-effect update reaches the client before the reply" hold: the
-//! node queues updates and only then returns the reply that the session queues.
-//! A transport-specific writer drains it.
+//! node queues updates and then the replies. A transport-specific writer drains it.
+//!
+//! Write-through: when a socket is attached ([`Outbox::attach`]) and nothing is queued
+//! or being written, a push hands its lines to the socket at once (a non-blocking
+//! `writev`); only what the socket does not take is queued for the writer task. The
+//! common case, a client that keeps up, then costs one syscall per push and no task
+//! wake-up, no timer and no copy.
 //!
 //! Slow-consumer policy, in this order:
 //! 1. The session stops reading requests while more than `backpressure_bytes` wait
@@ -20,6 +25,7 @@
 use bytes::Bytes;
 use prometheus::IntCounter;
 use std::collections::{HashMap, VecDeque};
+use std::io::IoSlice;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
@@ -95,6 +101,64 @@ pub enum CloseReason {
 struct Item {
     key: Option<UpdateKey>,
     data: Bytes,
+    /// Already counted as sent (the rest of a line written through in part).
+    counted: bool,
+}
+
+/// A socket that takes bytes without waiting, for writing through.
+pub trait TryWrite: Send + Sync {
+    /// Write what the socket takes now; `WouldBlock` if nothing.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize>;
+}
+
+impl TryWrite for tokio::net::tcp::OwnedWriteHalf {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        tokio::net::tcp::OwnedWriteHalf::try_write_vectored(self, bufs)
+    }
+}
+
+/// Record the backlog of a client when data leaves for it (0: written through).
+fn observe_queued(bytes: usize) {
+    crate::metrics::metrics()
+        .outbox_queued_bytes
+        .observe(bytes as f64);
+}
+
+/// Most lines handed to one `writev` (Linux takes up to 1024).
+const MAX_IOVECS: usize = 256;
+
+/// Write `lines` to `sink` until it takes no more: how many lines went completely,
+/// how many bytes of the next one, and the error that stopped it (not `WouldBlock`).
+pub fn write_some(
+    sink: &dyn TryWrite,
+    lines: &[Bytes],
+    mut offset: usize,
+) -> (usize, usize, Option<std::io::Error>) {
+    let mut done = 0;
+    while done < lines.len() {
+        let end = lines.len().min(done + MAX_IOVECS);
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(end - done);
+        slices.push(IoSlice::new(&lines[done][offset..]));
+        slices.extend(lines[done + 1..end].iter().map(|l| IoSlice::new(l)));
+        let mut n = match sink.try_write_vectored(&slices) {
+            Ok(0) => return (done, offset, Some(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return (done, offset, Some(e)),
+        };
+        while n > 0 && done < lines.len() {
+            let left = lines[done].len() - offset;
+            if n >= left {
+                n -= left;
+                done += 1;
+                offset = 0;
+            } else {
+                offset += n;
+                n = 0;
+            }
+        }
+    }
+    (done, offset, None)
 }
 
 #[derive(Default)]
@@ -106,6 +170,21 @@ struct State {
     pending: HashMap<UpdateKey, u64>,
     bytes: usize,
     closed: Option<CloseReason>,
+    /// The socket, for writing through; dropped when the outbox closes.
+    sink: Option<Arc<dyn TryWrite>>,
+    /// The writer task holds data it took and has not finished writing.
+    writing: bool,
+}
+
+impl State {
+    /// Whether a push may go straight to the socket: nothing waits before it.
+    fn through(&self) -> Option<Arc<dyn TryWrite>> {
+        if self.queue.is_empty() && !self.writing && self.closed.is_none() {
+            self.sink.clone()
+        } else {
+            None
+        }
+    }
 }
 
 /// See the module documentation.
@@ -140,22 +219,62 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Write through to this socket from now on (see the module documentation). The
+    /// writer task must write to the same socket and report with [`Outbox::written`].
+    pub fn attach(&self, sink: Arc<dyn TryWrite>) {
+        self.lock().sink = Some(sink);
+    }
+
     /// Queue a reply (or anything that must not be dropped).
     pub fn push_reply(&self, data: Bytes) {
         self.push(None, data);
     }
 
-    /// Queue several replies at once (one lock, one wake-up of the writer).
+    /// Queue several replies at once (one lock, one `writev` or one wake-up of the
+    /// writer).
     pub fn push_replies(&self, replies: Vec<Bytes>) {
         let mut st = self.lock();
         if st.closed.is_some() || replies.is_empty() {
             return;
         }
-        for data in replies {
-            st.bytes += data.len();
-            st.queue.push_back(Item { key: None, data });
+        // A write error is left to the writer task, which meets it again and closes.
+        let (done, offset) = match st.through() {
+            Some(sink) => {
+                observe_queued(0);
+                let (done, offset, _) = write_some(&*sink, &replies, 0);
+                (done, offset)
+            }
+            None => (0, 0),
+        };
+        replies[..done.min(replies.len())]
+            .iter()
+            .for_each(|l| crate::metrics::count_sent(l));
+        let mut rest = replies.into_iter().skip(done);
+        if offset > 0 {
+            if let Some(partial) = rest.next() {
+                crate::metrics::count_sent(&partial);
+                let data = partial.slice(offset..);
+                st.bytes += data.len();
+                st.queue.push_back(Item {
+                    key: None,
+                    data,
+                    counted: true,
+                });
+            }
         }
-        self.queued(st);
+        let mut any = offset > 0;
+        for data in rest {
+            any = true;
+            st.bytes += data.len();
+            st.queue.push_back(Item {
+                key: None,
+                data,
+                counted: false,
+            });
+        }
+        if any {
+            self.queued(st);
+        }
     }
 
     /// Queue an update of parameter `key`, coalescing when the client lags.
@@ -182,6 +301,28 @@ impl Outbox {
         if st.closed.is_some() {
             return;
         }
+        if let Some(sink) = st.through() {
+            observe_queued(0);
+            let line = std::slice::from_ref(&data);
+            let (done, offset, _) = write_some(&*sink, line, 0);
+            if done == 1 || offset > 0 {
+                crate::metrics::count_sent(&data);
+            }
+            if done == 1 {
+                return;
+            }
+            if offset > 0 {
+                // The rest of a line must go first and whole: not coalescible.
+                let data = data.slice(offset..);
+                st.bytes += data.len();
+                st.queue.push_back(Item {
+                    key: None,
+                    data,
+                    counted: true,
+                });
+                return self.queued(st);
+            }
+        }
         if let Some(key) = key {
             if st.bytes > self.limits.coalesce_bytes {
                 if let Some(&seq) = st.pending.get(&key) {
@@ -197,7 +338,11 @@ impl Outbox {
             st.pending.insert(key, seq);
         }
         st.bytes += data.len();
-        st.queue.push_back(Item { key, data });
+        st.queue.push_back(Item {
+            key,
+            data,
+            counted: false,
+        });
         self.queued(st);
     }
 
@@ -225,6 +370,7 @@ impl Outbox {
         if st.closed.is_none() {
             st.closed = Some(reason);
         }
+        st.sink = None;
         drop(st);
         self.data_ready.notify_one();
         self.drained.notify_waiters();
@@ -252,6 +398,8 @@ impl Outbox {
     }
 
     /// Take everything queued (up to about `max` bytes). Returns `Err` once closed.
+    ///
+    /// What is taken counts as sent, and as being written until [`Outbox::written`].
     pub fn take(&self, max: usize) -> Result<Vec<Bytes>, CloseReason> {
         let mut st = self.lock();
         if let Some(reason) = st.closed {
@@ -272,13 +420,25 @@ impl Outbox {
             }
             st.bytes -= item.data.len();
             taken += item.data.len();
+            if !item.counted {
+                crate::metrics::count_sent(&item.data);
+            }
             out.push(item.data);
+        }
+        if !out.is_empty() {
+            st.writing = true;
         }
         if !out.is_empty() && st.bytes <= self.limits.backpressure_bytes {
             drop(st);
             self.drained.notify_waiters();
         }
         Ok(out)
+    }
+
+    /// The writer task has written everything it took: pushes may write through again
+    /// once the queue is empty.
+    pub fn written(&self) {
+        self.lock().writing = false;
     }
 
     /// Wait for data and take it; `Err` once the outbox is closed.
@@ -288,9 +448,7 @@ impl Outbox {
             let queued = self.queued_bytes();
             let batch = self.take(max)?;
             if !batch.is_empty() {
-                crate::metrics::metrics()
-                    .outbox_queued_bytes
-                    .observe(queued as f64);
+                observe_queued(queued);
             }
             if !batch.is_empty() {
                 return Ok(batch);
@@ -396,5 +554,64 @@ mod tests {
         }
         assert_eq!(o.take(6).unwrap().len(), 2);
         assert_eq!(o.take(usize::MAX).unwrap().len(), 3);
+    }
+
+    /// Over a real loopback connection: lines go straight out while the socket takes
+    /// them, then queue (the rest of a partly written line first), and the writer task
+    /// delivers the queue in order once the peer reads.
+    #[actix_rt::test]
+    async fn writes_through_until_the_socket_is_full_then_queues_in_order() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_read, write) = server.into_split();
+        let write = Arc::new(write);
+        let (o, _) = outbox(1 << 30, 1 << 30);
+        o.attach(write.clone());
+
+        let mut expected = b"first\n".to_vec();
+        o.push_reply(Bytes::from_static(b"first\n"));
+        assert_eq!(o.queued_bytes(), 0, "written through");
+        let mut n = 0;
+        while o.queued_bytes() == 0 {
+            let mut line = format!("line {n} ").into_bytes();
+            line.resize(60_000, b'x');
+            line.push(b'\n');
+            expected.extend_from_slice(&line);
+            o.push_replies(vec![Bytes::from(line)]);
+            n += 1;
+            assert!(n < 10_000, "the socket never filled up");
+        }
+        for update in [&b"update a\n"[..], b"update b\n"] {
+            o.push_update((0, 0), Bytes::copy_from_slice(update));
+            expected.extend_from_slice(update);
+        }
+        assert!(o.queued_bytes() > 0);
+
+        actix_rt::spawn(crate::writer::write_stream(
+            write,
+            o.clone(),
+            std::time::Duration::from_secs(10),
+        ));
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 1 << 16];
+        while got.len() < expected.len() {
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(10), client.read(&mut chunk))
+                    .await
+                    .expect("data in time")
+                    .unwrap();
+            assert!(read > 0, "connection closed early");
+            got.extend_from_slice(&chunk[..read]);
+        }
+        assert!(got == expected, "bytes arrive complete and in order");
+        assert_eq!(o.queued_bytes(), 0);
+        // Idle again: the next push is written through at once.
+        o.push_reply(Bytes::from_static(b"last\n"));
+        assert_eq!(o.queued_bytes(), 0);
+        let read = client.read(&mut chunk).await.unwrap();
+        assert_eq!(&chunk[..read], b"last\n");
     }
 }

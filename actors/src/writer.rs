@@ -1,44 +1,32 @@
-//! The writer half of a byte-stream session (TCP today, a serial line later).
+//! The writer half of a TCP session.
 //!
-//! It drains the session's [`Outbox`] into the socket. If the socket accepts no data
-//! for `write_timeout` (the client stopped reading and its buffers are full), the
-//! session is closed and counted as a slow client.
+//! Lines normally go to the socket straight from the push (the outbox writes through,
+//! see [`Outbox`]); this task writes what the socket did not take at once, and what
+//! was queued behind it, as soon as the socket is writable again. If the socket
+//! accepts no data for `write_timeout` (the client stopped reading and its buffers are
+//! full), the session is closed and counted as a slow client.
 
-use crate::outbox::{CloseReason, Outbox};
+use crate::outbox::{write_some, CloseReason, Outbox};
+use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 
-/// Bytes gathered into one write.
+/// Bytes taken from the queue for one round of writing.
 const BATCH: usize = 64 * 1024;
 
-/// Run until the outbox closes or the peer stops accepting data.
-pub async fn write_stream<W: AsyncWrite + Unpin>(
-    mut socket: W,
+/// Run until the outbox closes or the peer stops accepting data. The outbox must
+/// have `socket` attached (or nothing): both write to the same socket, never at once.
+pub async fn write_stream(
+    socket: Arc<OwnedWriteHalf>,
     outbox: Arc<Outbox>,
     write_timeout: Duration,
 ) {
-    // Grown on demand and given back after big writes: idle connections stay small.
-    let mut buf = Vec::new();
-    while let Ok(mut batch) = outbox.next_batch(BATCH).await {
-        // Let the session and the node run once more before writing: a client that
-        // pipelines requests then gets many replies in one send, not one send each.
-        tokio::task::yield_now().await;
-        if let Ok(more) = outbox.take(BATCH) {
-            batch.extend(more);
-        }
-        buf.clear();
-        if buf.capacity() > 4 * BATCH {
-            buf = Vec::new();
-        }
-        for chunk in &batch {
-            crate::metrics::count_sent(chunk);
-            buf.extend_from_slice(chunk);
-        }
-        let write = tokio::time::timeout(write_timeout, socket.write_all(&buf));
+    while let Ok(batch) = outbox.next_batch(BATCH).await {
+        let write = tokio::time::timeout(write_timeout, write_all(&socket, &batch));
         tokio::select! {
             result = write => match result {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => outbox.written(),
                 Ok(Err(e)) => {
                     tracing::debug!("write failed: {e}");
                     outbox.close(CloseReason::Finished);
@@ -53,5 +41,21 @@ pub async fn write_stream<W: AsyncWrite + Unpin>(
             _ = outbox.wait_closed() => break,
         }
     }
-    let _ = socket.shutdown().await;
+    // Send FIN now, even while the session's other owners still hold the socket.
+    let _ = socket2::SockRef::from(socket.as_ref().as_ref()).shutdown(std::net::Shutdown::Write);
+}
+
+/// Write every line, waiting for the socket whenever it is full.
+async fn write_all(socket: &OwnedWriteHalf, lines: &[Bytes]) -> std::io::Result<()> {
+    let (mut done, mut offset) = (0, 0);
+    while done < lines.len() {
+        socket.writable().await?;
+        let (more, at, error) = write_some(socket, &lines[done..], offset);
+        if let Some(e) = error {
+            return Err(e);
+        }
+        done += more;
+        offset = at;
+    }
+    Ok(())
 }
