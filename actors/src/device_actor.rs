@@ -309,6 +309,8 @@ impl<B: Backend> DeviceActor<B> {
         ctx.spawn(transactions.into_actor(self).map(move |done, act, ctx| {
             let t = now();
             let mut replies = Vec::with_capacity(done.len());
+            // Copies for the other subscribers only if there are any (usually one node).
+            let shared = act.subscribers.iter().any(|(id, _)| Some(*id) != origin);
             let mut others = Vec::new();
             for tx in done {
                 if let Some(took) = tx.took {
@@ -341,7 +343,9 @@ impl<B: Backend> DeviceActor<B> {
                     }
                 }
                 let updates = act.record_at(produced, true, t);
-                others.extend(updates.iter().cloned());
+                if shared {
+                    others.extend(updates.iter().cloned());
+                }
                 replies.push((
                     tx.call.slot,
                     DeviceReply {

@@ -402,7 +402,11 @@ async fn run_with_slow(ctx: Arc<Ctx>, a: Args, slow: Option<SlowArgs>) -> Report
     }
     let measured_s = start.elapsed().as_secs_f64();
     let rss_split = slow_state.rss_at_split.load(Ordering::Relaxed);
-    let split_sampler = slow_state.sampler.lock().unwrap().take();
+    let split_sampler = slow_state
+        .sampler
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
     let peak_after_split = split_sampler.map_or(0, |s| s.stop());
     let _ = stop_tx.send(true);
     let mut results = Vec::new();
@@ -524,7 +528,8 @@ async fn slow_subscribers(
         st.rss_at_split.store(p.rss_kib, Ordering::Relaxed);
     }
     st.split_ns.store(ctx.ns(), Ordering::Relaxed);
-    *st.sampler.lock().unwrap() = Some(procstat::RssSampler::start(ctx.pid));
+    *st.sampler.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some(procstat::RssSampler::start(ctx.pid));
     let reqs = vec![s.slow_request.clone(); s.slow_requests];
     let mut out = Vec::new();
     for (rd, mut wr) in conns {

@@ -35,7 +35,7 @@ impl Counters {
     }
 
     fn sample(&self, what: String) {
-        let mut s = self.samples.lock().unwrap();
+        let mut s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         if s.len() < 10 {
             s.push(what);
         }
@@ -50,7 +50,10 @@ impl Counters {
     }
 
     pub fn samples(&self) -> Vec<String> {
-        self.samples.lock().unwrap().clone()
+        self.samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -80,7 +83,7 @@ impl Summary {
             p50: pick(0.50),
             p90: pick(0.90),
             p99: pick(0.99),
-            max: *ns.last().unwrap() as f64 / 1e3,
+            max: ns.last().map_or(0.0, |&x| x as f64 / 1e3),
             mean: ns.iter().map(|&x| x as f64).sum::<f64>() / ns.len() as f64 / 1e3,
         }
     }

@@ -204,8 +204,8 @@ impl NodeActor {
         module: usize,
         calls: Vec<DeviceCall>,
     ) {
-        let failed = match self.done_sink.clone() {
-            None => SecopError::internal("the node is not running"),
+        let (error, calls) = match self.done_sink.clone() {
+            None => (SecopError::internal("the node is not running"), calls),
             Some(sink) => {
                 let request = DeviceRequest {
                     calls,
@@ -218,22 +218,16 @@ impl NodeActor {
                     Ok(()) => return,
                     // The bound is elsewhere: one batch per session at a time.
                     Err(SendError::Full(request)) => return device.do_send(request),
-                    Err(SendError::Closed(request)) => {
-                        let error =
-                            SecopError::communication_failed("the device actor has stopped");
-                        let replies = request
-                            .calls
-                            .iter()
-                            .map(|c| (c.slot, DeviceReply::error(error.clone())))
-                            .collect();
-                        return self.settle(flight, replies);
-                    }
+                    Err(SendError::Closed(request)) => (
+                        SecopError::communication_failed("the device actor has stopped"),
+                        request.calls,
+                    ),
                 }
             }
         };
         let replies = calls
             .iter()
-            .map(|c| (c.slot, DeviceReply::error(failed.clone())))
+            .map(|c| (c.slot, DeviceReply::error(error.clone())))
             .collect();
         self.settle(flight, replies);
     }
