@@ -23,6 +23,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
+type FastHash = foldhash::fast::RandomState;
+
+/// A parameter of a device: (module, parameter), interned.
+type ParamKey = (Arc<str>, Arc<str>);
+
 /// A value produced by a backend: (module, parameter, value or error).
 pub type Produced = (String, String, Result<Value, SecopError>);
 
@@ -118,8 +123,10 @@ pub struct DeviceActor<B: Backend> {
     name: Arc<str>,
     backend: Rc<Mutex<B>>,
     subscribers: Vec<(SubscriberId, Recipient<DeviceUpdates>)>,
-    last: HashMap<(Arc<str>, Arc<str>), Result<Value, SecopError>>,
-    interned: HashMap<String, Arc<str>>,
+    // foldhash: these are looked up for every value, and their keys come from the
+    // configuration, not from clients.
+    last: HashMap<ParamKey, Result<Value, SecopError>, FastHash>,
+    interned: HashMap<String, Arc<str>, FastHash>,
     /// Client requests waiting for the link, in arrival order.
     queue: VecDeque<DeviceRequest>,
     /// Whether a request is being worked on (the worker takes the next when done).
@@ -133,8 +140,8 @@ impl<B: Backend> DeviceActor<B> {
             name: Arc::from(name),
             backend: Rc::new(Mutex::new(backend)),
             subscribers: Vec::new(),
-            last: HashMap::new(),
-            interned: HashMap::new(),
+            last: HashMap::default(),
+            interned: HashMap::default(),
             queue: VecDeque::new(),
             working: false,
             metrics: DeviceMetrics::new(name),
@@ -160,19 +167,39 @@ impl<B: Backend> DeviceActor<B> {
     fn record_at(&mut self, produced: Vec<Produced>, all: bool, t: f64) -> Vec<ParamUpdate> {
         let mut out = Vec::with_capacity(produced.len());
         for (module, parameter, value) in produced {
-            let key = (self.intern(&module), self.intern(&parameter));
-            let changed = self.last.get(&key) != Some(&value);
-            if changed || all {
-                self.last.insert(key.clone(), value.clone());
-                out.push(ParamUpdate {
-                    module: key.0,
-                    parameter: key.1,
-                    value,
-                    timestamp: t,
-                });
-            }
+            let (module, parameter) = (self.intern(&module), self.intern(&parameter));
+            out.extend(self.remember(module, parameter, value, all, t));
         }
         out
+    }
+
+    /// Remember one value; the update to report if it changed (or `all` is set).
+    fn remember(
+        &mut self,
+        module: Arc<str>,
+        parameter: Arc<str>,
+        value: Result<Value, SecopError>,
+        all: bool,
+        t: f64,
+    ) -> Option<ParamUpdate> {
+        let key = (module, parameter);
+        match self.last.get_mut(&key) {
+            Some(last) if *last == value => {
+                if !all {
+                    return None;
+                }
+            }
+            Some(last) => *last = value.clone(),
+            None => {
+                self.last.insert(key.clone(), value.clone());
+            }
+        }
+        Some(ParamUpdate {
+            module: key.0,
+            parameter: key.1,
+            value,
+            timestamp: t,
+        })
     }
 
     fn broadcast(&self, updates: &[ParamUpdate], except: Option<SubscriberId>) {
@@ -265,11 +292,21 @@ impl<B: Backend> DeviceActor<B> {
         let backend = self.backend.clone();
         let transactions = async move {
             let mut done = Vec::with_capacity(calls.len());
+            // The end of one call is the start of the next when the lock is free
+            // (one clock reading per call).
+            let mut clock: Option<Instant> = None;
             for call in calls {
                 // The lock is taken per call: a poll cycle waiting for it gets its turn
                 // between two calls of a long request.
-                let mut b = backend.lock().await;
-                let started = Instant::now();
+                let (mut b, started) = match (backend.try_lock(), clock) {
+                    (Ok(b), Some(t)) => (b, t),
+                    (Ok(b), None) => (b, Instant::now()),
+                    (Err(_), _) => {
+                        let b = backend.lock().await;
+                        (b, Instant::now())
+                    }
+                };
+                clock = None;
                 if started >= deadline {
                     // Its asker has answered the client already: spare the link.
                     done.push(Transaction {
@@ -297,11 +334,13 @@ impl<B: Backend> DeviceActor<B> {
                         Err(SecopError::internal("this device does not check by itself"))
                     }
                 };
+                let ended = Instant::now();
+                clock = Some(ended);
                 done.push(Transaction {
                     call,
                     result,
                     effects,
-                    took: Some(started.elapsed()),
+                    took: Some(ended - started),
                 });
             }
             done
@@ -316,7 +355,7 @@ impl<B: Backend> DeviceActor<B> {
                 if let Some(took) = tx.took {
                     act.count_transaction(took, &tx.result, t);
                 }
-                let mut produced = tx.effects.0;
+                let mut updates = act.record_at(tx.effects.0, true, t);
                 // The read-back of a parameter is a value like any other: others see
                 // it. A failed read also tells everybody that the value is unknown now;
                 // a failed change leaves the parameter as it was.
@@ -328,21 +367,17 @@ impl<B: Backend> DeviceActor<B> {
                 };
                 if let Some(parameter) = accessible {
                     let is_read = matches!(tx.call.action, DeviceAction::Read { .. });
-                    match &tx.result {
-                        Ok(v) => produced.push((
-                            tx.call.module.to_string(),
-                            parameter.clone(),
-                            Ok(v.clone()),
-                        )),
-                        Err(e) if is_read && tx.took.is_some() => produced.push((
-                            tx.call.module.to_string(),
-                            parameter.clone(),
-                            Err(e.clone()),
-                        )),
-                        Err(_) => {}
+                    let value = match &tx.result {
+                        Ok(v) => Some(Ok(v.clone())),
+                        Err(e) if is_read && tx.took.is_some() => Some(Err(e.clone())),
+                        Err(_) => None,
+                    };
+                    if let Some(value) = value {
+                        let parameter = act.intern(parameter);
+                        let module = tx.call.module.clone();
+                        updates.extend(act.remember(module, parameter, value, true, t));
                     }
                 }
-                let updates = act.record_at(produced, true, t);
                 if shared {
                     others.extend(updates.iter().cloned());
                 }
@@ -417,5 +452,82 @@ impl<B: Backend> Handler<DeviceRequest> for DeviceActor<B> {
     fn handle(&mut self, msg: DeviceRequest, ctx: &mut Self::Context) {
         self.queue.push_back(msg);
         self.work_next(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A link without modules: these tests drive the value memory only.
+    struct NoLink;
+
+    impl Backend for NoLink {
+        fn modules(&self) -> Vec<ModuleDescription> {
+            Vec::new()
+        }
+        fn poll_interval(&self) -> Duration {
+            Duration::from_secs(1)
+        }
+        async fn poll(&mut self, _: usize) -> Vec<Produced> {
+            Vec::new()
+        }
+        async fn read(&mut self, _: &str, _: &str) -> Result<Value, SecopError> {
+            Err(SecopError::internal("no link"))
+        }
+        async fn change(
+            &mut self,
+            _: &str,
+            _: &str,
+            _: Value,
+            _: &mut Effects,
+        ) -> Result<Value, SecopError> {
+            Err(SecopError::internal("no link"))
+        }
+        async fn execute(
+            &mut self,
+            _: &str,
+            _: &str,
+            _: Value,
+            _: &mut Effects,
+        ) -> Result<Value, SecopError> {
+            Err(SecopError::internal("no link"))
+        }
+    }
+
+    fn value(p: &str, v: Value) -> Produced {
+        ("m".to_string(), p.to_string(), Ok(v))
+    }
+
+    #[test]
+    fn polls_report_changes_and_reads_report_always() {
+        let mut d = DeviceActor::new("d", NoLink);
+        let first = d.record_at(
+            vec![value("p", json!(1)), value("q", json!("a"))],
+            false,
+            1.0,
+        );
+        assert_eq!(first.len(), 2, "first values are news");
+        assert_eq!(&*first[0].module, "m");
+        assert_eq!(&*first[1].parameter, "q");
+        assert!(d
+            .record_at(vec![value("p", json!(1))], false, 2.0)
+            .is_empty());
+        let read = d.record_at(vec![value("p", json!(1))], true, 3.0);
+        assert_eq!((read.len(), read[0].timestamp), (1, 3.0), "a read reports");
+        let changed = d.record_at(vec![value("p", json!(2))], false, 4.0);
+        assert_eq!(changed[0].value, Ok(json!(2)));
+        // the read-back path: the module name is shared, the parameter interned
+        let module: Arc<str> = Arc::from("m");
+        let p = d.intern("p");
+        assert!(Arc::ptr_eq(&p, &d.intern("p")));
+        assert!(d
+            .remember(module.clone(), p.clone(), Ok(json!(2)), false, 5.0)
+            .is_none());
+        let error = Err(SecopError::internal("gone"));
+        let e = d.remember(module, p, error.clone(), false, 6.0);
+        assert_eq!(e.map(|u| u.value), Some(error), "a failed read is news");
+        assert_eq!(d.record_at(vec![value("p", json!(2))], false, 7.0).len(), 1);
     }
 }

@@ -27,6 +27,8 @@ use secop_proto::{
 };
 use serde_json::Value;
 use std::collections::HashMap;
+
+type FastHash = foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,12 +150,14 @@ pub struct NodeActor {
     description: Arc<NodeDescription>,
     describing: Bytes,
     modules: Vec<ModuleState>,
-    module_index: HashMap<String, usize>,
+    // foldhash (here and below): looked up for every request; the keys are the
+    // configuration's module names and ids this actor hands out.
+    module_index: HashMap<String, usize, FastHash>,
     devices: Vec<DeviceHandle>,
-    sessions: HashMap<SessionId, SessionEntry>,
+    sessions: HashMap<SessionId, SessionEntry, FastHash>,
     subscriber_id: SubscriberId,
     /// Batches with device requests outstanding, by batch id.
-    in_flight: HashMap<u64, batch::InFlight>,
+    in_flight: HashMap<u64, batch::InFlight, FastHash>,
     next_batch: u64,
     /// Where devices send their answers (this actor; set when it starts).
     done_sink: Option<Recipient<DeviceDone>>,
@@ -206,11 +210,11 @@ impl NodeActor {
             }),
             describing: Bytes::new(),
             modules: Vec::new(),
-            module_index: HashMap::new(),
+            module_index: HashMap::default(),
             devices,
-            sessions: HashMap::new(),
+            sessions: HashMap::default(),
             subscriber_id: next_id(),
-            in_flight: HashMap::new(),
+            in_flight: HashMap::default(),
             next_batch: 0,
             done_sink: None,
             request_metrics: RECEIVED_ACTIONS

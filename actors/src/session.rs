@@ -134,8 +134,10 @@ fn interpret(item: Inbound, max_line: Option<usize>) -> Work {
         }
     };
     let parsed = parse_request(text);
-    if parsed.is_some() {
-        crate::metrics::count_received(Some(message::split(text).action));
+    match &parsed {
+        Some(Ok(p)) => crate::metrics::count_received(Some(&p.action)),
+        Some(Err(r)) => crate::metrics::count_received(Some(&r.action)),
+        None => {}
     }
     match parsed {
         None => Work::None,

@@ -8,7 +8,7 @@
 use crate::error::ErrorClass;
 use crate::error::SecopError;
 use crate::json::write_json;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// The identification reply of SECoP 2.0.
 pub const IDN_REPLY_V2: &str = "ISSE,SECoP,,v2.0";
@@ -318,15 +318,25 @@ impl Qualifiers {
         }
     }
 
-    fn to_map(self) -> Map<String, Value> {
-        let mut map = Map::new();
-        if let Some(t) = self.timestamp.and_then(crate::json::number) {
-            map.insert("t".into(), t);
+    /// `{"t":...,"e":...}` with the finite ones (JSON has no NaN or infinity), written
+    /// directly: a report is formatted for every value the node gets.
+    fn write_to(self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        let mut first = true;
+        for (key, x) in [
+            (&b"\"t\":"[..], self.timestamp),
+            (&b"\"e\":"[..], self.uncertainty),
+        ] {
+            if let Some(x) = x.filter(|x| x.is_finite()) {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend_from_slice(key);
+                write_json(out, &x);
+            }
         }
-        if let Some(e) = self.uncertainty.and_then(crate::json::number) {
-            map.insert("e".into(), e);
-        }
-        map
+        out.push(b'}');
     }
 }
 
@@ -336,7 +346,7 @@ pub fn data_report(value: &Value, qualifiers: Qualifiers) -> Vec<u8> {
     out.push(b'[');
     write_json(&mut out, value);
     out.push(b',');
-    write_json(&mut out, &qualifiers.to_map());
+    qualifiers.write_to(&mut out);
     out.push(b']');
     out
 }
@@ -601,6 +611,24 @@ mod tests {
         assert_eq!(
             text(data_report(&json!([100, "Ä"]), Qualifiers::at(3.25))),
             "[[100,\"\\u00c4\"],{\"t\":3.25}]"
+        );
+        let both = Qualifiers {
+            timestamp: Some(1.0e9),
+            uncertainty: Some(0.25),
+        };
+        assert_eq!(
+            text(data_report(&json!(1), both)),
+            "[1,{\"t\":1000000000.0,\"e\":0.25}]"
+        );
+        // JSON has no NaN: a qualifier that is not finite is left out
+        let odd = Qualifiers {
+            timestamp: Some(f64::NAN),
+            uncertainty: Some(0.5),
+        };
+        assert_eq!(text(data_report(&json!(1), odd)), "[1,{\"e\":0.5}]");
+        assert_eq!(
+            text(data_report(&json!(null), Qualifiers::default())),
+            "[null,{}]"
         );
         let e = SecopError::range("too big").with_info("closest_valid", json!(10));
         assert_eq!(

@@ -97,6 +97,8 @@ impl NodeActor {
     /// batch is kept in flight, or completed if nothing is outstanding.
     fn advance(&mut self, id: u64, mut flight: InFlight) {
         let mut outgoing: Vec<(usize, Vec<DeviceCall>)> = Vec::new();
+        // Requests that arrived together started together (one clock reading).
+        let started = Instant::now();
         while flight.outstanding == 0
             || flight
                 .rest
@@ -118,7 +120,9 @@ impl NodeActor {
                     flight.replies.push(reply);
                     flight.waiting.push(None);
                 }
-                BatchItem::Request(request) => self.dispatch(&mut flight, request, &mut outgoing),
+                BatchItem::Request(request) => {
+                    self.dispatch(&mut flight, request, started, &mut outgoing)
+                }
             }
         }
         for (module, calls) in outgoing {
@@ -151,9 +155,9 @@ impl NodeActor {
         &mut self,
         flight: &mut InFlight,
         request: ParsedRequest,
+        started: Instant,
         outgoing: &mut Vec<(usize, Vec<DeviceCall>)>,
     ) {
-        let started = Instant::now();
         let action = received_action_index(&request.action);
         self.request_metrics[action].0.inc();
         let outcome = match self.prepare(flight.session, &request) {
@@ -247,15 +251,15 @@ impl NodeActor {
                 &e,
             ))
         });
-        self.observe(action, started);
+        self.observe(action, started, Instant::now());
         flight.replies.push(reply);
         flight.waiting.push(None);
     }
 
-    fn observe(&self, action: usize, started: Instant) {
+    fn observe(&self, action: usize, started: Instant, now: Instant) {
         self.request_metrics[action]
             .1
-            .observe(started.elapsed().as_secs_f64());
+            .observe(now.saturating_duration_since(started).as_secs_f64());
     }
 
     /// A device answered (some) calls of batch `id`.
@@ -276,13 +280,14 @@ impl NodeActor {
 
     /// Turn answers into the reply lines of their slots.
     fn settle(&mut self, flight: &mut InFlight, replies: Vec<(u32, DeviceReply)>) {
+        let now = Instant::now();
         for (slot, reply) in replies {
             let Some(waiting) = flight.waiting.get_mut(slot as usize).and_then(Option::take) else {
                 self.late(reply);
                 continue;
             };
             let line = self.finish(&waiting.request, waiting.module, waiting.force, reply);
-            self.observe(waiting.action, waiting.started);
+            self.observe(waiting.action, waiting.started, now);
             flight.replies[slot as usize] = line;
             flight.outstanding -= 1;
         }
