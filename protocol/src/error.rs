@@ -124,7 +124,10 @@ impl fmt::Display for ErrorClass {
 pub struct SecopError {
     pub class: ErrorClass,
     pub text: String,
-    pub info: Map<String, Value>,
+    /// The info object; `None` when empty. Boxed: errors travel inside every
+    /// `Result<Value, SecopError>` the node and devices pass around, and most carry no
+    /// info, so the common case stays small to move.
+    pub info: Option<Box<Map<String, Value>>>,
 }
 
 impl SecopError {
@@ -132,13 +135,15 @@ impl SecopError {
         SecopError {
             class,
             text: text.into(),
-            info: Map::new(),
+            info: None,
         }
     }
 
     /// Attach an entry to the info object (e.g. `closest_valid`).
     pub fn with_info(mut self, key: &str, value: Value) -> Self {
-        self.info.insert(key.to_owned(), value);
+        self.info
+            .get_or_insert_with(Box::default)
+            .insert(key.to_owned(), value);
         self
     }
 

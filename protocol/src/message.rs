@@ -353,7 +353,7 @@ pub fn data_report(value: &Value, qualifiers: Qualifiers) -> Vec<u8> {
 
 /// `["Class","text",{info}]`, optionally with a timestamp in the info object.
 pub fn error_report(error: &SecopError, timestamp: Option<f64>) -> Vec<u8> {
-    let mut info = error.info.clone();
+    let mut info = error.info.as_deref().cloned().unwrap_or_default();
     if let Some(t) = timestamp.and_then(crate::json::number) {
         info.insert("t".into(), t);
     }
