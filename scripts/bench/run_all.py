@@ -111,6 +111,11 @@ def scenarios(smoke):
          ['fanout', '-s', '1000', '-r', '100', '-d', '10', '--grace', '10', '--connect-concurrency', '5',
           '--target', 'ps:pollinterval'],
          'bench', 'both', 2),
+        # half the rate: where the machine is not saturated yet (see BENCHMARKS.md)
+        ('fanout_half', 'fanout S=1000 R=50/s',
+         ['fanout', '-s', '1000', '-r', '50', '-d', '10', '--grace', '10', '--connect-concurrency', '5',
+          '--target', 'ps:pollinterval'],
+         'bench', 'both', 2),
         ('fanout_poll', 'fanout by polling (10/s), S=1000',
          ['fanout-poll', '-s', '1000', '-d', '10', '--connect-concurrency', '5'], 'bench', 'both', 2),
         ('slow_consumer', 'slow consumer, S=200 R=100/s',
@@ -122,6 +127,11 @@ def scenarios(smoke):
          ['describe', '-n', '50', '--expect-modules', '1000'], 'big', 'both', 1),
     ]
 
+
+# Scenarios whose figure varies a lot between runs (frappy's pipelined rate swings
+# between 14,000 and 43,000 replies/s with GIL scheduling): every server gets this many
+# runs and its best counts, so a ratio never rests on one unlucky run of either side.
+BEST_OF = {'pipelined': ('replies_per_s', 3)}
 
 # (scenario key, metric, what is better, label)
 FIGURES = [
@@ -166,6 +176,11 @@ FIGURES = [
     ('fanout', 'delivery_p99_us', 'lower', 'delivery p99 us'),
     ('fanout', 'server_cpu_pct', 'lower', 'server CPU % of a core'),
     ('fanout', 'server_rss_peak_kib', 'lower', 'server peak RSS KiB'),
+    ('fanout_half', 'updates_per_s', 'higher', 'updates delivered/s'),
+    ('fanout_half', 'target_updates_missed', 'lower', 'target updates missed'),
+    ('fanout_half', 'delivery_p50_us', 'lower', 'delivery p50 us'),
+    ('fanout_half', 'delivery_p99_us', 'lower', 'delivery p99 us'),
+    ('fanout_half', 'server_cpu_pct', 'lower', 'server CPU % of a core'),
     ('fanout_poll', 'updates_per_s', 'higher', 'updates delivered/s'),
     ('fanout_poll', 'param_updates_missed', 'lower', 'updates missed'),
     ('fanout_poll', 'delivery_p50_us', 'lower', 'delivery p50 us'),
@@ -656,22 +671,31 @@ def main():
                 continue
             log(f'\n### {title}: {server_kind}')
             busy_before = wait_idle(wait) if wait > 0 else None
-            try:
-                srv = Server(server_kind, gw_bin, configs[(server_kind, node)], work,
-                             out / f'{server_kind}.log', pin)
-            except Exception as e:  # noqa: BLE001  (report and go on)
-                problems.append(f'{key} {server_kind}: {e}')
-                log(f'cannot start {server_kind}: {e}')
+
+            def run_fresh(first=False):
+                """One run against a freshly started server (None if it cannot start)."""
+                try:
+                    srv = Server(server_kind, gw_bin, configs[(server_kind, node)], work,
+                                 out / f'{server_kind}.log', pin)
+                except Exception as e:  # noqa: BLE001  (report and go on)
+                    if first:
+                        problems.append(f'{key} {server_kind}: {e}')
+                    log(f'cannot start {server_kind}: {e}')
+                    return None
+                try:
+                    r = run_bench(bench_bin, srv, server_kind, bargs, threads, logf, per_run_timeout,
+                                  pin, awake)
+                    if not srv.alive():
+                        r['ok'] = False
+                        r.setdefault('error_samples', []).append(
+                            f'{server_kind} exited during the run ({srv.proc.returncode})')
+                finally:
+                    srv.stop()
+                return r
+
+            res = run_fresh(first=True)
+            if res is None:
                 continue
-            try:
-                res = run_bench(bench_bin, srv, server_kind, bargs, threads, logf, per_run_timeout, pin,
-                                awake)
-                if not srv.alive():
-                    res['ok'] = False
-                    res.setdefault('error_samples', []).append(
-                        f'{server_kind} exited during the run ({srv.proc.returncode})')
-            finally:
-                srv.stop()
             # a short run that other processes disturbed is repeated (the least disturbed counts)
             tries = 0
             while (wait > 0 and res.get('others_cpu_pct', 0) > 30 and tries < 2 and
@@ -679,20 +703,27 @@ def main():
                 tries += 1
                 log(f"other processes used {res['others_cpu_pct']:.0f} % of a core during the run: repeating it")
                 busy_before = wait_idle(wait)
-                try:
-                    srv = Server(server_kind, gw_bin, configs[(server_kind, node)], work,
-                                 out / f'{server_kind}.log', pin)
-                except Exception as e:  # noqa: BLE001
-                    log(f'cannot start {server_kind}: {e}')
+                again = run_fresh()
+                if again is None:
                     break
-                try:
-                    again = run_bench(bench_bin, srv, server_kind, bargs, threads, logf, per_run_timeout,
-                                      pin, awake)
-                finally:
-                    srv.stop()
                 again['repeated'] = tries
                 if again.get('others_cpu_pct', 0) < res.get('others_cpu_pct', 0):
                     res = again
+            # a figure that varies a lot from run to run: each server's best of several runs
+            best = BEST_OF.get(key) if not args.smoke else None
+            if best and res.get('ok'):
+                metric, runs = best
+                figures = [res.get('metrics', {}).get(metric)]
+                for _ in range(runs - 1):
+                    busy_before = wait_idle(wait) if wait > 0 else None
+                    again = run_fresh()
+                    if again is None or not again.get('ok'):
+                        continue
+                    figures.append(again.get('metrics', {}).get(metric))
+                    if (again['metrics'].get(metric) or 0) > (res['metrics'].get(metric) or 0):
+                        res = again
+                res['best_of'] = {'metric': metric, 'figures': figures}
+                log(f'{metric} of {len(figures)} runs: {figures}; the best counts')
             res['load_after'] = os.getloadavg()
             res['busy_before'] = busy_before
             results[(server_kind, key)] = res
@@ -722,6 +753,12 @@ def main():
     if not args.smoke:
         print()
         print(print_table(cond_headers, cond))
+    # the runs behind a best-of figure
+    best_lines = [f"{titles[k]}, {srv}: {r['best_of']['metric']} of {len(r['best_of']['figures'])} runs "
+                  f"{', '.join(fmt(x) for x in r['best_of']['figures'])}; the best counts"
+                  for (srv, k), r in results.items() if r.get('best_of')]
+    for line in best_lines:
+        print(line)
     failed_gw = [p for p in problems if ' gateway' in p.split(':')[0]]
     if problems:
         print()
@@ -732,7 +769,8 @@ def main():
         [{**r, 'server': s, 'key': k} for (s, k), r in results.items()], indent=1))
     (out / 'table.md').write_text(print_table(headers, rows, md=True) + '\n\n' +
                                   (print_table(['target', 'gateway', ''], tgt, md=True) + '\n\n' if tgt else '') +
-                                  print_table(cond_headers, cond, md=True) + '\n')
+                                  print_table(cond_headers, cond, md=True) + '\n' +
+                                  ''.join(f'\n- {line}' for line in best_lines) + '\n')
     print(f'\nwritten: {out}/results.json, table.md, bench-output.txt')
     shutil.rmtree(work, ignore_errors=True)
     # a run fails on errors of the gateway (frappy's failures are results)
