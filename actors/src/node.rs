@@ -283,11 +283,9 @@ impl NodeActor {
         if !problems.is_empty() {
             return Err(problems);
         }
-        self.describing = Bytes::from(line(
-            "describing",
-            ".",
-            Some(secop_proto::json::to_json(&description.to_json()).as_bytes()),
-        ));
+        let mut json = Vec::new();
+        description.write_json(&mut json);
+        self.describing = Bytes::from(line("describing", ".", Some(&json)));
         self.module_index = description
             .modules
             .iter()

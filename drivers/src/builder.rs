@@ -3,6 +3,9 @@
 use crate::ModuleConfig;
 use secop_proto::{Accessible, DataInfo, ModuleDescription};
 use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{LazyLock, Mutex};
 
 /// Builds a [`ModuleDescription`], applying the module's config (name, description,
 /// extra properties).
@@ -10,8 +13,32 @@ pub struct ModuleBuilder {
     desc: ModuleDescription,
 }
 
+/// Parsed datainfos by their JSON text, shared by every module that uses the same one
+/// (a node of 1000 simulated modules has a few dozen distinct datainfos, not tens of
+/// thousands).
+static DATAINFOS: LazyLock<Mutex<HashMap<String, DataInfo>>> = LazyLock::new(Default::default);
+
+fn shared<E>(key: String, make: impl FnOnce() -> Result<DataInfo, E>) -> Result<DataInfo, E> {
+    let mut cache = DATAINFOS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(d) = cache.get(&key) {
+        return Ok(d.clone());
+    }
+    let d = make()?;
+    cache.insert(key, d.clone());
+    Ok(d)
+}
+
+fn status_datainfo(codes: &[(&str, i64)]) -> DataInfo {
+    let Ok(d) = shared::<Infallible>(format!("status {codes:?}"), || {
+        Ok(secop_proto::datainfo::status_datainfo(codes))
+    });
+    d
+}
+
 fn datainfo(json: Value) -> Result<DataInfo, String> {
-    DataInfo::from_json(&json).map_err(|e| format!("datainfo {json}: {e}"))
+    shared(json.to_string(), || {
+        DataInfo::from_json(&json).map_err(|e| format!("datainfo {json}: {e}"))
+    })
 }
 
 impl ModuleBuilder {
@@ -73,7 +100,7 @@ impl ModuleBuilder {
         self.desc.accessibles.push(Accessible::parameter(
             "status",
             "current status of the module",
-            secop_proto::datainfo::status_datainfo(codes),
+            status_datainfo(codes),
             true,
         ));
         self

@@ -10,6 +10,7 @@
 use crate::error::SecopError;
 use base64::Engine as _;
 use serde_json::{Map, Value};
+use std::sync::Arc;
 
 /// Element type of a `matrix`: byte order, kind and size, e.g. `<f4`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,11 +99,30 @@ pub enum Kind {
     },
 }
 
-/// A parsed datainfo together with its JSON description.
+/// A parsed datainfo together with its JSON description. Shared, not copied: every
+/// stage that holds a module's description (driver, device handle, node, description
+/// cache) clones it, and a node with 1000 modules has tens of thousands of datainfos.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DataInfo {
+pub struct DataInfo(Arc<DataInfoParts>);
+
+/// What a [`DataInfo`] is made of; reached through `Deref` (`datainfo.kind`).
+#[derive(Debug, PartialEq)]
+pub struct DataInfoParts {
     pub kind: Kind,
     json: Value,
+}
+
+impl std::ops::Deref for DataInfo {
+    type Target = DataInfoParts;
+    fn deref(&self) -> &DataInfoParts {
+        &self.0
+    }
+}
+
+impl DataInfo {
+    fn of(kind: Kind, json: Value) -> Self {
+        DataInfo(Arc::new(DataInfoParts { kind, json }))
+    }
 }
 
 /// The data properties each type knows (besides `type`); unknown ones are an error in
@@ -387,10 +407,7 @@ impl DataInfo {
             }
             other => return Err(format!("unknown datainfo type {other:?}")),
         };
-        Ok(DataInfo {
-            kind,
-            json: json.clone(),
-        })
+        Ok(DataInfo::of(kind, json.clone()))
     }
 
     /// The JSON description, as given (for `describe`).
@@ -848,26 +865,26 @@ pub fn status_datainfo(codes: &[(&str, i64)]) -> DataInfo {
         .collect();
     let code_json = serde_json::json!({"type": "enum", "members": members});
     let text_json = serde_json::json!({"type": "string"});
-    let code = DataInfo {
-        kind: Kind::Enum {
+    let code = DataInfo::of(
+        Kind::Enum {
             members: codes.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect(),
         },
-        json: code_json.clone(),
-    };
-    let text = DataInfo {
-        kind: Kind::String {
+        code_json.clone(),
+    );
+    let text = DataInfo::of(
+        Kind::String {
             minchars: 0,
             maxchars: None,
             is_utf8: false,
         },
-        json: text_json.clone(),
-    };
-    DataInfo {
-        kind: Kind::Tuple {
+        text_json.clone(),
+    );
+    DataInfo::of(
+        Kind::Tuple {
             members: vec![code, text],
         },
-        json: serde_json::json!({"type": "tuple", "members": [code_json, text_json]}),
-    }
+        serde_json::json!({"type": "tuple", "members": [code_json, text_json]}),
+    )
 }
 
 #[cfg(test)]

@@ -137,6 +137,46 @@ impl NodeDescription {
     }
 
     pub fn to_json(&self) -> Value {
+        let mut obj = self.to_json_without_modules();
+        let modules: Map<String, Value> = self
+            .modules
+            .iter()
+            .map(|m| (m.name.clone(), m.to_json()))
+            .collect();
+        obj.insert("modules".into(), Value::Object(modules));
+        Value::Object(obj)
+    }
+
+    /// The JSON of [`Self::to_json`], written module by module: the tree of a whole
+    /// node with 1000 modules would take tens of megabytes for a moment, one module's
+    /// only kilobytes. Same bytes as serialising `to_json()` (module names are unique;
+    /// see [`Self::problems`]).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        // A property called "modules" would be replaced by the modules anyway.
+        for (k, v) in self
+            .to_json_without_modules()
+            .iter()
+            .filter(|(k, _)| *k != "modules")
+        {
+            crate::json::write_json(out, k);
+            out.push(b':');
+            crate::json::write_json(out, v);
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"modules\":{");
+        for (i, m) in self.modules.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            crate::json::write_json(out, &m.name);
+            out.push(b':');
+            crate::json::write_json(out, &m.to_json());
+        }
+        out.extend_from_slice(b"}}");
+    }
+
+    fn to_json_without_modules(&self) -> Map<String, Value> {
         let mut obj = Map::new();
         obj.insert(
             "equipment_id".into(),
@@ -146,13 +186,7 @@ impl NodeDescription {
         for (k, v) in &self.properties {
             obj.insert(k.clone(), v.clone());
         }
-        let modules: Map<String, Value> = self
-            .modules
-            .iter()
-            .map(|m| (m.name.clone(), m.to_json()))
-            .collect();
-        obj.insert("modules".into(), Value::Object(modules));
-        Value::Object(obj)
+        obj
     }
 
     /// Check the structural rules of the spec: valid names, unique when lowercased,
@@ -382,6 +416,20 @@ mod tests {
             properties: Map::new(),
         };
         let text = crate::json::to_json(&node.to_json());
+        let mut streamed = Vec::new();
+        node.write_json(&mut streamed);
+        assert_eq!(String::from_utf8(streamed).unwrap(), text);
+        let mut two = node.clone();
+        let mut other = module();
+        other.name = "T2".into();
+        two.modules.push(other);
+        two.properties.insert("_x".into(), json!({"a": [1, "é"]}));
+        let mut streamed = Vec::new();
+        two.write_json(&mut streamed);
+        assert_eq!(
+            String::from_utf8(streamed).unwrap(),
+            crate::json::to_json(&two.to_json())
+        );
         assert!(text.starts_with(r#"{"equipment_id":"test_eq","description":"d","modules":{"T":{"description":"a sensor","interface_classes":["Readable"],"accessibles":{"value":{"description":"the value","datainfo":{"type":"double","unit":"K"},"readonly":true},"status""#), "{text}");
         assert!(node.problems().is_empty(), "{:?}", node.problems());
     }

@@ -200,6 +200,7 @@ FIGURES = [
     ('describe_1000', 'rtt_p50_us', 'lower', 'p50 us'),
     ('describe_1000', 'rtt_p99_us', 'lower', 'p99 us'),
     ('describe_1000', 'describing_bytes', 'info', 'bytes'),
+    ('describe_1000', 'server_rss_peak_kib', 'lower', 'server peak RSS KiB (1000 modules)'),
 ]
 
 
