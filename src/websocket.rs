@@ -13,6 +13,7 @@ use actix_http::error::PayloadError;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Item, Message, MessageStream, ProtocolError, Session};
 use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
 use futures_util::{FutureExt, Stream};
 use secop_actors::line_codec::Inbound;
 use secop_actors::node::NodeActor;
@@ -359,9 +360,12 @@ pub fn start_secop_session(
             match writer_outbox.next_batch(64 * 1024).await {
                 Ok(batch) => {
                     for line in batch {
-                        let text =
-                            String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line))
-                                .into_owned();
+                        let end = line.len() - usize::from(line.ends_with(b"\n"));
+                        // Our lines are ASCII: shared as they are, not copied.
+                        let line = line.slice(..end);
+                        let text = ByteString::try_from(line.clone()).unwrap_or_else(|_| {
+                            ByteString::from(String::from_utf8_lossy(&line).into_owned())
+                        });
                         if writer_session.text(text).await.is_err() {
                             writer_outbox.close(OutboxClose::Finished);
                             return;
