@@ -89,3 +89,42 @@ fn a_remote_node_over_websocket() {
         .wait_event(WAIT, |l| l.starts_with("update p:value ["))
         .is_some());
 }
+
+/// Sends a signal to a process (the upstream gateway) with the system's `kill`.
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[test]
+fn an_upstream_that_stops_answering_gets_a_timeout_error() {
+    let upstream = Gateway::start(FAST_CONFIG);
+    let downstream = Gateway::start(&format!(
+        "[node]\nequipment_id = \"downstream\"\ndescription = \"re-exports upstream\"\n\
+         device_timeout = 20\n[discovery]\nenabled = false\n\
+         [[remote]]\nname = \"up\"\naddress = \"{}\"\nprefix = \"up_\"\ntimeout = 0.5\n",
+        upstream.addr
+    ));
+    let mut c = downstream.client();
+    assert!(c.ask("read up_T:value").starts_with("reply up_T:value ["));
+    // The upstream process freezes: its kernel still takes the request, nobody answers.
+    signal(upstream.pid(), "-STOP");
+    let sent = std::time::Instant::now();
+    let r = c.ask("read up_T:value");
+    let took = sent.elapsed();
+    signal(upstream.pid(), "-CONT");
+    assert!(
+        r.starts_with("error_read up_T:value [\"TimeoutError\",\"the remote node did not answer"),
+        "{r}"
+    );
+    // the remote's 0.5 s, not the node's 20 s
+    assert!(
+        took >= std::time::Duration::from_millis(500) && took < std::time::Duration::from_secs(10),
+        "{took:?}"
+    );
+    // and the upstream, awake again, is used again
+    assert!(c.ask("read up_T:value").starts_with("reply up_T:value ["));
+}

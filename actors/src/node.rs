@@ -10,6 +10,7 @@ mod batch;
 
 pub use batch::{BatchItem, SessionBatch};
 
+use crate::deadline::DeadlineTimer;
 use crate::device::DeviceModulesChanged;
 use crate::device::{
     DeviceAction, DeviceDone, DeviceHandle, DeviceReply, DeviceRequest, DeviceUpdates, ParamUpdate,
@@ -159,6 +160,9 @@ pub struct NodeActor {
     /// Batches with device requests outstanding, by batch id.
     in_flight: HashMap<u64, batch::InFlight, FastHash>,
     next_batch: u64,
+    /// One timer for the deadlines of all batches in flight (the node's one device
+    /// timeout: a later batch never has an earlier deadline).
+    expiry: DeadlineTimer,
     /// Where devices send their answers (this actor; set when it starts).
     done_sink: Option<Recipient<DeviceDone>>,
     /// Request counter and duration per action ([`RECEIVED_ACTIONS`] order), resolved
@@ -216,6 +220,7 @@ impl NodeActor {
             subscriber_id: next_id(),
             in_flight: HashMap::default(),
             next_batch: 0,
+            expiry: DeadlineTimer::default(),
             done_sink: None,
             request_metrics: RECEIVED_ACTIONS
                 .iter()
@@ -809,8 +814,6 @@ impl Actor for NodeActor {
         // Updates are the node's lifeblood; keep its mailbox roomy.
         ctx.set_mailbox_capacity(4096);
         self.done_sink = Some(ctx.address().recipient());
-        // One timer for every request in flight, not one per request.
-        ctx.run_interval(batch::EXPIRY_SWEEP, |act, _| act.expire());
     }
 }
 

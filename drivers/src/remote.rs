@@ -10,6 +10,7 @@
 //! nodes are told to rebuild theirs.
 
 use actix::prelude::*;
+use secop_actors::deadline::{self, DeadlineTimer, Deadlines};
 use secop_actors::device::{
     now, DeviceAction, DeviceCall, DeviceHandle, DeviceModulesChanged, DeviceReply, DeviceRequest,
     DeviceUpdates, ParamUpdate, Responder, Subscribe, SubscriberId,
@@ -252,6 +253,8 @@ pub struct RemoteNode {
     description_json: Option<Value>,
     writer: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     pending: VecDeque<Pending>,
+    /// Wakes the actor when the earliest pending deadline passes.
+    expiry: DeadlineTimer,
     subscribers: Vec<(
         SubscriberId,
         Recipient<DeviceUpdates>,
@@ -279,6 +282,7 @@ impl RemoteNode {
             description_json: first.as_ref().map(|c| c.description.to_json()),
             writer: None,
             pending: VecDeque::new(),
+            expiry: DeadlineTimer::default(),
             subscribers: Vec::new(),
             last: HashMap::new(),
             connection: 0,
@@ -508,16 +512,19 @@ impl RemoteNode {
     }
 }
 
-/// How often requests are checked against their deadlines.
-const EXPIRY_SWEEP: Duration = Duration::from_millis(50);
+impl Deadlines for RemoteNode {
+    fn timer(&mut self) -> &mut DeadlineTimer {
+        &mut self.expiry
+    }
+
+    fn expire_due(&mut self) -> Option<Instant> {
+        self.expire_pending();
+        self.pending.iter().map(|p| p.deadline).min()
+    }
+}
 
 impl Actor for RemoteNode {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        // One timer for all requests in flight, not one per request.
-        ctx.run_interval(EXPIRY_SWEEP, |act, _| act.expire_pending());
-    }
 }
 
 impl StreamHandler<RemoteLine> for RemoteNode {
@@ -547,10 +554,11 @@ impl Handler<Subscribe> for RemoteNode {
 impl Handler<DeviceRequest> for RemoteNode {
     type Result = ();
 
-    fn handle(&mut self, msg: DeviceRequest, _: &mut Self::Context) {
+    fn handle(&mut self, msg: DeviceRequest, ctx: &mut Self::Context) {
         for call in msg.calls {
             self.forward(call, msg.origin, msg.deadline, &msg.reply);
         }
+        deadline::arm(self, ctx);
     }
 }
 
@@ -592,11 +600,13 @@ impl RemoteNode {
             return;
         }
         let timeout = Instant::now() + Duration::from_secs_f64(self.config.timeout);
+        let deadline = timeout.min(deadline);
+        self.expiry.want(deadline);
         self.pending.push_back(Pending {
             specifier,
             origin,
             updates: Vec::new(),
-            deadline: timeout.min(deadline),
+            deadline,
             reply: reply.clone(),
             slot: call.slot,
         });

@@ -269,11 +269,15 @@ def test_node_timeout_answers_queued_requests_without_the_link(start_gateway, pt
     sim.late_delay = 1.5
     sim.late = True
     before = sim.requests.count('KRDG? A')
+    sent = time.monotonic()
     c.send('read T_A:value\nread T_A:value\nread T_A:value\nread T_A:value')
     for _ in range(4):
         r = c.line(timeout=WAIT)
         # the node's timeout, not the link's (3 s)
         assert r.startswith('error_read T_A:value ["TimeoutError","the device did not answer'), r
+    # not before the node's 0.3 s, and before the device's late answer (1.5 s) arrived
+    took = time.monotonic() - sent
+    assert 0.3 <= took < 1.5, took
     time.sleep(2.0)   # the one transaction under way ends (late answer after 1.5 s)
     sim.late = False
     assert sim.requests.count('KRDG? A') - before == 1, sim.requests[-6:]

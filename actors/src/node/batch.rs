@@ -16,13 +16,14 @@
 //! batches for requests past their deadline.
 
 use super::{NodeActor, SessionId};
+use crate::deadline::{self, DeadlineTimer, Deadlines};
 use crate::device::{DeviceCall, DeviceReply, DeviceRequest, Responder};
 use crate::metrics::received_action_index;
 use actix::prelude::*;
 use bytes::Bytes;
 use secop_proto::message;
 use secop_proto::{ParsedRequest, Request, SecopError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// One item of a [`SessionBatch`].
@@ -89,9 +90,6 @@ pub(super) struct InFlight {
     done: oneshot::Sender<()>,
 }
 
-/// How often in-flight batches are checked against their deadlines.
-pub(super) const EXPIRY_SWEEP: Duration = Duration::from_millis(50);
-
 impl NodeActor {
     /// Dispatch items until one has to wait for outstanding device requests; then the
     /// batch is kept in flight, or completed if nothing is outstanding.
@@ -129,6 +127,7 @@ impl NodeActor {
             self.send_calls(id, &mut flight, module, calls);
         }
         if flight.outstanding > 0 {
+            self.expiry.want(flight.deadline);
             self.in_flight.insert(id, flight);
         } else {
             self.flush(&mut flight);
@@ -302,7 +301,7 @@ impl NodeActor {
     }
 
     /// Answer the device requests whose deadline passed with `TimeoutError`.
-    pub(super) fn expire(&mut self) {
+    fn expire(&mut self) {
         let now = Instant::now();
         let expired: Vec<u64> = self
             .in_flight
@@ -327,10 +326,21 @@ impl NodeActor {
     }
 }
 
+impl Deadlines for NodeActor {
+    fn timer(&mut self) -> &mut DeadlineTimer {
+        &mut self.expiry
+    }
+
+    fn expire_due(&mut self) -> Option<Instant> {
+        self.expire();
+        self.in_flight.values().map(|f| f.deadline).min()
+    }
+}
+
 impl Handler<SessionBatch> for NodeActor {
     type Result = ();
 
-    fn handle(&mut self, msg: SessionBatch, _: &mut Self::Context) {
+    fn handle(&mut self, msg: SessionBatch, ctx: &mut Self::Context) {
         let id = self.next_batch;
         self.next_batch += 1;
         let n = msg.items.len();
@@ -345,13 +355,15 @@ impl Handler<SessionBatch> for NodeActor {
             done: msg.done,
         };
         self.advance(id, flight);
+        deadline::arm(self, ctx);
     }
 }
 
 impl Handler<crate::device::DeviceDone> for NodeActor {
     type Result = ();
 
-    fn handle(&mut self, msg: crate::device::DeviceDone, _: &mut Self::Context) {
+    fn handle(&mut self, msg: crate::device::DeviceDone, ctx: &mut Self::Context) {
         self.device_done(msg.token, msg.replies);
+        deadline::arm(self, ctx);
     }
 }
