@@ -128,3 +128,30 @@ fn an_upstream_that_stops_answering_gets_a_timeout_error() {
     // and the upstream, awake again, is used again
     assert!(c.ask("read up_T:value").starts_with("reply up_T:value ["));
 }
+
+#[test]
+fn a_late_answer_is_not_taken_for_the_next_request() {
+    let upstream = Gateway::start(FAST_CONFIG);
+    let downstream = Gateway::start(&format!(
+        "[node]\nequipment_id = \"downstream\"\ndescription = \"re-exports upstream\"\n\
+         device_timeout = 20\n[discovery]\nenabled = false\n\
+         [[remote]]\nname = \"up\"\naddress = \"{}\"\nprefix = \"up_\"\ntimeout = 1\n",
+        upstream.addr
+    ));
+    let mut c = downstream.client();
+    assert!(c
+        .ask("change up_ps:target 1")
+        .starts_with("changed up_ps:target [1"));
+    signal(upstream.pid(), "-STOP");
+    let r = c.ask("change up_ps:target 3");
+    assert!(
+        r.starts_with("error_change up_ps:target [\"TimeoutError\""),
+        "{r}"
+    );
+    // Sent while the upstream still sleeps; it then answers both changes, in order.
+    c.send("change up_ps:target 5");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    signal(upstream.pid(), "-CONT");
+    let r = c.until_reply().1;
+    assert!(r.starts_with("changed up_ps:target [5"), "{r}");
+}

@@ -253,6 +253,11 @@ pub struct RemoteNode {
     description_json: Option<Value>,
     writer: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     pending: VecDeque<Pending>,
+    /// Requests answered with `TimeoutError` whose answer may still come: (specifier,
+    /// until when it is expected). A SEC node answers a connection's requests in order,
+    /// so such a late answer must not be taken for the answer to a newer request with
+    /// the same specifier (a `changed` of an older value, say).
+    overdue: VecDeque<(String, Instant)>,
     /// Wakes the actor when the earliest pending deadline passes.
     expiry: DeadlineTimer,
     subscribers: Vec<(
@@ -282,6 +287,7 @@ impl RemoteNode {
             description_json: first.as_ref().map(|c| c.description.to_json()),
             writer: None,
             pending: VecDeque::new(),
+            overdue: VecDeque::new(),
             expiry: DeadlineTimer::default(),
             subscribers: Vec::new(),
             last: HashMap::new(),
@@ -413,6 +419,13 @@ impl RemoteNode {
     }
 
     fn resolve(&mut self, specifier: &str, (value, t): (Result<Value, SecopError>, f64)) {
+        let now = Instant::now();
+        self.overdue.retain(|(_, until)| *until > now);
+        if let Some(i) = self.overdue.iter().position(|(s, _)| s == specifier) {
+            // The late answer to a request that timed out: its asker has its error.
+            self.overdue.remove(i);
+            return;
+        }
         let Some(i) = self.pending.iter().position(|p| p.specifier == specifier) else {
             return;
         };
@@ -444,6 +457,7 @@ impl RemoteNode {
             p.reply
                 .send(vec![(p.slot, DeviceReply::error(error.clone()))]);
         }
+        self.overdue.clear();
         let t = now();
         let updates: Vec<ParamUpdate> = self
             .last
@@ -494,9 +508,12 @@ fn report(ok: bool, data: Option<&Value>) -> (Result<Value, SecopError>, f64) {
     (Err(SecopError::new(class, text)), t)
 }
 
+/// How long at least a late answer to a timed-out request is waited for.
+const OVERDUE_MIN: Duration = Duration::from_secs(2);
+
 impl RemoteNode {
-    /// Answer the requests the remote did not answer in time. They leave the queue, so
-    /// a late answer finds nobody waiting (as with any unknown specifier).
+    /// Answer the requests the remote did not answer in time. They leave the queue and
+    /// are remembered as overdue, so their late answers are recognised as such.
     fn expire_pending(&mut self) {
         let now = Instant::now();
         if !self.pending.iter().any(|p| p.deadline <= now) {
@@ -505,9 +522,13 @@ impl RemoteNode {
         let (expired, kept): (VecDeque<Pending>, VecDeque<Pending>) =
             self.pending.drain(..).partition(|p| p.deadline <= now);
         self.pending = kept;
+        // A late answer is expected for a while; a remote that dropped the request
+        // altogether costs at most this long of unmatched answers for that specifier.
+        let until = now + Duration::from_secs_f64(self.config.timeout * 4.0).max(OVERDUE_MIN);
         for p in expired {
             let error = SecopError::timeout("the remote node did not answer in time");
             p.reply.send(vec![(p.slot, DeviceReply::error(error))]);
+            self.overdue.push_back((p.specifier, until));
         }
     }
 }
