@@ -99,15 +99,21 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid}");
 }
 
+/// A gateway re-exporting `upstream` (prefix `up_`) whose node waits 20 s for its
+/// devices, so that the remote's own `timeout` (seconds) is what the client sees.
+fn patient_downstream(upstream: &Gateway, remote_timeout: f64) -> Gateway {
+    Gateway::start(&format!(
+        "[node]\nequipment_id = \"downstream\"\ndescription = \"re-exports upstream\"\n\
+         device_timeout = 20\n[discovery]\nenabled = false\n\
+         [[remote]]\nname = \"up\"\naddress = \"{}\"\nprefix = \"up_\"\ntimeout = {remote_timeout}\n",
+        upstream.addr
+    ))
+}
+
 #[test]
 fn an_upstream_that_stops_answering_gets_a_timeout_error() {
     let upstream = Gateway::start(FAST_CONFIG);
-    let downstream = Gateway::start(&format!(
-        "[node]\nequipment_id = \"downstream\"\ndescription = \"re-exports upstream\"\n\
-         device_timeout = 20\n[discovery]\nenabled = false\n\
-         [[remote]]\nname = \"up\"\naddress = \"{}\"\nprefix = \"up_\"\ntimeout = 0.5\n",
-        upstream.addr
-    ));
+    let downstream = patient_downstream(&upstream, 0.5);
     let mut c = downstream.client();
     assert!(c.ask("read up_T:value").starts_with("reply up_T:value ["));
     // The upstream process freezes: its kernel still takes the request, nobody answers.
@@ -132,12 +138,7 @@ fn an_upstream_that_stops_answering_gets_a_timeout_error() {
 #[test]
 fn a_late_answer_is_not_taken_for_the_next_request() {
     let upstream = Gateway::start(FAST_CONFIG);
-    let downstream = Gateway::start(&format!(
-        "[node]\nequipment_id = \"downstream\"\ndescription = \"re-exports upstream\"\n\
-         device_timeout = 20\n[discovery]\nenabled = false\n\
-         [[remote]]\nname = \"up\"\naddress = \"{}\"\nprefix = \"up_\"\ntimeout = 1\n",
-        upstream.addr
-    ));
+    let downstream = patient_downstream(&upstream, 1.0);
     let mut c = downstream.client();
     assert!(c
         .ask("change up_ps:target 1")
