@@ -53,3 +53,87 @@ pub fn arm<A: Deadlines>(act: &mut A, ctx: &mut Context<A>) {
     });
     act.timer().armed = Some((deadline, handle));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn only_the_earliest_deadline_is_wanted() {
+        let t = Instant::now();
+        let mut timer = DeadlineTimer::default();
+        timer.want(t + Duration::from_secs(2));
+        timer.want(t + Duration::from_secs(1));
+        timer.want(t + Duration::from_secs(3));
+        assert_eq!(timer.wanted, Some(t + Duration::from_secs(1)));
+    }
+
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Instant, Instant)>>>;
+
+    /// Has deadlines and records (deadline, when it expired).
+    struct Asker {
+        timer: DeadlineTimer,
+        deadlines: Vec<Instant>,
+        seen: Seen,
+    }
+
+    impl Actor for Asker {
+        type Context = Context<Self>;
+    }
+
+    impl Deadlines for Asker {
+        fn timer(&mut self) -> &mut DeadlineTimer {
+            &mut self.timer
+        }
+        fn expire_due(&mut self) -> Option<Instant> {
+            let now = Instant::now();
+            let (mut due, left): (Vec<Instant>, Vec<Instant>) =
+                self.deadlines.iter().partition(|d| **d <= now);
+            due.sort();
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.extend(due.iter().map(|d| (*d, now)));
+            self.deadlines = left;
+            if self.deadlines.is_empty() {
+                System::current().stop();
+            }
+            self.deadlines.iter().min().copied()
+        }
+    }
+
+    #[test]
+    fn every_deadline_expires_in_order_and_not_before_its_time() {
+        let sys = System::new();
+        let t = Instant::now();
+        let deadlines: Vec<Instant> = [30, 10, 20]
+            .iter()
+            .map(|ms| t + Duration::from_millis(*ms))
+            .collect();
+        let seen = Seen::default();
+        let record = seen.clone();
+        sys.block_on(async move {
+            Asker::create(move |ctx| {
+                // a timer that never fires must not hang the test
+                ctx.run_later(Duration::from_secs(5), |_, _| System::current().stop());
+                let mut a = Asker {
+                    timer: DeadlineTimer::default(),
+                    deadlines: deadlines.clone(),
+                    seen: record,
+                };
+                for d in &deadlines {
+                    a.timer.want(*d);
+                }
+                arm(&mut a, ctx);
+                a
+            });
+        });
+        let _ = sys.run();
+        let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let order: Vec<Instant> = seen.iter().map(|(d, _)| *d).collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(seen.len(), 3, "every deadline expired: {seen:?}");
+        assert_eq!(order, sorted, "in the order of their deadlines");
+        assert!(seen.iter().all(|(d, at)| at >= d), "none early: {seen:?}");
+    }
+}
