@@ -516,6 +516,7 @@ impl RemoteNode {
     /// are remembered as overdue, so their late answers are recognised as such.
     fn expire_pending(&mut self) {
         let now = Instant::now();
+        self.overdue.retain(|(_, until)| *until > now);
         if !self.pending.iter().any(|p| p.deadline <= now) {
             return;
         }
