@@ -12,8 +12,8 @@
 //! of its requests.
 //!
 //! Devices answer with [`DeviceDone`] messages; the node holds no future per request
-//! (an actix actor polls all its futures on every wake-up). One timer sweeps the
-//! batches for requests past their deadline.
+//! (an actix actor polls all its futures on every wake-up). One timer, armed for the
+//! earliest deadline in flight ([`crate::deadline`]), answers requests past theirs.
 
 use super::{NodeActor, SessionId};
 use crate::deadline::{self, DeadlineTimer, Deadlines};
