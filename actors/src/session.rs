@@ -49,7 +49,7 @@ impl SessionActor {
     }
 
     /// Start a session reading `inbound`. Whatever the transport has decoded already
-    /// is taken in one go (up to [`MAX_CHUNK`] items).
+    /// is taken in one go (up to `MAX_CHUNK` items).
     pub fn start<S>(
         node: Addr<NodeActor>,
         outbox: Arc<Outbox>,
