@@ -5,6 +5,7 @@
 //! config handling can change their case. Every error names the file, the key and
 //! the reason.
 
+use crate::access_rules::{AccessRules, Rule, RuleConfig};
 use secop_drivers::ModuleConfig;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -74,6 +75,8 @@ pub struct ExtraNode {
     /// Parameters read-only, `change` → ReadOnly, `do` → Disabled.
     #[serde(default)]
     pub read_only: bool,
+    /// Access rules of this node (`[[extra_node.access]]`); the main node's when absent.
+    pub access: Option<Vec<RuleConfig>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +93,10 @@ pub struct NodeConfig {
     /// Seconds a device may take for one request (also the `timeout` node property).
     #[serde(default = "default_device_timeout")]
     pub device_timeout: f64,
+    /// Access rules (`[[node.access]]`), first match wins; loopback full and everyone
+    /// else read-only when none are given.
+    #[serde(default)]
+    pub access: Vec<RuleConfig>,
 }
 
 fn default_identification() -> String {
@@ -123,6 +130,11 @@ pub struct ListenConfig {
     /// Seconds a new connection may stay silent before it is closed; 0 = never (a SECoP
     /// client may connect and wait before it speaks).
     pub idle_timeout: f64,
+    /// Connections one client address may hold (an access rule may set its own).
+    pub max_connections_per_address: usize,
+    /// Host names (besides `localhost` and the listen address) that HTTP requests may
+    /// use in their Host header; "*" allows any (not recommended: DNS rebinding).
+    pub allowed_hosts: Vec<String>,
     pub websocket: WebSocketConfig,
 }
 
@@ -166,6 +178,8 @@ impl Default for ListenConfig {
             max_queue_bytes: 64 * 1024 * 1024,
             handshake_timeout: 10.0,
             idle_timeout: 0.0,
+            max_connections_per_address: 64,
+            allowed_hosts: Vec::new(),
             websocket: WebSocketConfig::default(),
         }
     }
@@ -368,6 +382,33 @@ impl Loaded {
         if c.listen.max_connections == 0 {
             problems.push("listen.max_connections: must be at least 1".into());
         }
+        if c.listen.max_connections_per_address == 0 {
+            problems.push("listen.max_connections_per_address: must be at least 1".into());
+        }
+        for h in &c.listen.allowed_hosts {
+            let plain = h == "*"
+                || (!h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b)));
+            if !plain {
+                problems.push(format!(
+                    "listen.allowed_hosts: {h:?} is not a host name or address (e.g. \"gw.lab.example\")"
+                ));
+            }
+        }
+        let rule_sets = std::iter::once(("node.access".to_owned(), Some(&c.node.access))).chain(
+            c.extra_nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("extra_node[{i}].access"), n.access.as_ref())),
+        );
+        for (key, rules) in rule_sets {
+            for (j, rule) in rules.into_iter().flatten().enumerate() {
+                if let Err(e) = Rule::from_config(rule) {
+                    problems.push(format!("{key}[{j}].{e}"));
+                }
+            }
+        }
         if !(c.listen.write_timeout > 0.0 && c.listen.write_timeout.is_finite()) {
             problems.push("listen.write_timeout: must be a positive number of seconds".into());
         }
@@ -538,6 +579,26 @@ impl Loaded {
             .filter(|m| m.link.as_deref() == Some(name))
             .map(|m| (m.driver_config(), m.link_spec()))
             .collect()
+    }
+
+    /// The access rules of the main node (`None`) or of extra node `i`.
+    pub fn access_rules(&self, extra_node: Option<usize>) -> AccessRules {
+        let c = &self.config;
+        let configured = extra_node
+            .and_then(|i| c.extra_nodes.get(i))
+            .and_then(|n| n.access.as_ref())
+            .unwrap_or(&c.node.access);
+        // Validated at load: every rule converts.
+        let rules: Vec<Rule> = configured
+            .iter()
+            .filter_map(|r| Rule::from_config(r).ok())
+            .collect();
+        let rules = if configured.is_empty() {
+            AccessRules::default_rules()
+        } else {
+            rules
+        };
+        AccessRules::new(rules, c.listen.max_connections_per_address)
     }
 
     pub fn device_timeout(&self) -> Duration {

@@ -1,7 +1,12 @@
 //! The HTTP side of the shared port: WebSocket upgrades (on `/` and `/ws`), the status
 //! page, the optional Autobahn echo endpoint, and 404 for everything else. HTTP parsing
 //! is actix-web's; we serve it on connections that the sniffer handed over.
+//!
+//! Every request passes the [`RequestPolicy`] (src/request_policy.rs) first: Host,
+//! method, Origin, access rule and WebSocket handshake are checked before a handler
+//! runs, so no page that a browser opens elsewhere can read or drive the node.
 
+use crate::request_policy::RequestPolicy;
 use crate::websocket::{self, WsSettings};
 use actix::Addr;
 use actix_http::HttpService;
@@ -9,7 +14,7 @@ use actix_service::{map_config, Service, ServiceFactory};
 use actix_web::dev::AppConfig;
 use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse};
-use secop_actors::node::{GetSnapshot, NodeActor};
+use secop_actors::node::{ClientInfo, GetSnapshot, NodeActor, SessionTransport};
 use secop_actors::outbox::SlowClientStats;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -17,47 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-/// Which browser origins may open a WebSocket.
-#[derive(Debug, Clone, Default)]
-pub struct OriginPolicy {
-    /// Origins (`http://host:port`) allowed besides the node's own host; `*` allows any.
-    pub allowed: Vec<String>,
-}
-
-impl OriginPolicy {
-    /// Requests without `Origin` come from non-browser clients and are allowed. A browser
-    /// page may connect if it was served by this host (Origin matches Host) or its origin
-    /// is listed: this stops cross-site WebSocket hijacking of lab hardware.
-    pub fn allows(&self, req: &HttpRequest) -> bool {
-        let Some(origin) = req.headers().get(header::ORIGIN) else {
-            return true;
-        };
-        let Ok(origin) = origin.to_str() else {
-            return false;
-        };
-        if self
-            .allowed
-            .iter()
-            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-        {
-            return true;
-        }
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok());
-        let authority = origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"));
-        matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
-    }
-}
-
 /// Everything the HTTP handlers need.
 pub struct HttpState {
     pub node: Addr<NodeActor>,
     pub ws: WsSettings,
-    pub origins: OriginPolicy,
+    pub policy: Rc<RequestPolicy>,
     pub echo_endpoint: bool,
     pub stats: Arc<SlowClientStats>,
     pub health: Health,
@@ -117,10 +86,13 @@ pub fn operations(cfg: &mut web::ServiceConfig, health: Health) {
 pub fn metrics_server(
     address: SocketAddr,
     health: Health,
+    policy: RequestPolicy,
 ) -> std::io::Result<actix_web::dev::Server> {
     let server = actix_web::HttpServer::new(move || {
         let health = health.clone();
+        let policy = Rc::new(policy.clone());
         App::new()
+            .wrap_fn(move |req, srv| crate::request_policy::enforce(&policy, req, srv))
             .configure(|cfg| operations(cfg, health))
             .default_service(web::to(not_found))
     })
@@ -150,13 +122,18 @@ async fn secop_ws(
     body: web::Payload,
     state: web::Data<HttpState>,
 ) -> HttpResponse {
-    if !state.origins.allows(&req) {
-        tracing::warn!(origin = ?req.headers().get(header::ORIGIN), "WebSocket from a refused origin");
-        return HttpResponse::Forbidden().body("origin not allowed\n");
-    }
+    // The request policy has turned denied clients away already.
+    let peer = req.peer_addr();
+    let Some(access) = state.policy.websocket_access(peer) else {
+        return HttpResponse::Forbidden().body("access denied\n");
+    };
     match websocket::accept(&req, body, state.ws.max_message_bytes).await {
         Ok((response, session, stream, guard)) => {
-            let peer = req.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let client = ClientInfo {
+                address: peer,
+                transport: SessionTransport::WebSocket,
+                access,
+            };
             websocket::start_secop_session(
                 state.node.clone(),
                 session,
@@ -164,7 +141,7 @@ async fn secop_ws(
                 guard,
                 state.ws.clone(),
                 state.stats.clone(),
-                format!("ws:{peer}"),
+                client,
             );
             response
         }
@@ -253,8 +230,10 @@ pub async fn service(
     client_timeout: Duration,
 ) -> Result<ConnectionService, String> {
     let health = state.health.clone();
+    let policy = state.policy.clone();
     let state = web::Data::new(state);
     let app = App::new()
+        .wrap_fn(move |req, srv| crate::request_policy::enforce(&policy, req, srv))
         .app_data(state)
         .configure(|cfg| operations(cfg, health))
         .route("/", web::get().to(root))

@@ -1,9 +1,11 @@
 //! secop-gateway: CLI, wiring of devices, node and listener.
 
+mod access_rules;
 mod cli;
 mod config;
 mod discovery;
 mod http;
+mod request_policy;
 mod server;
 mod sniff;
 mod websocket;
@@ -108,6 +110,18 @@ fn main() -> ExitCode {
         Command::CheckConfig => {
             let pretty = serde_json::to_string_pretty(&description.to_json()).unwrap_or_default();
             println!("{pretty}");
+            eprintln!(
+                "access rules of node {:?} (first match wins):\n{}",
+                loaded.config.node.equipment_id,
+                loaded.access_rules(None)
+            );
+            for (i, n) in loaded.config.extra_nodes.iter().enumerate() {
+                eprintln!(
+                    "access rules of node {:?} (first match wins):\n{}",
+                    n.equipment_id,
+                    loaded.access_rules(Some(i))
+                );
+            }
             eprintln!("{}: configuration is valid", loaded.origin);
             ExitCode::SUCCESS
         }
@@ -225,13 +239,14 @@ async fn run(
         max_bytes: l.max_queue_bytes,
     };
     let handshake_timeout = Duration::from_secs_f64(l.handshake_timeout);
-    let listener_settings = server::ListenerSettings {
+    let base_listener_settings = server::ListenerSettings {
         max_line_bytes: l.max_line_bytes,
         max_connections: l.max_connections,
         write_timeout: Duration::from_secs_f64(l.write_timeout),
         limits,
         handshake_timeout,
         idle_timeout: (l.idle_timeout > 0.0).then(|| Duration::from_secs_f64(l.idle_timeout)),
+        access: Arc::new(loaded.access_rules(None)),
     };
     let stats = Arc::new(SlowClientStats::exported());
     for transport in ["tcp", "ws"] {
@@ -248,7 +263,13 @@ async fn run(
         let address: std::net::SocketAddr = address
             .parse()
             .map_err(|e| format!("metrics.address: {e}"))?;
-        let server = http::metrics_server(address, health.clone())
+        let policy = request_policy::RequestPolicy::new(
+            address,
+            &l.allowed_hosts,
+            &l.websocket.allowed_origins,
+            Some(Arc::new(loaded.access_rules(None))),
+        );
+        let server = http::metrics_server(address, health.clone(), policy)
             .map_err(|e| format!("cannot listen on {address} for metrics: {e}"))?;
         tracing::info!(%address, "metrics listening");
         actix::spawn(async move {
@@ -284,6 +305,7 @@ async fn run(
         read_only: false,
         export: None,
         hide: Vec::new(),
+        access: Arc::new(loaded.access_rules(None)),
     }];
     for (i, extra) in loaded.config.extra_nodes.iter().enumerate() {
         let address = extra
@@ -297,6 +319,7 @@ async fn run(
             read_only: extra.read_only,
             export: extra.modules.clone(),
             hide: extra.hide.clone(),
+            access: Arc::new(loaded.access_rules(Some(i))),
         });
     }
     let mut nodes = Vec::new();
@@ -332,21 +355,29 @@ async fn run(
             .local_addr()
             .map_err(|e| format!("cannot read the bound address: {e}"))?;
         tracing::info!(address = %bound, equipment_id = %plan.equipment_id, read_only = plan.read_only, "SECoP node listening");
+        let policy = request_policy::RequestPolicy::new(
+            bound,
+            &l.allowed_hosts,
+            &ws.allowed_origins,
+            Some(plan.access.clone()),
+        );
         let http_state = http::HttpState {
             node: node.clone(),
             ws: ws_settings.clone(),
-            origins: http::OriginPolicy {
-                allowed: ws.allowed_origins.clone(),
-            },
+            policy: std::rc::Rc::new(policy),
             echo_endpoint: ws.echo_endpoint,
             stats: stats.clone(),
             health: health.clone(),
         };
         let http = http::service(http_state, handshake_timeout).await?;
+        let listener_settings = server::ListenerSettings {
+            access: plan.access.clone(),
+            ..base_listener_settings.clone()
+        };
         actix::spawn(server::serve(
             listener,
             node.clone(),
-            listener_settings.clone(),
+            listener_settings,
             stats.clone(),
             http,
         ));
@@ -379,6 +410,7 @@ struct NodePlan {
     read_only: bool,
     export: Option<Vec<String>>,
     hide: Vec<String>,
+    access: Arc<access_rules::AccessRules>,
 }
 
 fn identity(loaded: &config::Loaded) -> discovery::Identity {

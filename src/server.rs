@@ -1,15 +1,21 @@
-//! The listener of the shared port: accepts connections up to a limit, sniffs each
-//! (RFC-107: `GET /` is HTTP, anything else SECoP), wires SECoP connections to a
-//! session actor and a writer task, hands HTTP connections to actix-web, and shuts
-//! down gracefully on SIGINT/SIGTERM.
+//! The listener of the shared port: accepts connections up to a limit (overall and per
+//! client address), turns away clients that the access rules deny before reading a
+//! byte, sniffs each connection (an HTTP request line is HTTP, anything else SECoP),
+//! wires SECoP connections to a session actor and a writer task, hands HTTP
+//! connections to actix-web, and shuts down gracefully on SIGINT/SIGTERM.
 
+use crate::access_rules::{AccessRules, Transport};
 use actix::prelude::*;
 use secop_actors::line_codec::LineCodec;
 use secop_actors::metrics::ConnectionMetric;
-use secop_actors::node::{CloseSessions, NodeActor};
+use secop_actors::node::{ClientInfo, CloseSessions, NodeActor, SessionTransport};
 use secop_actors::outbox::{Outbox, OutboxLimits, SlowClientStats};
 use secop_actors::session::SessionActor;
 use secop_actors::writer::write_stream;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,15 +34,42 @@ pub struct ListenerSettings {
     pub limits: OutboxLimits,
     pub handshake_timeout: Duration,
     pub idle_timeout: Option<Duration>,
+    /// The node's access rules (they also hold the per-address connection limits).
+    pub access: Arc<AccessRules>,
 }
 
-/// Counts open connections; the guard lives as long as the connection's writer.
-struct ConnectionGuard(Arc<AtomicUsize>);
+/// Open connections per client address (the listener's task and its connections all
+/// run on one thread).
+type PerAddress = Rc<RefCell<HashMap<IpAddr, usize>>>;
+
+/// Counts an open connection, overall and for its address; the guard lives as long as
+/// the connection.
+struct ConnectionGuard {
+    open: Arc<AtomicUsize>,
+    per_address: PerAddress,
+    address: IpAddr,
+}
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        let mut counts = self.per_address.borrow_mut();
+        if let Some(n) = counts.get_mut(&self.address) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.address);
+            }
+        }
     }
+}
+
+/// Count a connection closed at once, and say why.
+fn refuse(peer: SocketAddr, reason: &'static str) {
+    secop_actors::metrics::metrics()
+        .connections_refused
+        .with_label_values(&[reason])
+        .inc();
+    tracing::debug!(%peer, reason, "connection refused");
 }
 
 /// Accept connections until the future is dropped.
@@ -48,6 +81,7 @@ pub async fn serve(
     http: ConnectionService,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
+    let per_address: PerAddress = Rc::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
@@ -58,13 +92,33 @@ pub async fn serve(
                 continue;
             }
         };
+        let address = peer.ip().to_canonical();
+        if settings.access.denies_everything(address) {
+            // Closed before a byte is read: nothing of this client reaches a parser.
+            drop(stream);
+            refuse(peer, "access_denied");
+            continue;
+        }
         if open.load(Ordering::Relaxed) >= settings.max_connections {
             tracing::warn!(%peer, limit = settings.max_connections, "connection limit reached; closing new connection");
             drop(stream);
+            refuse(peer, "connection_limit");
             continue;
         }
+        let limit = settings.access.connection_limit(address);
+        let held = per_address.borrow().get(&address).copied().unwrap_or(0);
+        if held >= limit {
+            drop(stream);
+            refuse(peer, "address_limit");
+            continue;
+        }
+        *per_address.borrow_mut().entry(address).or_insert(0) += 1;
         open.fetch_add(1, Ordering::Relaxed);
-        let guard = ConnectionGuard(open.clone());
+        let guard = ConnectionGuard {
+            open: open.clone(),
+            per_address: per_address.clone(),
+            address,
+        };
         // Each connection is sniffed in its own task, so a client that sends `G` and
         // then nothing holds up nobody else.
         let node = node.clone();
@@ -76,7 +130,17 @@ pub async fn serve(
                 sniff::detect(&stream, settings.handshake_timeout, settings.idle_timeout).await;
             match detected {
                 Ok(Detected::Secop) => {
-                    start_session(stream, peer.to_string(), &node, &settings, &stats, guard)
+                    let Some(access) = settings.access.grant(address, Transport::Tcp).access()
+                    else {
+                        refuse(peer, "access_denied");
+                        return;
+                    };
+                    let client = ClientInfo {
+                        address: Some(peer),
+                        transport: SessionTransport::Tcp,
+                        access,
+                    };
+                    start_session(stream, client, &node, &settings, &stats, guard)
                 }
                 Ok(Detected::Http) => {
                     let _ = stream.set_nodelay(true);
@@ -94,7 +158,7 @@ pub async fn serve(
 
 fn start_session(
     stream: TcpStream,
-    peer: String,
+    client: ClientInfo,
     node: &Addr<NodeActor>,
     settings: &ListenerSettings,
     stats: &Arc<SlowClientStats>,
@@ -117,7 +181,7 @@ fn start_session(
     });
     let frames = FramedRead::new(read, LineCodec::new(settings.max_line_bytes));
     let node = node.clone();
-    SessionActor::start(node, outbox, peer, frames);
+    SessionActor::start(node, outbox, client, frames);
 }
 
 /// Wait for SIGINT or SIGTERM, then close all sessions of all nodes.

@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::{FutureExt, Stream};
 use secop_actors::line_codec::Inbound;
-use secop_actors::node::NodeActor;
+use secop_actors::node::{ClientInfo, NodeActor};
 use secop_actors::outbox::{CloseReason as OutboxClose, Outbox, OutboxLimits, SlowClientStats};
 use secop_actors::session::SessionActor;
 use std::cell::RefCell;
@@ -343,7 +343,7 @@ pub fn start_secop_session(
     guard: Rc<RefCell<FrameGuard>>,
     settings: WsSettings,
     stats: Arc<SlowClientStats>,
-    peer: String,
+    client: ClientInfo,
 ) {
     let outbox = Outbox::new(settings.limits, stats);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Inbound, std::io::Error>>(16);
@@ -351,7 +351,7 @@ pub fn start_secop_session(
         rx.recv().await.map(|item| (item, rx))
     });
     let actor_outbox = outbox.clone();
-    SessionActor::start(node, actor_outbox, peer, inbound);
+    SessionActor::start(node, actor_outbox, client, inbound);
     // Writer: each queued line becomes one TEXT frame, without its LF.
     let writer_outbox = outbox.clone();
     let mut writer_session = session.clone();
@@ -379,6 +379,7 @@ pub fn start_secop_session(
                         OutboxClose::Kicked => Some(close_reason(1001, "node going away")),
                         OutboxClose::Overflow => Some(close_reason(1008, "client too slow")),
                         OutboxClose::Internal => Some(close_reason(1011, "internal error")),
+                        OutboxClose::Refused => Some(close_reason(1008, "policy violation")),
                         OutboxClose::Finished => None,
                     };
                     if let Some(code) = code {

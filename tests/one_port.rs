@@ -43,7 +43,7 @@ fn http_request_trickling_in_is_still_http() {
         b"E",
         b"T",
         b" /",
-        b" HTTP/1.1\r\nHost: x\r\n",
+        b" HTTP/1.1\r\nHost: 127.0.0.1\r\n",
         b"Connection: close\r\n\r\n",
     ] {
         s.write_all(piece).expect("send");
@@ -87,7 +87,9 @@ fn lines_starting_with_g_are_secop() {
 
 #[test]
 fn half_open_handshakes_do_not_hold_up_anyone_and_time_out() {
-    let gw = Gateway::start(&config("handshake_timeout = 1.0"));
+    let gw = Gateway::start(&config(
+        "handshake_timeout = 1.0\nmax_connections_per_address = 1000",
+    ));
     let mut stalled: Vec<TcpStream> = (0..200)
         .map(|_| {
             let mut s = TcpStream::connect(gw.addr).expect("connect");
@@ -100,7 +102,7 @@ fn half_open_handshakes_do_not_hold_up_anyone_and_time_out() {
     assert!(c.ask("*IDN?").starts_with("ISSE"));
     assert!(c.ask("read T:value").starts_with("reply T:value"));
     let mut h = TcpStream::connect(gw.addr).expect("connect");
-    h.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    h.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .expect("send");
     assert!(read_all(&mut h, WAIT).starts_with("HTTP/1.1 200"));
     // The half-open ones are dropped after the handshake timeout.
@@ -141,11 +143,11 @@ fn unknown_paths_and_plain_get() {
     let gw = Gateway::start(FAST_CONFIG);
     for (request, status) in [
         (
-            "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
             "HTTP/1.1 404",
         ),
         (
-            "GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
             "HTTP/1.1 404",
         ),
         (
@@ -153,10 +155,10 @@ fn unknown_paths_and_plain_get() {
             "HTTP/1.1 400",
         ),
         (
-            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
             "HTTP/1.1 400",
         ),
-        ("GET / HTTP/9.9\r\nHost: x\r\n\r\n", "HTTP/1.1 400"),
+        ("GET / HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n", "HTTP/1.1 400"),
     ] {
         let mut s = TcpStream::connect(gw.addr).expect("connect");
         s.write_all(request.as_bytes()).expect("send");

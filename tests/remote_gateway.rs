@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 
 fn metrics(gw: &Gateway) -> String {
     let mut s = std::net::TcpStream::connect(gw.addr).expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .expect("send");
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);

@@ -6,7 +6,11 @@
 //! requesting session to queue; so every side effect of a `change`/`do` reaches every
 //! activated client (the requester included) before the `changed`/`done`.
 
+mod access;
 mod batch;
+mod validation;
+
+pub use access::{Access, ClientInfo, SessionTransport};
 
 pub use batch::{BatchItem, SessionBatch};
 
@@ -23,8 +27,7 @@ use bytes::Bytes;
 use prometheus::{Histogram, IntCounter, IntGauge};
 use secop_proto::message::{self, data_report, error_report, line, Qualifiers};
 use secop_proto::{
-    Accessible, Kind, LogLevel, ModuleDescription, NodeDescription, ParsedRequest, Request,
-    SecopError,
+    LogLevel, ModuleDescription, NodeDescription, ParsedRequest, Request, SecopError,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -97,6 +100,8 @@ struct ModuleState {
 
 struct SessionEntry {
     outbox: Arc<Outbox>,
+    /// Who the client is and what it may do.
+    client: ClientInfo,
     /// Activation per module index.
     active: Vec<bool>,
     /// Remote logging level per module index.
@@ -109,6 +114,7 @@ struct SessionEntry {
 pub struct Connect {
     pub session: SessionId,
     pub outbox: Arc<Outbox>,
+    pub client: ClientInfo,
 }
 
 /// A client session ended.
@@ -150,6 +156,8 @@ pub struct NodeActor {
     settings: NodeSettings,
     description: Arc<NodeDescription>,
     describing: Bytes,
+    /// The `describing` line for read-only clients, built when first needed.
+    describing_read_only: Option<Bytes>,
     modules: Vec<ModuleState>,
     // foldhash (here and below): looked up for every request; the keys are the
     // configuration's module names and ids this actor hands out.
@@ -213,6 +221,7 @@ impl NodeActor {
                 properties,
             }),
             describing: Bytes::new(),
+            describing_read_only: None,
             modules: Vec::new(),
             module_index: HashMap::default(),
             devices,
@@ -249,11 +258,7 @@ impl NodeActor {
             let device = device.restricted(self.settings.export.as_deref(), &self.settings.hide);
             for mut m in device.modules {
                 if self.settings.read_only {
-                    for a in m.accessibles.iter_mut() {
-                        if let secop_proto::AccessibleKind::Parameter { readonly } = &mut a.kind {
-                            *readonly = true;
-                        }
-                    }
+                    access::make_read_only(std::slice::from_mut(&mut m));
                 }
                 states.push(ModuleState {
                     name: Arc::from(m.name.as_str()),
@@ -291,6 +296,7 @@ impl NodeActor {
         let mut json = Vec::new();
         description.write_json(&mut json);
         self.describing = Bytes::from(line("describing", ".", Some(&json)));
+        self.describing_read_only = None;
         self.module_index = description
             .modules
             .iter()
@@ -488,85 +494,6 @@ impl NodeActor {
         }
     }
 
-    fn cached_value(&self, m: usize, name: &str) -> Option<&Value> {
-        let p = self.description.modules[m].accessible_index(name)?;
-        let acc = &self.description.modules[m].accessibles[p];
-        if let Some(c) = &acc.constant {
-            return Some(c);
-        }
-        self.modules[m].params[p]
-            .as_ref()
-            .and_then(|s| s.value.as_ref().ok())
-    }
-
-    /// Validate a new value for a parameter: writable, datainfo, dynamic limits
-    /// (`<p>_min`, `<p>_max`, `<p>_limits`), optional struct members filled in.
-    fn check_change(&self, m: usize, p: usize, value: &Value) -> Result<Value, SecopError> {
-        let acc: &Accessible = &self.description.modules[m].accessibles[p];
-        let module = &self.modules[m].name;
-        if acc.constant.is_some() || acc.is_readonly() {
-            return Err(SecopError::read_only(format!(
-                "{module}:{} is read-only",
-                acc.name
-            )));
-        }
-        let value = acc
-            .datainfo
-            .validate(value)
-            .map_err(|e| e.context(&format!("{module}:{}", acc.name)))?;
-        if acc.datainfo.is_numeric() {
-            // `<p>_min` etc. have the type of `<p>`, so wire values compare directly.
-            let x = value.as_f64();
-            let min = self
-                .cached_value(m, &format!("{}_min", acc.name))
-                .and_then(Value::as_f64);
-            let max = self
-                .cached_value(m, &format!("{}_max", acc.name))
-                .and_then(Value::as_f64);
-            let limits = self
-                .cached_value(m, &format!("{}_limits", acc.name))
-                .and_then(Value::as_array)
-                .and_then(|l| Some((l.first()?.as_f64()?, l.get(1)?.as_f64()?)));
-            let (lo, hi) = match limits {
-                Some((lo, hi)) => (Some(lo), Some(hi)),
-                None => (min, max),
-            };
-            if let Some(x) = x {
-                if lo.is_some_and(|l| x < l) || hi.is_some_and(|h| x > h) {
-                    return Err(SecopError::range(format!(
-                        "{module}:{} = {} is outside the current limits [{}, {}]",
-                        acc.name,
-                        value,
-                        lo.map_or("..".into(), |v| v.to_string()),
-                        hi.map_or("..".into(), |v| v.to_string()),
-                    )));
-                }
-            }
-        }
-        let current = self.modules[m].params[p]
-            .as_ref()
-            .and_then(|s| s.value.as_ref().ok());
-        Ok(acc.datainfo.fill_optional(value, current))
-    }
-
-    fn check_argument(&self, m: usize, c: usize, argument: &Value) -> Result<Value, SecopError> {
-        let acc = &self.description.modules[m].accessibles[c];
-        let argument_type = match &acc.datainfo.kind {
-            Kind::Command { argument, .. } => argument.as_deref(),
-            _ => None,
-        };
-        match argument_type {
-            Some(di) => di
-                .validate(argument)
-                .map_err(|e| e.context(&format!("{}:{} argument", self.modules[m].name, acc.name))),
-            None if argument.is_null() => Ok(Value::Null),
-            None => Err(SecopError::wrong_type(format!(
-                "{}:{} takes no argument",
-                self.modules[m].name, acc.name
-            ))),
-        }
-    }
-
     /// Everything that can be answered without a device.
     fn prepare(&mut self, session: SessionId, req: &ParsedRequest) -> Result<Next, SecopError> {
         let spec = req.specifier.as_str();
@@ -581,7 +508,7 @@ impl NodeActor {
                     self.settings.identification
                 ))))
             }
-            Request::Describe => Ok(Next::Reply(self.describing.clone())),
+            Request::Describe => Ok(Next::Reply(self.describing_for(session))),
             Request::Ping { token } => Ok(Next::Reply(Bytes::from(message::pong(
                 token,
                 crate::device::now(),
@@ -654,11 +581,7 @@ impl NodeActor {
                 value,
             } => {
                 let (m, p) = self.parameter(module, parameter)?;
-                if self.settings.read_only {
-                    return Err(SecopError::read_only(format!(
-                        "{module}:{parameter}: this node is a read-only view"
-                    )));
-                }
+                self.may_change(session, spec)?;
                 let value = self.check_change(m, p, value)?;
                 self.log(
                     m,
@@ -683,11 +606,7 @@ impl NodeActor {
                 argument,
             } => {
                 let (m, c) = self.command(module, command)?;
-                if self.settings.read_only {
-                    return Err(SecopError::disabled(format!(
-                        "{module}:{command}: commands are disabled on this read-only view"
-                    )));
-                }
+                self.may_run(session, spec)?;
                 let argument = self.check_argument(m, c, argument)?;
                 self.log(m, LogLevel::Info, &format!("do {command}"));
                 Ok(Next::Device {
@@ -716,10 +635,8 @@ impl NodeActor {
                         "{module}:{accessible} is not checkable"
                     )));
                 }
-                if self.settings.read_only && desc.accessibles[a].is_command() {
-                    return Err(SecopError::disabled(format!(
-                        "{module}:{accessible}: commands are disabled on this read-only view"
-                    )));
+                if desc.accessibles[a].is_command() {
+                    self.may_run(session, spec)?;
                 }
                 let checked = if desc.accessibles[a].is_command() {
                     self.check_argument(m, a, value)?
@@ -865,6 +782,7 @@ impl Handler<Connect> for NodeActor {
             msg.session,
             SessionEntry {
                 outbox: msg.outbox,
+                client: msg.client,
                 active: vec![false; n],
                 logging: vec![LogLevel::Off; n],
             },

@@ -96,6 +96,8 @@ pub enum CloseReason {
     Kicked,
     /// The node could not be reached: an internal failure.
     Internal,
+    /// The client broke a rule of the port (HTTP header lines on a SECoP connection).
+    Refused,
 }
 
 struct Item {

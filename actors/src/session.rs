@@ -10,7 +10,9 @@
 //! client that does not read its replies is not served.
 
 use crate::line_codec::Inbound;
-use crate::node::{next_id, BatchItem, Connect, Disconnect, NodeActor, SessionBatch, SessionId};
+use crate::node::{
+    next_id, BatchItem, ClientInfo, Connect, Disconnect, NodeActor, SessionBatch, SessionId,
+};
 use crate::outbox::{CloseReason, Outbox};
 use actix::prelude::*;
 use bytes::Bytes;
@@ -35,16 +37,16 @@ pub struct SessionActor {
     id: SessionId,
     node: Addr<NodeActor>,
     outbox: Arc<Outbox>,
-    peer: String,
+    client: ClientInfo,
 }
 
 impl SessionActor {
-    pub fn new(node: Addr<NodeActor>, outbox: Arc<Outbox>, peer: String) -> Self {
+    pub fn new(node: Addr<NodeActor>, outbox: Arc<Outbox>, client: ClientInfo) -> Self {
         SessionActor {
             id: next_id(),
             node,
             outbox,
-            peer,
+            client,
         }
     }
 
@@ -53,7 +55,7 @@ impl SessionActor {
     pub fn start<S>(
         node: Addr<NodeActor>,
         outbox: Arc<Outbox>,
-        peer: String,
+        client: ClientInfo,
         inbound: S,
     ) -> Addr<SessionActor>
     where
@@ -61,7 +63,7 @@ impl SessionActor {
     {
         SessionActor::create(move |ctx| {
             ctx.add_stream(inbound.ready_chunks(MAX_CHUNK));
-            SessionActor::new(node, outbox, peer)
+            SessionActor::new(node, outbox, client)
         })
     }
 }
@@ -152,14 +154,50 @@ fn interpret(item: Inbound, max_line: Option<usize>) -> Work {
     }
 }
 
+/// HTTP header fields that a browser or HTTP client sends and that no SECoP message
+/// can start with (a SECoP action has no colon). Lower case.
+const HTTP_HEADERS: &[&str] = &[
+    "host",
+    "origin",
+    "referer",
+    "user-agent",
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "connection",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "cookie",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-fetch-site",
+    "sec-fetch-mode",
+    "cache-control",
+    "pragma",
+    "authorization",
+];
+
+/// If `line` can only be an HTTP header (`Host: x`, `Content-Type: ...`), its name.
+fn http_header_name(line: &[u8]) -> Option<&'static str> {
+    let colon = line.iter().position(|b| *b == b':')?;
+    let name = line.get(..colon)?;
+    HTTP_HEADERS
+        .iter()
+        .find(|h| h.as_bytes().eq_ignore_ascii_case(name))
+        .copied()
+}
+
 impl Actor for SessionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        tracing::debug!(session = self.id, peer = %self.peer, "session started");
+        tracing::debug!(session = self.id, client = %self.client, "session started");
         self.node.do_send(Connect {
             session: self.id,
             outbox: self.outbox.clone(),
+            client: self.client,
         });
         // When the outbox is closed (client too slow, node kicked us), end the session.
         let outbox = self.outbox.clone();
@@ -174,7 +212,7 @@ impl Actor for SessionActor {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        tracing::debug!(session = self.id, peer = %self.peer, "session ended");
+        tracing::debug!(session = self.id, client = %self.client, "session ended");
         self.node.do_send(Disconnect { session: self.id });
         self.outbox.close(CloseReason::Finished);
     }
@@ -182,6 +220,19 @@ impl Actor for SessionActor {
 
 impl StreamHandler<InboundChunk> for SessionActor {
     fn handle(&mut self, chunk: InboundChunk, ctx: &mut Self::Context) {
+        if let Some(header) = chunk.iter().find_map(|item| match item {
+            Ok(Inbound::Line(line)) => http_header_name(line),
+            _ => None,
+        }) {
+            // Someone is speaking HTTP to the SECoP parser (a cross-protocol request):
+            // nothing of what arrived with it is run, and the connection is closed.
+            tracing::warn!(session = self.id, client = %self.client, header,
+                "HTTP header line on a SECoP connection; closing it");
+            crate::metrics::metrics().cross_protocol_closed.inc();
+            self.outbox.close(CloseReason::Refused);
+            ctx.stop();
+            return;
+        }
         let mut items = Vec::with_capacity(chunk.len());
         let mut failed = false;
         for item in chunk {
@@ -270,6 +321,28 @@ mod tests {
             s.starts_with("error_change m:p [\"ProtocolError\",\"message of 5000 bytes"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn header_lines_are_recognised() {
+        for line in [
+            &b"Host: 127.0.0.1:10767"[..],
+            b"origin: http://evil.example",
+            b"Content-Type:text/plain",
+            b"CONTENT-LENGTH: 5",
+        ] {
+            assert!(http_header_name(line).is_some(), "{line:?}");
+        }
+        for line in [
+            &b"read T:value"[..],
+            b"change T:target 3",
+            b"do io:communicate \"Host: x\"",
+            b"hostname: x",
+            b"*IDN?",
+            b"",
+        ] {
+            assert_eq!(http_header_name(line), None, "{line:?}");
+        }
     }
 
     #[test]
