@@ -150,7 +150,10 @@ pub enum AuditError {
     Spawn(io::Error),
 }
 
-/// What travels through the queue.
+/// What travels through the queue. Records travel by value, not boxed: nearly every
+/// message is one, the slots are allocated once with the queue, and boxing would cost
+/// the node an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Record(AuditRecord),
     /// Flush, then answer: everything queued before has been handled.
@@ -581,4 +584,501 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + u64::from(month <= 2);
     (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A fresh directory under the system's temp dir; removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            static COUNT: AtomicUsize = AtomicUsize::new(0);
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let dir = std::env::temp_dir().join(format!(
+                "secop-audit-{name}-{}-{nanos}-{}",
+                std::process::id(),
+                COUNT.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn file(&self) -> PathBuf {
+            self.0.join("audit.jsonl")
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn settings(file: Option<PathBuf>) -> AuditSettings {
+        AuditSettings {
+            file,
+            ..AuditSettings::default()
+        }
+    }
+
+    fn record(session: u64, request: Option<Value>, outcome: AuditOutcome) -> AuditRecord {
+        AuditRecord {
+            time: UNIX_EPOCH + Duration::from_millis(1_796_290_200_123),
+            node: "cryo".into(),
+            client: Some("127.0.0.1:5555".parse().unwrap()),
+            transport: Transport::Tcp,
+            session,
+            action: "change".into(),
+            specifier: "T:target".into(),
+            request,
+            outcome,
+        }
+    }
+
+    fn ok(session: u64) -> AuditRecord {
+        record(session, Some(json!(300.0)), AuditOutcome::Ok(json!(300.0)))
+    }
+
+    fn lines(path: &Path) -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn sessions(path: &Path) -> Vec<u64> {
+        lines(path)
+            .iter()
+            .map(|l| l["session"].as_u64().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn time_is_rfc3339_utc_with_milliseconds() {
+        let at = |ms: u64| rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms));
+        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(1_796_290_200_123), "2026-12-03T09:30:00.123Z");
+        assert_eq!(at(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(at(1_700_000_000_999), "2023-11-14T22:13:20.999Z");
+        assert_eq!(at(253_402_300_799_000), "9999-12-31T23:59:59.000Z");
+        assert_eq!(
+            rfc3339_millis(UNIX_EPOCH - Duration::from_secs(1)),
+            "1970-01-01T00:00:00.000Z"
+        );
+        // Every day of 2200 years against a plain day-by-day calendar.
+        let (mut y, mut m, mut d) = (1970, 1, 1);
+        for days in 0..800_000 {
+            assert_eq!(civil_from_days(days), (y, m, d), "day {days}");
+            let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+            let month_len = match m {
+                2 if leap => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            d += 1;
+            if d > month_len {
+                d = 1;
+                m += 1;
+                if m > 12 {
+                    m = 1;
+                    y += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn records_are_json_lines_with_every_field() {
+        let dir = TempDir::new("lines");
+        let log = AuditLog::start(settings(Some(dir.file()))).unwrap();
+        log.record(ok(7));
+        log.record(AuditRecord {
+            client: None,
+            transport: Transport::WebSocket,
+            action: "do".into(),
+            specifier: "T:stop".into(),
+            request: None,
+            outcome: AuditOutcome::Error {
+                class: "IsBusy".into(),
+                text: "T is \"busy\"\nramping".into(),
+            },
+            ..record(8, None, AuditOutcome::Ok(Value::Null))
+        });
+        log.record(record(
+            9,
+            Some(Value::Null),
+            AuditOutcome::Ok(json!({"a": [1, 2.5]})),
+        ));
+        assert!(log.sync(WAIT));
+        assert_eq!(
+            (log.written(), log.dropped(), log.write_errors()),
+            (3, 0, 0)
+        );
+
+        let text = std::fs::read_to_string(dir.file()).unwrap();
+        let raw: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            raw[0],
+            r#"{"time":"2026-12-03T09:30:00.123Z","node":"cryo","client":"127.0.0.1:5555","transport":"tcp","session":7,"action":"change","specifier":"T:target","request":300.0,"outcome":"ok","reply":300.0}"#
+        );
+        assert_eq!(
+            raw[1],
+            r#"{"time":"2026-12-03T09:30:00.123Z","node":"cryo","client":null,"transport":"websocket","session":8,"action":"do","specifier":"T:stop","outcome":"IsBusy","error":"T is \"busy\"\nramping"}"#
+        );
+        assert!(text.ends_with("}\n"));
+
+        let parsed = lines(&dir.file());
+        assert_eq!(parsed.len(), 3);
+        let first = parsed[0].as_object().unwrap();
+        assert_eq!(first["time"], "2026-12-03T09:30:00.123Z");
+        assert_eq!(first["node"], "cryo");
+        assert_eq!(first["client"], "127.0.0.1:5555");
+        assert_eq!(first["transport"], "tcp");
+        assert_eq!(first["session"], 7);
+        assert_eq!(first["action"], "change");
+        assert_eq!(first["specifier"], "T:target");
+        assert_eq!(first["request"], 300.0);
+        assert_eq!(first["outcome"], "ok");
+        assert_eq!(first["reply"], 300.0);
+        assert_eq!(first.len(), 10);
+        let second = parsed[1].as_object().unwrap();
+        assert_eq!(second["client"], Value::Null);
+        assert_eq!(second["transport"], "websocket");
+        assert!(!second.contains_key("request"), "no value: no request key");
+        assert!(!second.contains_key("reply"));
+        assert_eq!(second["outcome"], "IsBusy");
+        assert_eq!(second["error"], "T is \"busy\"\nramping");
+        let third = parsed[2].as_object().unwrap();
+        assert_eq!(third["request"], Value::Null, "an explicit null is kept");
+        assert_eq!(third["reply"], json!({"a": [1, 2.5]}));
+    }
+
+    #[test]
+    fn an_existing_file_is_appended_to() {
+        let dir = TempDir::new("append");
+        for session in [1, 2] {
+            let log = AuditLog::start(settings(Some(dir.file()))).unwrap();
+            log.record(ok(session));
+            assert!(log.sync(WAIT));
+        }
+        assert_eq!(sessions(&dir.file()), [1, 2]);
+    }
+
+    #[test]
+    fn non_ascii_is_escaped() {
+        let dir = TempDir::new("ascii");
+        let log = AuditLog::start(settings(Some(dir.file()))).unwrap();
+        let request = json!({"unit": "Ä°C", "face": "😀"});
+        log.record(AuditRecord {
+            node: "kühlung".into(),
+            ..record(
+                1,
+                Some(request.clone()),
+                AuditOutcome::Error {
+                    class: "RangeError".into(),
+                    text: "zu heiß".into(),
+                },
+            )
+        });
+        assert!(log.sync(WAIT));
+        let bytes = std::fs::read(dir.file()).unwrap();
+        assert!(bytes.is_ascii(), "{}", String::from_utf8_lossy(&bytes));
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains(r#""unit":"\u00c4\u00b0C""#), "{text}");
+        assert!(text.contains(r#""face":"\ud83d\ude00""#), "{text}");
+        assert!(text.contains(r#""error":"zu hei\u00df""#), "{text}");
+        let line = &lines(&dir.file())[0];
+        assert_eq!(line["request"], request);
+        assert_eq!(line["node"], "kühlung");
+        assert_eq!(line["error"], "zu heiß");
+    }
+
+    #[test]
+    fn rotation_keeps_at_most_keep_files() {
+        let dir = TempDir::new("rotate");
+        let path = dir.file();
+        let log = AuditLog::start(AuditSettings {
+            max_file_bytes: 1, // every line in a file of its own
+            keep_files: 3,
+            ..settings(Some(path.clone()))
+        })
+        .unwrap();
+        for session in 1..=10 {
+            log.record(ok(session));
+        }
+        assert!(log.sync(WAIT));
+        assert_eq!(log.written(), 10);
+        assert_eq!(sessions(&path), [10]);
+        assert_eq!(sessions(&numbered(&path, 1)), [9]);
+        assert_eq!(sessions(&numbered(&path, 2)), [8]);
+        assert_eq!(sessions(&numbered(&path, 3)), [7]);
+        assert!(!numbered(&path, 4).exists());
+        assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 4);
+    }
+
+    #[test]
+    fn rotation_fills_files_up_to_the_limit() {
+        let dir = TempDir::new("rotate-size");
+        let path = dir.file();
+        let mut one = Vec::new();
+        let sample = ok(1);
+        let json = to_json(&json!(300.0));
+        write_line(&mut one, &sample, Some(&json), Some(&json));
+        let line_len = one.len() as u64;
+        let log = AuditLog::start(AuditSettings {
+            max_file_bytes: 3 * line_len, // exactly three lines fit
+            keep_files: 2,
+            ..settings(Some(path.clone()))
+        })
+        .unwrap();
+        for session in 1..=8 {
+            log.record(ok(session)); // single-digit sessions: equal line lengths
+        }
+        assert!(log.sync(WAIT));
+        assert_eq!(sessions(&path), [7, 8]);
+        assert_eq!(sessions(&numbered(&path, 1)), [4, 5, 6]);
+        assert_eq!(sessions(&numbered(&path, 2)), [1, 2, 3]);
+        assert!(!numbered(&path, 3).exists());
+        for file in [path.clone(), numbered(&path, 1), numbered(&path, 2)] {
+            assert!(std::fs::metadata(file).unwrap().len() <= 3 * line_len);
+        }
+    }
+
+    #[test]
+    fn keep_files_zero_keeps_only_the_current_file() {
+        let dir = TempDir::new("rotate-zero");
+        let log = AuditLog::start(AuditSettings {
+            max_file_bytes: 1,
+            keep_files: 0,
+            ..settings(Some(dir.file()))
+        })
+        .unwrap();
+        for session in 1..=3 {
+            log.record(ok(session));
+        }
+        assert!(log.sync(WAIT));
+        assert_eq!(sessions(&dir.file()), [3]);
+        assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_full_queue_counts_drops_instead_of_blocking() {
+        let dir = TempDir::new("full");
+        let log = AuditLog::start(AuditSettings {
+            queue_capacity: 4,
+            ..settings(Some(dir.file()))
+        })
+        .unwrap();
+        // Hold the writer so that the queue cannot drain during the burst: if record()
+        // blocked on a full queue, this test would hang instead of finishing.
+        let (paused_tx, paused_rx) = mpsc::channel();
+        let (resume_tx, resume_rx) = mpsc::channel();
+        log.tx.send(Msg::Pause(paused_tx, resume_rx)).unwrap();
+        paused_rx.recv_timeout(WAIT).unwrap();
+
+        let sent = 10_000;
+        for session in 0..sent {
+            log.record(ok(session));
+        }
+        assert!(log.dropped() > 0);
+        assert_eq!(log.dropped(), sent - 4);
+
+        drop(resume_tx);
+        assert!(log.sync(WAIT));
+        assert_eq!(log.written() + log.dropped(), sent);
+        assert_eq!(sessions(&dir.file()), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn write_errors_are_counted_and_the_writer_recovers() {
+        let dir = TempDir::new("error");
+        let log = AuditLog::start(AuditSettings {
+            max_file_bytes: 1, // each record reopens the file
+            ..settings(Some(dir.file()))
+        })
+        .unwrap();
+        log.record(ok(1));
+        assert!(log.sync(WAIT));
+        std::fs::remove_dir_all(&dir.0).unwrap();
+        for session in 2..=5 {
+            log.record(ok(session));
+        }
+        assert!(log.sync(WAIT), "the writer thread is still alive");
+        assert_eq!(log.written(), 1);
+        assert!(log.write_errors() >= 4, "{}", log.write_errors());
+
+        std::fs::create_dir_all(&dir.0).unwrap();
+        log.record(ok(6));
+        assert!(log.sync(WAIT));
+        assert_eq!(log.written(), 2);
+        assert_eq!(sessions(&dir.file()), [6]);
+    }
+
+    #[test]
+    fn start_fails_naming_the_path() {
+        let dir = TempDir::new("start");
+        let missing = dir.0.join("no-such-dir").join("audit.jsonl");
+        let err = AuditLog::start(settings(Some(missing.clone()))).unwrap_err();
+        assert!(matches!(&err, AuditError::Open { path, .. } if *path == missing));
+        assert!(
+            err.to_string().contains(&*missing.to_string_lossy()),
+            "{err}"
+        );
+
+        let err = AuditLog::start(settings(Some(dir.0.clone()))).unwrap_err();
+        assert!(err.to_string().contains(&*dir.0.to_string_lossy()), "{err}");
+    }
+
+    #[test]
+    fn without_a_file_records_are_only_logged() {
+        let log = AuditLog::start(AuditSettings::default()).unwrap();
+        let clone = log.clone();
+        log.record(ok(1));
+        clone.record(ok(2));
+        assert!(log.sync(WAIT));
+        assert_eq!((log.written(), log.write_errors()), (2, 0));
+    }
+
+    #[test]
+    fn outcome_labels_are_bounded() {
+        assert_eq!(AuditOutcome::Ok(json!(1)).label(), "ok");
+        let error = |class: &str| AuditOutcome::Error {
+            class: class.into(),
+            text: String::new(),
+        };
+        assert_eq!(error("RangeError").label(), "RangeError");
+        assert_eq!(error("HardwareError:Overheat").label(), "HardwareError");
+        assert_eq!(error("MadeUp").label(), "other");
+        let e = SecopError::new(ErrorClass::ReadOnly, "T:value is read only");
+        assert_eq!(AuditOutcome::from(&e), error("ReadOnly").with_text(&e.text));
+        assert_eq!(Transport::Tcp.as_str(), "tcp");
+        assert_eq!(Transport::WebSocket.as_str(), "websocket");
+    }
+
+    impl AuditOutcome {
+        fn with_text(self, text: &str) -> Self {
+            match self {
+                AuditOutcome::Error { class, .. } => AuditOutcome::Error {
+                    class,
+                    text: text.into(),
+                },
+                ok => ok,
+            }
+        }
+    }
+
+    /// Captured events: target, level and fields (as debug strings).
+    type Events = Arc<Mutex<Vec<(String, tracing::Level, BTreeMap<String, String>)>>>;
+
+    struct Capture(Events);
+
+    struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+    impl tracing::field::Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.insert(field.name().into(), format!("{value:?}"));
+        }
+
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0.insert(field.name().into(), value.into());
+        }
+    }
+
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut fields = BTreeMap::new();
+            event.record(&mut Fields(&mut fields));
+            let meta = event.metadata();
+            self.0
+                .lock()
+                .unwrap()
+                .push((meta.target().into(), *meta.level(), fields));
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn each_record_is_one_structured_event() {
+        let refused = AuditRecord {
+            client: None,
+            ..record(
+                8,
+                None,
+                AuditOutcome::Error {
+                    class: "RangeError".into(),
+                    text: "too hot".into(),
+                },
+            )
+        };
+        let events = Events::default();
+        tracing::subscriber::with_default(Capture(events.clone()), || {
+            // tokio-rs/tracing#3611: while this is the only dispatcher, a writer thread
+            // of another test (no subscriber) that registers the callsite first caches
+            // `Interest::never` for it. Rebuilding the interest on this thread (where
+            // the capture is the default) undoes that; retry in case a registration
+            // was in flight.
+            for _ in 0..1000 {
+                tracing::callsite::rebuild_interest_cache();
+                emit(&ok(7), Some("300.0"), Some("300.0"));
+                emit(&refused, None, None);
+                let mut events = events.lock().unwrap();
+                if events.len() == 2 {
+                    break;
+                }
+                events.clear();
+                drop(events);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let events = events.lock().unwrap();
+        assert_eq!(events.len(), 2);
+        let (target, level, fields) = &events[0];
+        assert_eq!((target.as_str(), *level), (TARGET, tracing::Level::INFO));
+        let expect = [
+            ("node", "cryo"),
+            ("client", "127.0.0.1:5555"),
+            ("transport", "tcp"),
+            ("session", "7"),
+            ("action", "change"),
+            ("specifier", "T:target"),
+            ("request", "300.0"),
+            ("outcome", "ok"),
+            ("reply", "300.0"),
+            ("message", "change T:target"),
+        ];
+        for (name, value) in expect {
+            assert_eq!(fields.get(name).map(String::as_str), Some(value), "{name}");
+        }
+        let (target, level, fields) = &events[1];
+        assert_eq!((target.as_str(), *level), (TARGET, tracing::Level::INFO));
+        assert_eq!(fields["outcome"], "RangeError");
+        assert_eq!(fields["class"], "RangeError");
+        assert_eq!(fields["text"], "too hot");
+        assert_eq!(fields["session"], "8");
+        assert!(!fields.contains_key("client"), "{fields:?}");
+        assert!(!fields.contains_key("request"), "{fields:?}");
+    }
 }
