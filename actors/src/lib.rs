@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md at the repository root for who owns what and how messages flow.
 
+pub mod audit;
 pub mod deadline;
 pub mod device;
 pub mod device_actor;

@@ -40,6 +40,9 @@ pub struct Metrics {
     pub device_last_success: GaugeVec,
     pub poll_cycle_duration: HistogramVec,
     pub poll_overruns: IntCounterVec,
+    pub audit_records: IntCounterVec,
+    pub audit_dropped: IntCounter,
+    pub audit_write_errors: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -109,6 +112,9 @@ impl Metrics {
             device_last_success: reg(&r, make(GaugeVec::new(opts("device_last_success_timestamp_seconds", "UNIX time of the last successful transaction with a device"), &["device"]))),
             poll_cycle_duration: reg(&r, make(HistogramVec::new(hopts("poll_cycle_duration_seconds", "Duration of a device's poll cycle", latency_buckets()), &["device"]))),
             poll_overruns: reg(&r, make(IntCounterVec::new(opts("poll_overruns_total", "Poll cycles that took longer than the poll interval"), &["device"]))),
+            audit_records: reg(&r, make(IntCounterVec::new(opts("audit_records_total", "Audit records of change and do requests written, by outcome (ok or the SECoP error class)"), &["node", "outcome"]))),
+            audit_dropped: reg(&r, make(IntCounter::with_opts(opts("audit_dropped_total", "Audit records dropped because the audit queue was full")))),
+            audit_write_errors: reg(&r, make(IntCounter::with_opts(opts("audit_write_errors_total", "Failed writes, flushes, rotations or reopenings of the audit file")))),
             registry: r,
         };
         m.start_time_seconds.set(crate::device::now());
@@ -289,6 +295,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("secop_gateway_messages_sent_total{action=\"idn\"} "));
+        assert!(
+            text.contains("secop_gateway_audit_dropped_total "),
+            "{text}"
+        );
+        assert!(
+            text.contains("secop_gateway_audit_write_errors_total "),
+            "{text}"
+        );
         assert_eq!(error_class(b"error_x  [\"Bogus\",\"\",{}]"), "other");
         assert_eq!(RECEIVED_ACTIONS[received_action_index("*IDN?")], "idn");
         assert_eq!(RECEIVED_ACTIONS[received_action_index("foo")], "other");
