@@ -47,6 +47,8 @@ pub struct GatewayConfig {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub discovery: DiscoveryConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
     #[serde(default, rename = "module")]
     pub modules: Vec<ModuleEntry>,
     #[serde(default, rename = "link")]
@@ -203,6 +205,45 @@ impl Default for DiscoveryConfig {
             enabled: true,
             address: "127.0.0.1:10767".into(),
             announce: vec!["127.0.0.1:10767".into()],
+        }
+    }
+}
+
+/// `[audit]`: where the record of every `change` and `do` goes besides the log (target
+/// `secop_gateway::audit`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// A JSON-lines file, rotated by size; unset: the log only.
+    pub file: Option<PathBuf>,
+    /// Bytes after which the file is rotated (4096 ..= 2^40).
+    pub max_file_bytes: u64,
+    /// Rotated files kept (`file.1` ... `file.N`; 0 ..= 1000).
+    pub keep_files: usize,
+    /// Records waiting for the writer; beyond this they are dropped and counted
+    /// (16 ..= 1,000,000).
+    pub queue_capacity: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        let d = secop_actors::audit::AuditSettings::default();
+        AuditConfig {
+            file: d.file,
+            max_file_bytes: d.max_file_bytes,
+            keep_files: d.keep_files,
+            queue_capacity: d.queue_capacity,
+        }
+    }
+}
+
+impl AuditConfig {
+    pub fn settings(&self) -> secop_actors::audit::AuditSettings {
+        secop_actors::audit::AuditSettings {
+            file: self.file.clone(),
+            max_file_bytes: self.max_file_bytes,
+            keep_files: self.keep_files,
+            queue_capacity: self.queue_capacity,
         }
     }
 }
@@ -381,6 +422,28 @@ impl Loaded {
         }
         if c.listen.max_connections == 0 {
             problems.push("listen.max_connections: must be at least 1".into());
+        }
+        let a = &c.audit;
+        if !(4096..=1 << 40).contains(&a.max_file_bytes) {
+            problems.push("audit.max_file_bytes: must be between 4096 and 2^40".into());
+        }
+        if a.keep_files > 1000 {
+            problems.push("audit.keep_files: must be between 0 and 1000".into());
+        }
+        if !(16..=1_000_000).contains(&a.queue_capacity) {
+            problems.push("audit.queue_capacity: must be between 16 and 1000000".into());
+        }
+        if let Some(file) = &a.file {
+            let dir = match file.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            if file.file_name().is_none() || !dir.is_dir() {
+                problems.push(format!(
+                    "audit.file: {} is not a file in an existing directory",
+                    file.display()
+                ));
+            }
         }
         if c.listen.max_connections_per_address == 0 {
             problems.push("listen.max_connections_per_address: must be at least 1".into());

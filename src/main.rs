@@ -322,6 +322,8 @@ async fn run(
             access: Arc::new(loaded.access_rules(Some(i))),
         });
     }
+    let audit = secop_actors::audit::AuditLog::start(loaded.config.audit.settings())
+        .map_err(|e| format!("audit.file: {e}"))?;
     let mut nodes = Vec::new();
     let mut bound_addresses = Vec::new();
     let mut identities = Vec::new();
@@ -332,6 +334,7 @@ async fn run(
             read_only: plan.read_only,
             export: plan.export,
             hide: plan.hide,
+            audit: Some(audit.clone()),
         };
         let mut properties = loaded.node_properties();
         if plan.read_only {
@@ -399,6 +402,8 @@ async fn run(
     }
     notify_systemd();
     server::shutdown_signal(nodes).await;
+    // The last records reach their file before the process ends.
+    let _ = audit.sync(Duration::from_secs(2));
     Ok(())
 }
 

@@ -49,22 +49,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// or filtered on their own.
 pub const TARGET: &str = "secop_gateway::audit";
 
-/// How the client reached the node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Tcp,
-    WebSocket,
-}
-
-impl Transport {
-    /// `"tcp"` or `"websocket"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::WebSocket => "websocket",
-        }
-    }
-}
+/// How the client reached the node (the session's transport).
+pub use crate::node::SessionTransport as Transport;
 
 /// What the node answered.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,6 +7,7 @@
 //! activated client (the requester included) before the `changed`/`done`.
 
 mod access;
+mod audit_trail;
 mod batch;
 mod validation;
 
@@ -14,6 +15,7 @@ pub use access::{Access, ClientInfo, SessionTransport};
 
 pub use batch::{BatchItem, SessionBatch};
 
+use crate::audit::AuditLog;
 use crate::deadline::DeadlineTimer;
 use crate::device::DeviceModulesChanged;
 use crate::device::{
@@ -61,6 +63,8 @@ pub struct NodeSettings {
     pub export: Option<Vec<String>>,
     /// Accessibles this node does not export, as `module:accessible`.
     pub hide: Vec<String>,
+    /// Where every `change` and `do` is recorded (none in tests and tools).
+    pub audit: Option<AuditLog>,
 }
 
 impl Default for NodeSettings {
@@ -71,6 +75,7 @@ impl Default for NodeSettings {
             read_only: false,
             export: None,
             hide: Vec::new(),
+            audit: None,
         }
     }
 }
@@ -154,6 +159,8 @@ pub struct NodeSnapshot {
 /// See the module documentation.
 pub struct NodeActor {
     settings: NodeSettings,
+    /// The equipment id as audit records carry it (shared, not copied per record).
+    audit_node: Arc<str>,
     description: Arc<NodeDescription>,
     describing: Bytes,
     /// The `describing` line for read-only clients, built when first needed.
@@ -214,6 +221,7 @@ impl NodeActor {
     ) -> Result<NodeActor, Vec<String>> {
         let mut node = NodeActor {
             settings,
+            audit_node: Arc::from(equipment_id),
             description: Arc::new(NodeDescription {
                 equipment_id: equipment_id.to_owned(),
                 description: description.to_owned(),
@@ -665,7 +673,15 @@ impl NodeActor {
     }
 
     /// Turn a device's answer into the reply line, after applying its side effects.
-    fn finish(&mut self, req: &ParsedRequest, m: usize, force: bool, reply: DeviceReply) -> Bytes {
+    fn finish(
+        &mut self,
+        session: SessionId,
+        req: &ParsedRequest,
+        m: usize,
+        force: bool,
+        reply: DeviceReply,
+    ) -> Bytes {
+        self.audit(session, req, reply.result.as_ref().map(|(v, _)| v));
         // The read-back of a read or change is among the updates, with the reply's value
         // and timestamp: its report, formatted for the cache, is the reply's data too.
         let target = match &req.request {

@@ -70,12 +70,29 @@ impl Gateway {
         Gateway::spawn(Some(config))
     }
 
+    /// Start with the given TOML config on `listen` (e.g. `[::]:0` for dual stack).
+    pub fn start_on(config: &str, listen: &str) -> Gateway {
+        Gateway::spawn_on(Some(config), listen, scratch_dir())
+    }
+
+    /// Start in a scratch dir prepared by the caller (`config` may name files in it).
+    pub fn start_in(dir: PathBuf, config: &str) -> Gateway {
+        Gateway::spawn_on(Some(config), "127.0.0.1:0", dir)
+    }
+
+    /// A fresh scratch dir for [`Gateway::start_in`].
+    pub fn scratch() -> PathBuf {
+        scratch_dir()
+    }
+
     fn spawn(config: Option<&str>) -> Gateway {
-        let dir = scratch_dir();
+        Gateway::spawn_on(config, "127.0.0.1:0", scratch_dir())
+    }
+
+    fn spawn_on(config: Option<&str>, listen: &str, dir: PathBuf) -> Gateway {
         let ready = dir.join("ready.json");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_secop-gateway"));
-        cmd.args(["--listen", "127.0.0.1:0", "--ready-file"])
-            .arg(&ready);
+        cmd.args(["--listen", listen, "--ready-file"]).arg(&ready);
         if let Some(text) = config {
             let path = dir.join("gateway.toml");
             std::fs::write(&path, text).expect("write config");
@@ -157,9 +174,30 @@ pub struct Client {
 /// Default wait for one expected line.
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// A TCP connection to `addr` from the loopback address `source` (127.0.0.2, ::1, ...).
+pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let domain = if source.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(&addr.into(), WAIT)?;
+    let stream: TcpStream = socket.into();
+    stream.set_nodelay(true).ok();
+    Ok(stream)
+}
+
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
+        Client::over(stream)
+    }
+
+    /// A client on a connection made elsewhere (e.g. from another source address).
+    pub fn over(stream: TcpStream) -> Client {
         stream.set_nodelay(true).ok();
         Client {
             stream,
@@ -284,6 +322,128 @@ impl Client {
             }
         }
         None
+    }
+}
+
+/// Send a raw HTTP request and read the whole response (until the peer closes or
+/// `WAIT`).
+pub fn http_exchange(stream: &mut TcpStream, request: &[u8]) -> String {
+    stream.write_all(request).expect("send");
+    let deadline = Instant::now() + WAIT;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .ok();
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+        // An upgrade stays open: its head is all there is to read.
+        if out.starts_with(b"HTTP/1.1 101") && out.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A minimal WebSocket client (RFC 6455) over an existing TCP connection: enough to
+/// speak SECoP in TEXT frames in tests that need a source address or raw headers.
+pub struct WsClient {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl WsClient {
+    /// Upgrade `stream` with `GET /`; `Err` with the response head if refused.
+    pub fn handshake(mut stream: TcpStream, host: &str) -> Result<WsClient, String> {
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        let head = http_exchange(&mut stream, request.as_bytes());
+        if !head.starts_with("HTTP/1.1 101") {
+            return Err(head);
+        }
+        Ok(WsClient {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Send one TEXT frame (masked, as a client must).
+    pub fn send(&mut self, text: &str) {
+        let payload = text.as_bytes();
+        let mask = [0x11u8, 0x22, 0x33, 0x44];
+        let mut frame = vec![0x81u8];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n < 65536 => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame).expect("send frame");
+    }
+
+    /// The next TEXT message; `None` on close, EOF or timeout. Pings are skipped.
+    pub fn recv(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.buf.len() >= 2 {
+                let opcode = self.buf[0] & 0x0f;
+                let (len, head) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&self.buf[2..10]);
+                        (u64::from_be_bytes(b) as usize, 10)
+                    }
+                    n if n < 126 => (n as usize, 2),
+                    _ => (usize::MAX, 0),
+                };
+                if head > 0 && self.buf.len() >= head + len {
+                    let payload: Vec<u8> = self.buf.drain(..head + len).skip(head).collect();
+                    match opcode {
+                        0x1 => return Some(String::from_utf8_lossy(&payload).into_owned()),
+                        0x8 => return None,
+                        _ => continue,
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(left)).ok();
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Send a request and return the first message that is not an update.
+    pub fn ask(&mut self, line: &str) -> String {
+        self.send(line);
+        loop {
+            let m = self.recv(WAIT).expect("a WebSocket reply in time");
+            if !is_event(&m) {
+                return m;
+            }
+        }
     }
 }
 

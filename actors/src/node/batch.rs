@@ -243,6 +243,9 @@ impl NodeActor {
         started: Instant,
         outcome: Result<Bytes, SecopError>,
     ) {
+        if let Err(e) = &outcome {
+            self.audit(flight.session, request, Err(e));
+        }
         let reply = outcome.unwrap_or_else(|e| {
             Bytes::from(message::error_reply(
                 &request.action,
@@ -285,7 +288,13 @@ impl NodeActor {
                 self.late(reply);
                 continue;
             };
-            let line = self.finish(&waiting.request, waiting.module, waiting.force, reply);
+            let line = self.finish(
+                flight.session,
+                &waiting.request,
+                waiting.module,
+                waiting.force,
+                reply,
+            );
             self.observe(waiting.action, waiting.started, now);
             flight.replies[slot as usize] = line;
             flight.outstanding -= 1;
