@@ -333,6 +333,8 @@ impl Link {
     }
 
     /// Send `line` + terminator; if `reply_terminator` is given, read one reply line.
+    /// `line` is written as it is: the ASCII backend has refused it before if it holds
+    /// a terminator, control or non-ASCII character ([`crate::ascii::line_safety`]).
     pub async fn transact(
         &mut self,
         line: &str,

@@ -14,7 +14,7 @@ class LakeShoreSim:
     """A LakeShore-336-like temperature controller.
 
     Commands: *IDN?, KRDG? <ch>, SETP <loop>,<v>, SETP? <loop>, RANGE <loop>,<n>,
-    RANGE? <loop>, HTR? <loop>, STOP.  Input A follows setpoint 1 at `rate` K/s.
+    RANGE? <loop>, HTR? <loop>, STOP, LABEL <text>, LABEL?.  Input A follows setpoint 1 at `rate` K/s.
     Faults: `stall` (no answer), `garble` (nonsense answers), `late` (answers after
     `late_delay` seconds).
     """
@@ -25,6 +25,7 @@ class LakeShoreSim:
         self.setpoint = temperature
         self.rate = rate
         self.range = 0
+        self.label = ""
         self.last = time.monotonic()
         self.stall = False
         self.garble = False
@@ -70,15 +71,24 @@ class LakeShoreSim:
             if cmd == "STOP":
                 self.setpoint = self.temperature
                 return None
+            if cmd == "LABEL":
+                self.label = arg
+                return None
+            if cmd == "LABEL?":
+                return self.label
             return "?"
 
 
 class _Server:
-    """Reads lines from `read`, writes answers with `write`, in a thread."""
+    """Reads lines from `read`, writes answers with `write`, in a thread. Lines end with
+    `terminator`, answers with `reply_terminator` (default: the same). Every byte read
+    is kept in `received`, also bytes that never formed a complete line."""
 
-    def __init__(self, instrument, terminator=b"\r\n"):
+    def __init__(self, instrument, terminator=b"\r\n", reply_terminator=None):
         self.instrument = instrument
         self.terminator = terminator
+        self.reply_terminator = terminator if reply_terminator is None else reply_terminator
+        self.received = bytearray()
         self.stopped = threading.Event()
         self.thread = None
 
@@ -93,6 +103,7 @@ class _Server:
                 return
             if not data:
                 return
+            self.received += data
             buf += data
             while self.terminator in buf:
                 line, buf = buf.split(self.terminator, 1)
@@ -102,7 +113,7 @@ class _Server:
                 if self.instrument.late:
                     time.sleep(self.instrument.late_delay)
                 try:
-                    write(reply.encode() + self.terminator)
+                    write(reply.encode() + self.reply_terminator)
                 except OSError:
                     return
 
@@ -111,8 +122,8 @@ class PtyInstrument(_Server):
     """The instrument on the master side of a pty; the gateway opens `path`, a stable
     symlink to the slave, so a restarted instrument is found at the same path."""
 
-    def __init__(self, instrument, path, terminator=b"\r\n"):
-        super().__init__(instrument, terminator)
+    def __init__(self, instrument, path, terminator=b"\r\n", reply_terminator=None):
+        super().__init__(instrument, terminator, reply_terminator)
         self.path = path
         self.master = None
         self.slave = None

@@ -2,6 +2,7 @@
 with the instrument simulator of instruments.py on the other end: the full path
 client -> node -> link -> pty/socket -> simulator and back, and the faults."""
 
+import json
 import subprocess
 import time
 
@@ -240,6 +241,26 @@ def test_late_reply_does_not_shift_later_answers(start_gateway, pty_instrument):
     (('link = "ls336"', 'link = "ls999"'), 'module[0] ("T_A").link: no [[link]] is named "ls999"'),
     (('timeout = 0.5', 'timeout = -1'), 'link[0] ("ls336"): timeout: must be a positive number'),
     (('tolerance = 0.5', 'tolerance = 0.5\nspeed = 3'), 'unknown field `speed`'),
+    # constant text that could never be sent as one line (TOML decodes the escapes)
+    (('write = "SETP 1,{value:.3f}"', 'write = "SETP\\t{value:.3f}"'),
+     'link[0] ("ls336"): module "T_A": parameter[1] ("target").write: template '
+     '"SETP\\t{value:.3f}": character 0x09 (TAB) cannot be sent to the instrument'),
+    (('write = "SETP 1,{value:.3f}"', 'write = "SETP 1,{value:.3f} \u00b0"'),
+     'parameter[1] ("target").write: template "SETP 1,{value:.3f} \u00b0": '
+     "character U+00B0 ('\u00b0') cannot be sent to the instrument"),
+    (('query = "KRDG? A"', 'query = "KRDG? A\\r\\nSETP 1,0"'),
+     'module "T_A": parameter[0] ("value").query: "KRDG? A\\r\\nSETP 1,0": '
+     'character 0x0D (CR) cannot be sent to the instrument (it would end the line on this link)'),
+    (('send = "*IDN?"', 'send = "*IDN?\\u0000"'),
+     'module "T_A": command[0] ("_identify").send: template "*IDN?\\0": '
+     'character 0x00 (NUL) cannot be sent to the instrument'),
+    (('stop = "STOP"', 'stop = "STOP\\u001b"'),
+     'module "T_A": drive.stop: "STOP\\u{1b}": character 0x1B (ESC) cannot be sent'),
+    (('identify = "*IDN?"', 'identify = "*IDN?"\ninit = ["MODE 1", "MODE\\n2"]'),
+     'link[0] ("ls336"): ascii.init[1]: "MODE\\n2": character 0x0A (LF) cannot be sent'),
+    (('read_terminator = "\\r\\n"', 'read_terminator = ","'),
+     'parameter[1] ("target").write: template "SETP 1,{value:.3f}": '
+     "character 0x2C (',') cannot be sent to the instrument (it would end the line on this link)"),
 ])
 def test_check_config_names_file_link_module_and_key(tmp_path, change, expected):
     text = link_config('serial = "/dev/null-not-used"')
@@ -284,3 +305,214 @@ def test_node_timeout_answers_queued_requests_without_the_link(start_gateway, pt
     r = c.ask('read T_A:value')
     assert r.startswith('reply T_A:value [295.0'), r
     c.close()
+
+
+# --- no value can inject a second command into an instrument -----------------------
+
+INJECTION_CONFIG = '''
+[node]
+equipment_id = "ascii_injection_test"
+description = "string parameters and Communicators on ASCII links"
+
+[[link]]
+name = "crlf"
+protocol = "ascii"
+serial = "{crlf}"
+timeout = 0.5
+pollinterval = 600
+[link.ascii]
+write_terminator = "\\r\\n"
+read_terminator = "\\r\\n"
+
+[[module]]
+name = "X"
+link = "crlf"
+class = "Writable"
+[[module.parameter]]
+name = "value"
+datainfo = {{ type = "double", unit = "K" }}
+query = "KRDG? A"
+[[module.parameter]]
+name = "target"
+datainfo = {{ type = "double", min = 0, max = 400, unit = "K" }}
+query = "SETP? 1"
+write = "SETP 1,{{value:.3f}}"
+[[module.parameter]]
+name = "_label"
+datainfo = {{ type = "string", isUTF8 = true }}
+query = "LABEL?"
+write = "LABEL {{value}}"
+
+[[module]]
+name = "X_io"
+link = "crlf"
+class = "Communicator"
+[[module.command]]
+name = "communicate"
+send = "{{value}}"
+reply = "^(.*)$"
+argument = {{ type = "string", isUTF8 = true }}
+result = {{ type = "string" }}
+
+[[link]]
+name = "custom"
+protocol = "ascii"
+serial = "{custom}"
+timeout = 0.5
+pollinterval = 600
+[link.ascii]
+write_terminator = ";"
+read_terminator = "#"
+
+[[module]]
+name = "Y"
+link = "custom"
+class = "Writable"
+[[module.parameter]]
+name = "value"
+datainfo = {{ type = "double", unit = "K" }}
+query = "KRDG? A"
+[[module.parameter]]
+name = "target"
+datainfo = {{ type = "double", min = 0, max = 400, unit = "K" }}
+query = "SETP? 1"
+write = "SETP 1,{{value:.3f}}"
+[[module.parameter]]
+name = "_label"
+datainfo = {{ type = "string", isUTF8 = true }}
+query = "LABEL?"
+write = "LABEL {{value}}"
+'''
+
+CONTROL_NAMES = ['NUL', 'SOH', 'STX', 'ETX', 'EOT', 'ENQ', 'ACK', 'BEL', 'BS', 'TAB', 'LF', 'VT',
+                 'FF', 'CR', 'SO', 'SI', 'DLE', 'DC1', 'DC2', 'DC3', 'DC4', 'NAK', 'SYN', 'ETB',
+                 'CAN', 'EM', 'SUB', 'ESC', 'FS', 'GS', 'RS', 'US']
+
+# (character, how the error names it)
+FORBIDDEN = [(chr(b), f'0x{b:02X} ({name})') for b, name in enumerate(CONTROL_NAMES)]
+FORBIDDEN += [('\x7f', '0x7F (DEL)'), ('\u00e9', "U+00E9 ('\u00e9')"),
+              ('\u20ac', "U+20AC ('\u20ac')"), ('\u0085', 'U+0085'), ('\u2028', 'U+2028'),
+              ('\U0001F600', "U+1F600 ('\U0001F600')")]
+
+
+class Injection:
+    """The gateway of INJECTION_CONFIG, its two pty instruments, and a raw client."""
+
+    def __init__(self, gw, crlf, custom):
+        self.gw, self.crlf, self.custom = gw, crlf, custom
+        self.client = Line(gw)
+
+    @staticmethod
+    def settle(inst, quiet=0.3, limit=5.0):
+        """Wait until `inst` received nothing for `quiet` s (the start-up polls are
+        over; pollinterval is 600 s); return everything it received."""
+        deadline = time.monotonic() + limit
+        seen, since = bytes(inst.received), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = bytes(inst.received)
+            if now != seen:
+                seen, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                break
+        return seen
+
+    def refused(self, request, named):
+        """`request` is answered with a RangeError naming the character."""
+        reply = self.client.ask(request)
+        action, _, rest = reply.partition(' ')
+        assert action.startswith('error_'), f'{request!r} was not refused: {reply}'
+        _, _, data = rest.partition(' ')
+        cls, text, _ = json.loads(data)
+        assert cls == 'RangeError', reply
+        assert f'character {named}' in text, reply
+        assert 'cannot be sent to the instrument' in text, reply
+
+
+@pytest.fixture(scope='module')
+def injection(tmp_path_factory, start_module_gateway):
+    tmp = tmp_path_factory.mktemp('injection')
+    crlf = PtyInstrument(LakeShoreSim(rate=0.0, temperature=10.0), str(tmp / 'crlf.tty')).start()
+    custom = PtyInstrument(LakeShoreSim(rate=0.0, temperature=20.0), str(tmp / 'custom.tty'),
+                           terminator=b';', reply_terminator=b'#').start()
+    try:
+        gw = start_module_gateway(INJECTION_CONFIG.format(crlf=crlf.path, custom=custom.path),
+                                  'injection')
+        setup = Injection(gw, crlf, custom)
+        # both links work: values are read and a clean write arrives as one line
+        assert value_of(setup.client.ask('read X:value')) == 10.0
+        assert value_of(setup.client.ask('read Y:value')) == 20.0
+        r = setup.client.ask('change Y:_label "clean label"')
+        assert r.startswith('changed Y:_label ["clean label",'), r
+        assert b'LABEL clean label;' in bytes(custom.received)
+        yield setup
+        setup.client.close()
+    finally:
+        crlf.stop()
+        custom.stop()
+
+
+@pytest.mark.parametrize('char, named', FORBIDDEN, ids=[n.split(' ')[0] for _, n in FORBIDDEN])
+def test_no_value_injects_a_command_over_a_real_pty(injection, char, named):
+    """`change X:_label "x<char>SETP 9999.000"` with `write = "LABEL {value}"` would be
+    a second command past the target limit (max 400); `communicate` likewise. Both are
+    refused with a RangeError and the instrument receives nothing at all."""
+    sim = injection.crlf.instrument
+    before = injection.settle(injection.crlf)
+    value = json.dumps(f'x{char}SETP 9999.000')
+    injection.refused(f'change X:_label {value}', named)
+    injection.refused(f'do X_io:communicate {json.dumps(f"VAL 7{char}SETP 1,9999")}', named)
+    # a character at the start or the end of the line is refused just as well
+    injection.refused(f'change X:_label {json.dumps(char + "SETP 1,9999")}', named)
+    injection.refused(f'do X_io:communicate {json.dumps("SETP 1,9999" + char)}', named)
+    time.sleep(0.2)
+    assert bytes(injection.crlf.received) == before, \
+        f'the instrument received {bytes(injection.crlf.received)[len(before):]!r}'
+    assert sim.setpoint == 10.0 and sim.label != 'x'
+
+
+def test_communicate_with_embedded_line_ends_is_refused(injection):
+    sim = injection.crlf.instrument
+    before = injection.settle(injection.crlf)
+    injection.refused('do X_io:communicate "VAL 7\\r\\nSETP 1"', '0x0D (CR)')
+    injection.refused('change X:_label "x\\nSETP 9999.000"', '0x0A (LF)')
+    time.sleep(0.2)
+    assert bytes(injection.crlf.received) == before
+    assert sim.setpoint == 10.0
+    # the same module still works: a clean line is sent as one line and answered
+    r = injection.client.ask('do X_io:communicate "*IDN?"')
+    assert value_of(r) == 'LSCI,MODEL336,SIM0001,1.0', r
+    r = injection.client.ask('change X:_label "x SETP 9999.000"')
+    assert r.startswith('changed X:_label ["x SETP 9999.000",'), r
+    assert bytes(injection.crlf.received).endswith(b'LABEL x SETP 9999.000\r\nLABEL?\r\n')
+    assert sim.setpoint == 10.0 and sim.label == 'x SETP 9999.000'
+
+
+@pytest.mark.parametrize('value, named', [
+    ('a;SETP 1,9999', "0x3B (';')"),     # the write terminator
+    ('a#SETP 1,9999', "0x23 ('#')"),     # the read terminator
+    ('a\nSETP 1,9999', '0x0A (LF)'),     # control characters whatever the terminators
+    ('a\rSETP 1,9999', '0x0D (CR)'),
+])
+def test_custom_terminators_are_refused_in_values(injection, value, named):
+    sim = injection.custom.instrument
+    before = injection.settle(injection.custom)
+    injection.refused(f'change Y:_label {json.dumps(value)}', named)
+    time.sleep(0.2)
+    assert bytes(injection.custom.received) == before
+    assert sim.setpoint == 20.0 and sim.label == 'clean label'
+
+
+@pytest.mark.parametrize('char', ['\r\n', '\n', '\r', '\t', '\x00', '\x03', '\x1b', '\x7f'])
+def test_simulated_communicator_of_the_default_config_refuses_line_ends(gateway, char):
+    """`io` of the embedded default config (driver sim_communicator): a second command
+    hidden behind a line end is refused and not executed."""
+    c = Line(gateway)
+    try:
+        assert value_of(c.ask('do io:communicate "VAL 5"')) == 'OK'
+        r = c.ask(f'do io:communicate {json.dumps("VAL 7" + char + "SETP 1")}')
+        assert r.startswith('error_do io:communicate ["RangeError","character 0x'), r
+        assert 'cannot be sent to the instrument' in r, r
+        assert value_of(c.ask('do io:communicate "VAL?"')) == '5', 'the line was executed'
+    finally:
+        c.close()

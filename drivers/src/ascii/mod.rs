@@ -2,7 +2,12 @@
 //! parameter, reply patterns, commands, and Drivable behaviour, over a serial line or
 //! a TCP socket. No Rust per instrument: a LakeShore, a Keithley or a home-made
 //! controller is a `[[link]]` and a few `[[module]]` sections.
+//!
+//! Every line sent goes through [`line_safety`]: constant text when the config is
+//! loaded, formatted lines before they are written, so that no value can inject a
+//! second command into the instrument.
 
+pub mod line_safety;
 pub mod template;
 
 use crate::builder::ModuleBuilder;
@@ -168,6 +173,20 @@ fn regex(text: &str, key: &str) -> Result<Regex, String> {
     Regex::new(text).map_err(|e| format!("{key}: invalid regular expression: {e}"))
 }
 
+/// A command line from the config (query, init, stop) that is sent as it is.
+fn constant_line(text: &str, key: &str, terminators: &[&str]) -> Result<(), String> {
+    line_safety::check(text, terminators).map_err(|e| format!("{key}: {text:?}: {e}"))
+}
+
+/// A template from the config whose constant text can be sent on this link.
+fn template(text: &str, key: &str, terminators: &[&str]) -> Result<Template, String> {
+    let template = Template::parse(text).map_err(|e| format!("{key}: {e}"))?;
+    template
+        .check_text(terminators)
+        .map_err(|e| format!("{key}: template {text:?}: {e}"))?;
+    Ok(template)
+}
+
 impl AsciiBackend {
     /// Build from config; errors name the module and key.
     pub fn build(
@@ -185,6 +204,16 @@ impl AsciiBackend {
         if ascii.read_terminator.is_empty() {
             return Err("ascii.read_terminator must not be empty".into());
         }
+        let terminators = [
+            ascii.write_terminator.as_str(),
+            ascii.read_terminator.as_str(),
+        ];
+        if let Some(identify) = &ascii.identify {
+            constant_line(identify, "ascii.identify", &terminators)?;
+        }
+        for (i, command) in ascii.init.iter().enumerate() {
+            constant_line(command, &format!("ascii.init[{i}]"), &terminators)?;
+        }
         let identify_expect = ascii
             .identify_expect
             .as_deref()
@@ -193,8 +222,8 @@ impl AsciiBackend {
         let mut runtime = Vec::new();
         let mut descriptions = Vec::new();
         for (config, spec) in modules {
-            let (module, description) =
-                build_module(config, spec).map_err(|e| format!("module {:?}: {e}", config.name))?;
+            let (module, description) = build_module(config, spec, &terminators)
+                .map_err(|e| format!("module {:?}: {e}", config.name))?;
             runtime.push(module);
             descriptions.push(description);
         }
@@ -228,7 +257,6 @@ impl AsciiBackend {
             return Ok(());
         }
         self.repoll_all = true;
-        let wt = self.ascii.write_terminator.clone();
         let rt = self.ascii.read_terminator.clone();
         if let Some(query) = self.ascii.identify.clone() {
             let reply = self.transact(&query, Some(&rt)).await?.unwrap_or_default();
@@ -244,19 +272,29 @@ impl AsciiBackend {
             }
         }
         for command in self.ascii.init.clone() {
-            self.link
-                .transact(&command, &wt, None)
-                .await
-                .map_err(link_error)?;
+            self.transact(&command, None).await?;
         }
         Ok(())
     }
 
+    /// The link's terminators: no character of them may appear in a line.
+    fn terminators(&self) -> [&str; 2] {
+        [&self.ascii.write_terminator, &self.ascii.read_terminator]
+    }
+
+    /// `template` filled with `value`, refused if the line must not be sent.
+    fn render(&self, template: &Template, value: &Value) -> Result<String, SecopError> {
+        template.render_line(value, &self.terminators())
+    }
+
+    /// The only way a line reaches the instrument: checked by [`line_safety`] (again,
+    /// for lines rendered before), then written with the write terminator.
     async fn transact(
         &mut self,
         line: &str,
         reply_terminator: Option<&str>,
     ) -> Result<Option<String>, SecopError> {
+        line_safety::refuse_unsafe(line, &self.terminators())?;
         let wt = self.ascii.write_terminator.clone();
         self.link
             .transact(line, &wt, reply_terminator)
@@ -438,6 +476,7 @@ fn raw_for_write(param: &Param, value: &Value) -> Value {
 fn build_module(
     config: &ModuleConfig,
     spec: &AsciiModule,
+    terminators: &[&str],
 ) -> Result<(Module, ModuleDescription), String> {
     let classes: &[&str] = match spec.class.as_str() {
         "Readable" => &["Readable"],
@@ -465,10 +504,13 @@ fn build_module(
             .as_deref()
             .map(|r| regex(r, &format!("{key}.reply")))
             .transpose()?;
+        if let Some(query) = &p.query {
+            constant_line(query, &format!("{key}.query"), terminators)?;
+        }
         let write = p
             .write
             .as_deref()
-            .map(|t| Template::parse(t).map_err(|e| format!("{key}.write: {e}")))
+            .map(|t| template(t, &format!("{key}.write"), terminators))
             .transpose()?;
         let poll = match p.poll.as_str() {
             "normal" => Poll::Normal,
@@ -518,7 +560,7 @@ fn build_module(
     let mut commands = Vec::new();
     for (i, c) in spec.commands.iter().enumerate() {
         let key = format!("command[{i}] ({:?})", c.name);
-        let send = Template::parse(&c.send).map_err(|e| format!("{key}.send: {e}"))?;
+        let send = template(&c.send, &format!("{key}.send"), terminators)?;
         let reply = c
             .reply
             .as_deref()
@@ -551,6 +593,7 @@ fn build_module(
             }
             if let Some(stop) = &d.stop {
                 Template::parse(stop).map_err(|e| format!("drive.stop: {e}"))?;
+                constant_line(stop, "drive.stop", terminators)?;
             }
             if !commands.iter().any(|c| c.name == "stop") {
                 builder = builder.command("stop", "stop the move", None, None)?;
@@ -713,9 +756,10 @@ impl Backend for AsciiBackend {
                 "{module}:{parameter} is read-only"
             )));
         };
-        self.connect().await?;
         let raw = raw_for_write(&self.modules[m].params[p], &value);
-        let line = template.render(&raw);
+        // Refused before connecting: nothing is sent for a value that cannot be.
+        let line = self.render(&template, &raw)?;
+        self.connect().await?;
         let rt = self.ascii.read_terminator.clone();
         let wants_reply = self.modules[m].params[p].write_reply;
         let reply = self
@@ -767,8 +811,8 @@ impl Backend for AsciiBackend {
         let c = configured.ok_or_else(|| {
             SecopError::no_such_command(format!("{module} has no command {command:?}"))
         })?;
+        let line = self.render(&self.modules[m].commands[c].send, &argument)?;
         self.connect().await?;
-        let line = self.modules[m].commands[c].send.render(&argument);
         let wants_reply = self.modules[m].commands[c].reply.is_some();
         let rt = self.ascii.read_terminator.clone();
         let reply = self
@@ -805,9 +849,10 @@ impl AsciiBackend {
                         .position(|p| p.name == "target");
                     if let Some(t) = target {
                         if let Some(template) = self.modules[m].params[t].write.clone() {
-                            self.connect().await?;
                             let raw = raw_for_write(&self.modules[m].params[t], &here);
-                            self.transact(&template.render(&raw), None).await?;
+                            let line = self.render(&template, &raw)?;
+                            self.connect().await?;
+                            self.transact(&line, None).await?;
                             self.modules[m].params[t].last = Some((here.clone(), Instant::now()));
                             fx.push(&module, "target", Ok(here));
                         }
@@ -846,5 +891,217 @@ mod tests {
         assert!(extract(Some(&re), "garbage")
             .unwrap_err()
             .contains("does not match"));
+    }
+
+    /// A link on `tcp` with one Writable module `X`: a string `_label` written with
+    /// `LABEL {value}` and a `communicate` command that sends its argument as is.
+    fn label_link(tcp: &str, ascii: Value, extra: Value) -> Result<AsciiBackend, String> {
+        let mut link = json!({"name": "dev", "protocol": "ascii", "tcp": tcp, "timeout": 0.5});
+        link["ascii"] = ascii;
+        let link: LinkConfig = serde_json::from_value(link).map_err(|e| e.to_string())?;
+        let mut spec = json!({
+            "class": "Writable",
+            "parameter": [
+                {"name": "value", "datainfo": {"type": "double"}, "query": "VAL?"},
+                {"name": "target", "datainfo": {"type": "double"}, "write": "VAL {value}",
+                 "readback": false},
+                {"name": "_label", "datainfo": {"type": "string", "isUTF8": true},
+                 "write": "LABEL {value}"},
+            ],
+            "command": [
+                {"name": "communicate", "send": "{value}", "reply": "^(.*)$",
+                 "argument": {"type": "string", "isUTF8": true}, "result": {"type": "string"}},
+            ],
+        });
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                match (spec.get_mut(k), v) {
+                    (Some(Value::Array(list)), Value::Array(more)) => list.extend(more.clone()),
+                    _ => {
+                        spec.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        let spec: AsciiModule = serde_json::from_value(spec).map_err(|e| e.to_string())?;
+        let config = ModuleConfig {
+            name: "X".into(),
+            description: None,
+            properties: Default::default(),
+            settings: Value::Null,
+        };
+        AsciiBackend::build(&link, &[(config, spec)])
+    }
+
+    fn build_error(ascii: Value, extra: Value) -> String {
+        match label_link("127.0.0.1:9", ascii, extra) {
+            Ok(_) => panic!("the config was accepted"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn config_refuses_templates_that_would_send_forbidden_characters() {
+        let tab = build_error(
+            json!(null),
+            json!({"parameter": [{"name": "_t", "datainfo": {"type": "double"},
+                                  "write": "SETP\t{value}"}]}),
+        );
+        assert!(
+            tab.contains("module \"X\": parameter[3] (\"_t\").write: template")
+                && tab.contains("character 0x09 (TAB) cannot be sent to the instrument"),
+            "{tab}"
+        );
+        let umlaut = build_error(
+            json!(null),
+            json!({"command": [{"name": "_go", "send": "GRÜN"}]}),
+        );
+        assert!(
+            umlaut.contains("command[1] (\"_go\").send: template")
+                && umlaut.contains("character U+00DC ('Ü') cannot be sent to the instrument"),
+            "{umlaut}"
+        );
+        let query = build_error(
+            json!(null),
+            json!({"parameter": [{"name": "_q", "datainfo": {"type": "double"},
+                                  "query": "A?\r\nB?"}]}),
+        );
+        assert!(
+            query.contains("parameter[3] (\"_q\").query: ")
+                && query.contains("character 0x0D (CR) cannot be sent to the instrument"),
+            "{query}"
+        );
+        // A printable terminator is refused in the text: it would end the line early.
+        let custom = build_error(
+            json!({"write_terminator": ";", "read_terminator": "#"}),
+            json!({"command": [{"name": "_two", "send": "A;B"}]}),
+        );
+        assert!(
+            custom.contains("command[1] (\"_two\").send: template")
+                && custom.contains("character 0x3B (';') cannot be sent to the instrument"),
+            "{custom}"
+        );
+        let read_term = build_error(
+            json!({"write_terminator": ";", "read_terminator": "#"}),
+            json!({"command": [{"name": "_hash", "send": "A#{value}",
+                                "argument": {"type": "int"}}]}),
+        );
+        assert!(read_term.contains("character 0x23 ('#')"), "{read_term}");
+        let init = build_error(json!({"init": ["MODE 1", "MODE\u{7}2"]}), json!({}));
+        assert!(
+            init.contains("ascii.init[1]: ")
+                && init.contains("character 0x07 (BEL) cannot be sent to the instrument"),
+            "{init}"
+        );
+        let identify = build_error(json!({"identify": "*IDN?\n"}), json!({}));
+        assert!(
+            identify.contains("ascii.identify: ") && identify.contains("0x0A (LF)"),
+            "{identify}"
+        );
+        let stop = build_error(
+            json!(null),
+            json!({"class": "Drivable", "drive": {"tolerance": 1.0, "stop": "STOP\u{7f}"}}),
+        );
+        assert!(
+            stop.contains("drive.stop: ") && stop.contains("character 0x7F (DEL)"),
+            "{stop}"
+        );
+        // Printable ASCII, placeholders and escaped braces stay fine.
+        assert!(label_link(
+            "127.0.0.1:9",
+            json!({"init": ["MODE 1"], "identify": "*IDN?"}),
+            json!({"command": [{"name": "_b", "send": "{{x}} ~ !"}]}),
+        )
+        .is_ok());
+    }
+
+    /// Accepts one connection on a loopback port and collects every byte it receives.
+    async fn instrument() -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = received.clone();
+        tokio::spawn(async move {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut chunk = [0u8; 1024];
+            while let Ok(n) = socket.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                log.lock().unwrap().extend_from_slice(&chunk[..n]);
+                // Answer every query-like line so that commands with a reply finish.
+                if chunk[..n].ends_with(b"?\n") {
+                    let _ = socket.write_all(b"7\n").await;
+                }
+            }
+        });
+        (addr, received)
+    }
+
+    fn received(log: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>) -> String {
+        String::from_utf8_lossy(&log.lock().unwrap()).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_value_cannot_inject_a_second_command() {
+        let (addr, log) = instrument().await;
+        let mut backend = label_link(&addr, json!(null), json!({})).unwrap();
+        let mut fx = Effects::default();
+        let mut values: Vec<(String, String)> = (0u8..0x20)
+            .chain([0x7F])
+            .map(|b| {
+                (
+                    format!("x{}SETP 9999.000", char::from(b)),
+                    format!("0x{b:02X}"),
+                )
+            })
+            .collect();
+        values.push(("café".into(), "U+00E9 ('é')".into()));
+        for (value, named) in &values {
+            let e = backend
+                .change("X", "_label", json!(value), &mut fx)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                e.class,
+                secop_proto::ErrorClass::RangeError,
+                "{value:?}: {e}"
+            );
+            assert!(
+                e.text.contains(&format!("character {named}"))
+                    && e.text.contains("cannot be sent to the instrument"),
+                "{value:?}: {e}"
+            );
+            let e = backend
+                .execute("X", "communicate", json!(value), &mut fx)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                e.class,
+                secop_proto::ErrorClass::RangeError,
+                "{value:?}: {e}"
+            );
+        }
+        let e = backend
+            .execute("X", "communicate", json!("VAL 7\r\nSETP 1"), &mut fx)
+            .await
+            .unwrap_err();
+        assert!(e.text.contains("character 0x0D (CR)"), "{e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(received(&log), "", "nothing may reach the instrument");
+        // A clean value goes out as one line.
+        backend
+            .change("X", "_label", json!("x SETP 1"), &mut fx)
+            .await
+            .unwrap();
+        let reply = backend
+            .execute("X", "communicate", json!("VAL?"), &mut fx)
+            .await
+            .unwrap();
+        assert_eq!(reply, json!("7"));
+        assert_eq!(received(&log), "LABEL x SETP 1\nVAL?\n");
     }
 }

@@ -3,6 +3,7 @@
 //! literal braces. Templates are parsed when the config is loaded, so a typo is a
 //! config error, not a runtime surprise.
 
+use secop_proto::SecopError;
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +83,25 @@ impl Template {
     /// Whether the template uses the value at all.
     pub fn has_value(&self) -> bool {
         self.pieces.iter().any(|p| matches!(p, Piece::Value(_)))
+    }
+
+    /// Refuses constant text that could never be sent on a link with these
+    /// terminators (see [`line_safety`](super::line_safety)); run when the config is
+    /// loaded. The value's part is checked after rendering, in [`render_line`](Self::render_line).
+    pub fn check_text(&self, terminators: &[&str]) -> Result<(), String> {
+        self.pieces.iter().try_for_each(|piece| match piece {
+            Piece::Text(t) => super::line_safety::check(t, terminators),
+            Piece::Value(_) => Ok(()),
+        })
+    }
+
+    /// The line for `value`, refused (`RangeError`) if it holds a character that must
+    /// not reach the instrument: a value must never be able to end the line early and
+    /// start a second command.
+    pub fn render_line(&self, value: &Value, terminators: &[&str]) -> Result<String, SecopError> {
+        let line = self.render(value);
+        super::line_safety::refuse_unsafe(&line, terminators)?;
+        Ok(line)
     }
 
     pub fn render(&self, value: &Value) -> String {
@@ -173,5 +193,50 @@ mod tests {
             .unwrap_err()
             .contains("unclosed"));
         assert!(Template::parse("a}b").unwrap_err().contains("single }"));
+    }
+
+    #[test]
+    fn constant_text_with_forbidden_characters_is_refused() {
+        let crlf = &["\r\n", "\r\n"];
+        for b in (0u8..0x20).chain([0x7F]) {
+            let text = format!("SETP{}{{value}}", char::from(b));
+            let e = Template::parse(&text)
+                .unwrap()
+                .check_text(crlf)
+                .unwrap_err();
+            assert!(e.starts_with(&format!("character 0x{b:02X} (")), "{e}");
+        }
+        let e = Template::parse("TEMP {value} °C")
+            .unwrap()
+            .check_text(crlf)
+            .unwrap_err();
+        assert!(e.contains("U+00B0 ('°')"), "{e}");
+        let e = Template::parse("A;{value}")
+            .unwrap()
+            .check_text(&[";", "\n"])
+            .unwrap_err();
+        assert!(e.contains("0x3B (';')"), "{e}");
+        assert!(Template::parse("{{x}} SETP 1,{value:.3f}")
+            .unwrap()
+            .check_text(crlf)
+            .is_ok());
+    }
+
+    #[test]
+    fn rendered_lines_with_forbidden_characters_are_refused() {
+        let t = Template::parse("LABEL {value}").unwrap();
+        let crlf = &["\r\n", "\r\n"];
+        assert_eq!(t.render_line(&json!("x y"), crlf).unwrap(), "LABEL x y");
+        let e = t.render_line(&json!("x\nSETP 9999.000"), crlf).unwrap_err();
+        assert_eq!(e.class, secop_proto::ErrorClass::RangeError);
+        assert!(e
+            .text
+            .starts_with("character 0x0A (LF) cannot be sent to the instrument"));
+        // Structured values are rendered as JSON; non-ASCII in them is refused too.
+        assert!(t.render_line(&json!(["é"]), crlf).is_err());
+        assert!(t.render_line(&json!(["a"]), crlf).is_ok());
+        let custom = &["#", "#"];
+        assert!(t.render_line(&json!("a#b"), custom).is_err());
+        assert!(t.render_line(&json!(12.5), custom).is_ok());
     }
 }

@@ -1,5 +1,8 @@
 //! A simulated Communicator: `communicate` sends a line to a pretend SCPI
 //! instrument and returns its answer, as a real serial-line Communicator would.
+//! Like a real one it refuses lines that could not be sent as one command (control
+//! characters, line ends, non-ASCII; see [`crate::ascii::line_safety`]), so that
+//! clients meet the same rule against the simulation as against hardware.
 
 use super::*;
 use crate::builder::ModuleBuilder;
@@ -9,6 +12,9 @@ use serde_json::json;
 use std::time::Duration;
 
 pub const DRIVER: &str = "sim_communicator";
+
+/// The line end of the pretend instrument.
+const TERMINATORS: &[&str] = &["\n"];
 
 /// Settings of `sim_communicator` (all optional).
 #[derive(Debug, Clone, Deserialize)]
@@ -118,9 +124,59 @@ impl Backend for Communicator {
                 let line = argument
                     .as_str()
                     .ok_or_else(|| SecopError::wrong_type("expected a string"))?;
+                crate::ascii::line_safety::refuse_unsafe(line, TERMINATORS)?;
                 self.answer(line).map(Value::from)
             }
             other => Err(unknown_command(&self.name, other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn communicator() -> Communicator {
+        let module = ModuleConfig {
+            name: "io".into(),
+            description: None,
+            properties: Default::default(),
+            settings: Value::Null,
+        };
+        Communicator::build(&module, Settings::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_line_cannot_carry_a_second_command() {
+        let mut io = communicator();
+        let mut fx = Effects::default();
+        for bad in [
+            "VAL 7\r\nSETP 1",
+            "VAL 7\nVAL 8",
+            "VAL 7\t",
+            "VAL \u{7f}",
+            "VAL é",
+        ] {
+            let e = io
+                .execute("io", "communicate", json!(bad), &mut fx)
+                .await
+                .unwrap_err();
+            assert_eq!(e.class, secop_proto::ErrorClass::RangeError, "{bad:?}: {e}");
+            assert!(
+                e.text.contains("cannot be sent to the instrument"),
+                "{bad:?}: {e}"
+            );
+        }
+        // Nothing of it was executed: the register is untouched.
+        let register = io
+            .execute("io", "communicate", json!("VAL?"), &mut fx)
+            .await
+            .unwrap();
+        assert_eq!(register, json!("0"));
+        let ok = io
+            .execute("io", "communicate", json!("VAL 7"), &mut fx)
+            .await
+            .unwrap();
+        assert_eq!(ok, json!("OK"));
     }
 }
