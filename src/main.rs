@@ -363,7 +363,8 @@ async fn run(
             &l.allowed_hosts,
             &ws.allowed_origins,
             Some(plan.access.clone()),
-        );
+        )
+        .with_audit(audit.clone(), &plan.equipment_id);
         let http_state = http::HttpState {
             node: node.clone(),
             ws: ws_settings.clone(),

@@ -29,9 +29,11 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method, StatusCode, Version};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::future::LocalBoxFuture;
-use secop_actors::node::Access;
+use secop_actors::audit::{AuditLog, AuditOutcome, AuditRecord};
+use secop_actors::node::{Access, SessionTransport};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// See the module documentation.
 #[derive(Debug, Clone)]
@@ -49,6 +51,8 @@ pub struct RequestPolicy {
     /// The node's access rules; `None` admits every client (the metrics port of a
     /// gateway whose nodes all admit it).
     access: Option<Arc<AccessRules>>,
+    /// Where refusals are recorded, and the node they are recorded for.
+    audit: Option<(AuditLog, Arc<str>)>,
 }
 
 /// Why a request was refused: the status, a metric label and a short text.
@@ -136,7 +140,46 @@ impl RequestPolicy {
                 .collect(),
             any_origin: allowed_origins.iter().any(|o| o == "*"),
             access,
+            audit: None,
         }
+    }
+
+    /// Record every refusal in the audit trail of node `node`.
+    pub fn with_audit(mut self, log: AuditLog, node: &str) -> RequestPolicy {
+        self.audit = Some((log, Arc::from(node)));
+        self
+    }
+
+    /// Put a refusal into the audit trail: a refused request is somebody trying.
+    fn record(&self, req: &HttpRequest, refusal: Refusal) {
+        let Some((log, node)) = &self.audit else {
+            return;
+        };
+        let transport = if is_websocket_upgrade(req) {
+            SessionTransport::WebSocket
+        } else {
+            SessionTransport::Http
+        };
+        // The path as sent, bounded: it is the attacker's text.
+        let path: String = req.path().chars().take(256).collect();
+        log.record(AuditRecord {
+            time: SystemTime::now(),
+            node: node.clone(),
+            client: req.peer_addr(),
+            transport,
+            session: 0,
+            action: Arc::from("http"),
+            specifier: format!("{} {path}", req.method()),
+            request: req
+                .headers()
+                .get(header::ORIGIN)
+                .and_then(|o| o.to_str().ok())
+                .map(|o| serde_json::json!({ "origin": o.chars().take(256).collect::<String>() })),
+            outcome: AuditOutcome::Refused {
+                reason: refusal.reason,
+                text: refusal.text.to_owned(),
+            },
+        });
     }
 
     /// Whether a Host header value names this gateway.
@@ -298,6 +341,7 @@ where
             .http_refused
             .with_label_values(&[refusal.reason])
             .inc();
+        policy.record(req.request(), refusal);
         tracing::warn!(
             peer = ?req.peer_addr(),
             method = %req.method(),

@@ -57,6 +57,9 @@ pub use crate::node::SessionTransport as Transport;
 pub enum AuditOutcome {
     /// Accepted; the value of the reply (`changed` / `done`).
     Ok(Value),
+    /// Turned away before it reached the node (an HTTP request the request policy
+    /// refused, a SECoP connection that spoke HTTP); `reason` is a fixed word.
+    Refused { reason: &'static str, text: String },
     /// Refused or failed, with the SECoP error class and text of the error reply.
     Error { class: String, text: String },
 }
@@ -67,6 +70,7 @@ impl AuditOutcome {
     pub fn label(&self) -> &'static str {
         match self {
             AuditOutcome::Ok(_) => "ok",
+            AuditOutcome::Refused { .. } => "refused",
             AuditOutcome::Error { class, .. } => {
                 ErrorClass::parse(class).map_or("other", ErrorClass::as_str)
             }
@@ -402,7 +406,7 @@ impl Writer {
         let request = record.request.as_ref().map(to_json);
         let reply = match &record.outcome {
             AuditOutcome::Ok(value) => Some(to_json(value)),
-            AuditOutcome::Error { .. } => None,
+            AuditOutcome::Error { .. } | AuditOutcome::Refused { .. } => None,
         };
         emit(record, request.as_deref(), reply.as_deref());
         if let Some(sink) = self.sink.as_mut() {
@@ -497,6 +501,21 @@ fn emit(record: &AuditRecord, request: Option<&str>, reply: Option<&str>) {
             record.action,
             record.specifier,
         ),
+        AuditOutcome::Refused { reason, text } => tracing::warn!(
+            target: TARGET,
+            node = %record.node,
+            client,
+            transport = record.transport.as_str(),
+            session = record.session,
+            action = %record.action,
+            specifier = %record.specifier,
+            outcome = "refused",
+            reason = *reason,
+            text = %text,
+            "{} {} refused",
+            record.action,
+            record.specifier,
+        ),
     }
 }
 
@@ -535,6 +554,12 @@ fn write_line(out: &mut Vec<u8>, record: &AuditRecord, request: Option<&str>, re
         AuditOutcome::Error { class, text } => {
             out.extend_from_slice(b",\"outcome\":");
             write_json(out, class.as_str());
+            out.extend_from_slice(b",\"error\":");
+            write_json(out, text.as_str());
+        }
+        AuditOutcome::Refused { reason, text } => {
+            out.extend_from_slice(b",\"outcome\":\"refused\",\"reason\":");
+            write_json(out, *reason);
             out.extend_from_slice(b",\"error\":");
             write_json(out, text.as_str());
         }

@@ -28,6 +28,8 @@ pub enum Access {
 pub enum SessionTransport {
     Tcp,
     WebSocket,
+    /// Plain HTTP: never a session, but audit records of refused HTTP requests carry it.
+    Http,
 }
 
 impl SessionTransport {
@@ -35,6 +37,7 @@ impl SessionTransport {
         match self {
             SessionTransport::Tcp => "tcp",
             SessionTransport::WebSocket => "websocket",
+            SessionTransport::Http => "http",
         }
     }
 }
