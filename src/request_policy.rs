@@ -352,11 +352,33 @@ where
             "HTTP request refused: {}",
             refusal.text
         );
-        let response = req.into_response(refusal.response());
+        let mut response = req.into_response(refusal.response());
+        harden(response.headers_mut());
         return Box::pin(async move { Ok(response) });
     }
     let call = service.call(req);
-    Box::pin(call)
+    Box::pin(async move {
+        let mut response = call.await?;
+        harden(response.headers_mut());
+        Ok(response)
+    })
+}
+
+/// Headers on every response we serve: a browser must not run our text as a script
+/// (`<script src=".../metrics">`), nor show our pages inside another site's frame.
+fn harden(headers: &mut header::HeaderMap) {
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
 }
 
 #[cfg(test)]

@@ -148,6 +148,23 @@ fn a_rebinding_host_gets_neither_data_nor_a_websocket() {
         );
         assert!(!response.contains("T:value") && !response.contains("secop_gateway_"));
     }
+    // The status page under the gateway's own name, hardened against being framed or
+    // run as a script by another site.
+    let mut s = TcpStream::connect(gw.addr).expect("connect");
+    let page = http_exchange(
+        &mut s,
+        format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            gw.addr
+        )
+        .as_bytes(),
+    );
+    assert!(page.starts_with("HTTP/1.1 200"), "{page:.200}");
+    assert!(
+        page.contains("x-content-type-options: nosniff"),
+        "{page:.400}"
+    );
+    assert!(page.contains("x-frame-options: DENY"), "{page:.400}");
     // The gateway's own names still work: the address, and localhost.
     for host in [gw.addr.to_string(), format!("localhost:{port}")] {
         let s = TcpStream::connect(gw.addr).expect("connect");
