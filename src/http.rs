@@ -14,7 +14,7 @@ use actix_service::{map_config, Service, ServiceFactory};
 use actix_web::dev::AppConfig;
 use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse};
-use secop_actors::node::{ClientInfo, GetSnapshot, NodeActor, SessionTransport};
+use secop_actors::node::{ClientInfo, GetDescription, GetSnapshot, NodeActor, SessionTransport};
 use secop_actors::outbox::SlowClientStats;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -32,13 +32,36 @@ pub struct HttpState {
     pub health: Health,
 }
 
-/// What `/readyz` checks: the devices whose modules are marked `required`.
+/// What `/healthz` and `/readyz` check: that every node actor answers, and the devices
+/// whose modules are marked `required`.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     pub required_devices: Vec<String>,
+    /// The node actors, added as they start (the metrics port serves from its own thread).
+    pub nodes: Arc<std::sync::Mutex<Vec<Addr<NodeActor>>>>,
 }
 
+/// How long a node may take to answer a health question.
+pub const HEALTH_DEADLINE: Duration = Duration::from_secs(2);
+
 impl Health {
+    /// Ask every node actor, each within [`HEALTH_DEADLINE`]: a listener that accepts
+    /// but a node that does not answer is not a healthy gateway.
+    pub async fn nodes_answer(&self) -> Result<(), String> {
+        let nodes = match self.nodes.lock() {
+            Ok(n) => n.clone(),
+            Err(_) => return Err("node list unavailable".into()),
+        };
+        for node in nodes {
+            match tokio::time::timeout(HEALTH_DEADLINE, node.send(GetDescription)).await {
+                Ok(Ok(d)) => drop(d),
+                Ok(Err(_)) => return Err("a node actor has stopped".into()),
+                Err(_) => return Err("a node actor did not answer in time".into()),
+            }
+        }
+        Ok(())
+    }
+
     /// The required devices whose link is down.
     fn down(&self) -> Vec<&str> {
         let up = &secop_actors::metrics::metrics().device_up;
@@ -56,12 +79,19 @@ async fn metrics_page() -> HttpResponse {
         .body(secop_actors::metrics::render())
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+async fn healthz(health: web::Data<Health>) -> HttpResponse {
+    match health.nodes_answer().await {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ok"})),
+        Err(e) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "failing", "reason": e})),
+    }
 }
 
 async fn readyz(health: web::Data<Health>) -> HttpResponse {
-    // Answering at all means the listener is bound and the event loop runs.
+    if let Err(e) = health.nodes_answer().await {
+        return HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "failing", "reason": e}));
+    }
     let down = health.down();
     if down.is_empty() {
         HttpResponse::Ok().json(

@@ -27,6 +27,7 @@ use std::time::Duration;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    abort_on_panic();
     let cli = Cli::parse();
     let loaded = match config::load(cli.config.as_deref()) {
         Ok(l) => l,
@@ -258,6 +259,7 @@ async fn run(
     }
     let health = http::Health {
         required_devices: required,
+        nodes: Default::default(),
     };
     if let Some(address) = &loaded.config.metrics.address {
         let address: std::net::SocketAddr = address
@@ -392,6 +394,9 @@ async fn run(
             },
             bound.port(),
         ));
+        if let Ok(mut list) = health.nodes.lock() {
+            list.push(node.clone());
+        }
         nodes.push(node);
         bound_addresses.push(bound.to_string());
     }
@@ -401,7 +406,7 @@ async fn run(
         std::fs::write(&path, text)
             .map_err(|e| format!("cannot write ready file {}: {e}", path.display()))?;
     }
-    notify_systemd();
+    notify_systemd(health.clone());
     server::shutdown_signal(nodes).await;
     // The last records reach their file before the process ends.
     let _ = audit.sync(Duration::from_secs(2));
@@ -464,20 +469,38 @@ async fn start_discovery(
     vec![bound]
 }
 
-/// Tell systemd (Type=notify) that we are ready, and keep its watchdog fed from the
-/// event loop, so a hung loop gets the service restarted. Outside systemd this does
-/// nothing.
-fn notify_systemd() {
+/// Tell systemd (Type=notify) that we are ready, and keep its watchdog fed while every
+/// node actor answers, so a hung loop or a stuck node gets the service restarted.
+/// Outside systemd this does nothing.
+fn notify_systemd(health: http::Health) {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     if let Some(period) = sd_notify::watchdog_enabled() {
         actix::spawn(async move {
             let mut tick = tokio::time::interval(period / 2);
             loop {
                 tick.tick().await;
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                match health.nodes_answer().await {
+                    Ok(()) => {
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                    }
+                    Err(e) => tracing::error!("not feeding the watchdog: {e}"),
+                }
             }
         });
     }
+}
+
+/// A panic anywhere ends the process (after the usual message): an actor that died
+/// would otherwise leave a listener that accepts and never answers, while health checks
+/// and the watchdog see a running process. systemd's `Restart=on-failure` starts it
+/// again.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!("panic: {info}; ending the process");
+        std::process::abort();
+    }));
 }
 
 /// Bind with a large backlog, so that a burst of connects is not refused.

@@ -89,9 +89,24 @@ impl Gateway {
         Gateway::spawn_on(config, "127.0.0.1:0", scratch_dir())
     }
 
+    /// Start with the given TOML config and extra environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::spawn_env(Some(config), "127.0.0.1:0", scratch_dir(), env)
+    }
+
     fn spawn_on(config: Option<&str>, listen: &str, dir: PathBuf) -> Gateway {
+        Gateway::spawn_env(config, listen, dir, &[])
+    }
+
+    fn spawn_env(
+        config: Option<&str>,
+        listen: &str,
+        dir: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let ready = dir.join("ready.json");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_secop-gateway"));
+        cmd.envs(env.iter().copied());
         cmd.args(["--listen", listen, "--ready-file"]).arg(&ready);
         if let Some(text) = config {
             let path = dir.join("gateway.toml");
@@ -154,6 +169,18 @@ impl Gateway {
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The exit status once the process ended, waiting at most `timeout`.
+    pub fn exit_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 }
 

@@ -69,6 +69,12 @@ impl Simulator for Communicator {
 impl Communicator {
     fn answer(&mut self, request: &str) -> Result<String, SecopError> {
         let request = request.trim();
+        // A test-only hook (debug builds, and only with the variable set): the tests of
+        // what a panic inside an actor does to the process need a way to cause one.
+        #[cfg(debug_assertions)]
+        if request == "PANIC" && std::env::var_os("SECOP_GATEWAY_TEST_PANIC").is_some() {
+            panic!("test hook: SECOP_GATEWAY_TEST_PANIC");
+        }
         let (verb, rest) = request.split_once(' ').unwrap_or((request, ""));
         match verb.to_ascii_uppercase().as_str() {
             "*IDN?" => Ok(self.settings.identification.clone()),
