@@ -20,6 +20,7 @@ mod node;
 mod pipelined;
 mod procstat;
 mod report;
+mod soak;
 
 use clap::{Parser, Subcommand};
 use conn::{ConnectOptions, Transport};
@@ -74,6 +75,8 @@ enum Scenario {
     Connections(connections::Args),
     /// sequential describe round trips
     Describe(describe::Args),
+    /// a long run: activated clients, T ramping, periodic reconnects; RSS and fds sampled
+    Soak(soak::Args),
 }
 
 fn main() -> ExitCode {
@@ -121,6 +124,7 @@ fn main() -> ExitCode {
             Scenario::SlowConsumer(a) => fanout::run_slow(c, a).await,
             Scenario::Connections(a) => connections::run(c, a).await,
             Scenario::Describe(a) => describe::run(c, a).await,
+            Scenario::Soak(a) => soak::run(c, a).await,
         }
     });
     let mut report = report;
