@@ -76,10 +76,26 @@ METRIC_TYPES = {
     'secop_gateway_device_last_success_timestamp_seconds': ('gauge', {'device'}),
     'secop_gateway_poll_cycle_duration_seconds': ('histogram', {'device'}),
     'secop_gateway_poll_overruns_total': ('counter', {'device'}),
+    'secop_gateway_cross_protocol_closed_total': ('counter', set()),
+    'secop_gateway_connections_refused_total': ('counter', {'reason'}),
+    'secop_gateway_http_requests_refused_total': ('counter', {'reason'}),
+    'secop_gateway_audit_records_total': ('counter', {'node', 'outcome'}),
+    'secop_gateway_audit_dropped_total': ('counter', set()),
+    'secop_gateway_audit_write_errors_total': ('counter', set()),
+    'secop_gateway_unfinished_lines_total': ('counter', set()),
+    'secop_gateway_discovery_dropped_total': ('counter', set()),
 }
-# Families whose series appear only once their event happened (labelled by device, and
-# no poll cycle of a simulated device ever overruns here).
-EVENT_DRIVEN = {'secop_gateway_poll_overruns_total'}
+# Families whose series appear only once their event happened: labelled families nobody's
+# traffic here creates (no poll cycle of a simulated device overruns, no connection or
+# HTTP request is refused), and families a parallel branch adds (unfinished_lines,
+# discovery_dropped), optional until it is merged.
+EVENT_DRIVEN = {
+    'secop_gateway_poll_overruns_total',
+    'secop_gateway_connections_refused_total',
+    'secop_gateway_http_requests_refused_total',
+    'secop_gateway_unfinished_lines_total',
+    'secop_gateway_discovery_dropped_total',
+}
 PROCESS_METRICS = {
     'process_cpu_seconds_total': 'counter',
     'process_resident_memory_bytes': 'gauge',
@@ -103,7 +119,15 @@ LABEL_VALUES = {
         'HardwareError', 'CommandRunning', 'CommunicationFailed', 'TimeoutError', 'IsBusy',
         'IsError', 'Disabled', 'Impossible', 'ReadFailed', 'OutOfRange', 'InternalError'},
     ('secop_gateway_device_transactions_total', 'result'): {'ok', 'error', 'timeout'},
+    ('secop_gateway_connections_refused_total', 'reason'): {
+        'access_denied', 'connection_limit', 'address_limit'},
+    ('secop_gateway_http_requests_refused_total', 'reason'): {
+        'host', 'origin', 'method', 'handshake', 'access_denied'},
 }
+# audit_records_total{outcome}: ok, refused, a SECoP error class, or other (a class the
+# gateway does not know, from a remote node)
+LABEL_VALUES[('secop_gateway_audit_records_total', 'outcome')] = \
+    {'ok', 'refused', 'other'} | LABEL_VALUES[('secop_gateway_error_replies_total', 'class')]
 HISTOGRAM_SUFFIXES = ('_bucket', '_sum', '_count')
 
 
