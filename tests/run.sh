@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of secop-gateway on a fresh machine: installs what the tests need
-# (Debian: prometheus for promtool and a real Prometheus server, chromium for the
+# (Debian: prometheus for promtool and the prometheus binary the tests run, chromium for the
 # browser test, strace for the syscall-filter test, socat for Modbus RTU over a pty
 # pair; npm: playwright-core; PyPI: the
 # pinned packages of tests/requirements.txt), then runs formatting and lint checks,
@@ -19,16 +19,14 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v socat >/dev/null || need+=(socat)
 if [ ${#need[@]} -gt 0 ]; then
   sudo_if_needed apt-get update -q
-  # RUNLEVEL=1 keeps the package's init script from starting its own Prometheus.
+  # RUNLEVEL=1 keeps the package's init script from starting a Prometheus service on
+  # install (the tests only need the binaries).
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
     apt-get install -y -q --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u)
 fi
-# The tests start their own Prometheus on 127.0.0.1; the packaged service must not run.
-if [ -d /run/systemd/system ]; then
-  sudo_if_needed systemctl disable --now prometheus >/dev/null 2>&1 || true
-else
-  sudo_if_needed service prometheus stop >/dev/null 2>&1 || true
-fi
+# A packaged Prometheus service is left alone, running or not: the tests start their own
+# /usr/bin/prometheus on a free 127.0.0.1 port, with their own config and data directory
+# (tests/python/test_prometheus.py), and use no port the packaged service listens on.
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 

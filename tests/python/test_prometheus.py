@@ -6,6 +6,9 @@ What is asserted
   requests and their latency histogram per node, device transactions; the open-connection
   gauge goes up while a client is connected and back down after it closes, for raw TCP
   and for WebSocket (transport="tcp" / "ws"); HTTP scrapes are not client connections.
+- Refused HTTP requests count by reason (host, method, origin), a SECoP connection that
+  sends an HTTP header line counts as cross-protocol, and each refused request leaves an
+  audit record (outcome="refused").
 - Every metric family of the metrics contract (METRIC_TYPES) is exposed under its name,
   with its type, HELP text and label names, and label values from the bounded sets.
 - `promtool check metrics` accepts the exposition without a single lint problem (see
@@ -76,10 +79,26 @@ METRIC_TYPES = {
     'secop_gateway_device_last_success_timestamp_seconds': ('gauge', {'device'}),
     'secop_gateway_poll_cycle_duration_seconds': ('histogram', {'device'}),
     'secop_gateway_poll_overruns_total': ('counter', {'device'}),
+    'secop_gateway_cross_protocol_closed_total': ('counter', set()),
+    'secop_gateway_connections_refused_total': ('counter', {'reason'}),
+    'secop_gateway_http_requests_refused_total': ('counter', {'reason'}),
+    'secop_gateway_audit_records_total': ('counter', {'node', 'outcome'}),
+    'secop_gateway_audit_dropped_total': ('counter', set()),
+    'secop_gateway_audit_write_errors_total': ('counter', set()),
+    'secop_gateway_unfinished_lines_total': ('counter', set()),
+    'secop_gateway_discovery_dropped_total': ('counter', set()),
 }
-# Families whose series appear only once their event happened (labelled by device, and
-# no poll cycle of a simulated device ever overruns here).
-EVENT_DRIVEN = {'secop_gateway_poll_overruns_total'}
+# Families whose series appear only once their event happened: labelled families nobody's
+# traffic here creates (no poll cycle of a simulated device overruns, no connection or
+# HTTP request is refused), and families a parallel branch adds (unfinished_lines,
+# discovery_dropped), optional until it is merged.
+EVENT_DRIVEN = {
+    'secop_gateway_poll_overruns_total',
+    'secop_gateway_connections_refused_total',
+    'secop_gateway_http_requests_refused_total',
+    'secop_gateway_unfinished_lines_total',
+    'secop_gateway_discovery_dropped_total',
+}
 PROCESS_METRICS = {
     'process_cpu_seconds_total': 'counter',
     'process_resident_memory_bytes': 'gauge',
@@ -103,7 +122,15 @@ LABEL_VALUES = {
         'HardwareError', 'CommandRunning', 'CommunicationFailed', 'TimeoutError', 'IsBusy',
         'IsError', 'Disabled', 'Impossible', 'ReadFailed', 'OutOfRange', 'InternalError'},
     ('secop_gateway_device_transactions_total', 'result'): {'ok', 'error', 'timeout'},
+    ('secop_gateway_connections_refused_total', 'reason'): {
+        'access_denied', 'connection_limit', 'address_limit'},
+    ('secop_gateway_http_requests_refused_total', 'reason'): {
+        'host', 'origin', 'method', 'handshake', 'access_denied'},
 }
+# audit_records_total{outcome}: ok, refused, a SECoP error class, or other (a class the
+# gateway does not know, from a remote node)
+LABEL_VALUES[('secop_gateway_audit_records_total', 'outcome')] = \
+    {'ok', 'refused', 'other'} | LABEL_VALUES[('secop_gateway_error_replies_total', 'class')]
 HISTOGRAM_SUFFIXES = ('_bucket', '_sum', '_count')
 
 
@@ -447,6 +474,76 @@ def test_websocket_connections_are_counted(gateway):
         - before.count('secop_gateway_messages_received_total', action='ping') == 1
     assert after.count('secop_gateway_messages_sent_total', action='pong') \
         - before.count('secop_gateway_messages_sent_total', action='pong') == 1
+
+
+def raw_http(host, port, request):
+    """send one raw HTTP/1.1 request; the status code of the answer"""
+    with socket.create_connection((host, port), timeout=SOCKET_TIMEOUT) as sock:
+        sock.sendall(request.encode())
+        head = b''
+        while b'\r\n' not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    status = head.split(b'\r\n', 1)[0].split()
+    assert len(status) >= 2, f'no HTTP status line in {head!r}'
+    return int(status[1])
+
+
+def test_security_events_move_their_counters(gateway):
+    """refused HTTP requests by reason, SECoP connections closed for sending HTTP header
+    lines, and the audit records of the refusals"""
+    host, port = gateway.host, gateway.port
+    before = scrape(host, port)
+    gw = f'{host}:{port}'
+    refused = {
+        'host': (421, f'GET /healthz HTTP/1.1\r\nHost: evil.example:{port}\r\n'
+                      'Connection: close\r\n\r\n'),
+        'method': (405, f'POST / HTTP/1.1\r\nHost: {gw}\r\nContent-Length: 0\r\n'
+                        'Connection: close\r\n\r\n'),
+        'origin': (403, f'GET /metrics HTTP/1.1\r\nHost: {gw}\r\n'
+                        'Origin: http://evil.example\r\nConnection: close\r\n\r\n'),
+    }
+    for reason, (status, request) in refused.items():
+        assert raw_http(host, port, request) == status, reason
+
+    client = LineClient(host, port)
+    try:
+        assert client.request('*IDN?').startswith('ISSE')
+        client.sock.sendall(b'Host: evil.example\nchange T:target 1\n')
+        client.sock.settimeout(SOCKET_TIMEOUT)
+        rest = b''
+        try:
+            while chunk := client.sock.recv(65536):   # until the gateway closes
+                rest += chunk
+        except ConnectionResetError:
+            pass                                      # closed with a reset: closed too
+        assert b'changed' not in rest, rest
+    finally:
+        client.close()
+
+    node = {'node': DEFAULT_NODE}
+
+    def counted():
+        after = scrape(host, port)
+        audited = after.count('secop_gateway_audit_records_total', outcome='refused', **node) \
+            - before.count('secop_gateway_audit_records_total', outcome='refused', **node)
+        return after if audited >= len(refused) else None
+    after = wait_for(counted, SETTLE_TIMEOUT, 'the audit records of the refused requests')
+
+    def delta(name, **labels):
+        return after.count(name, **labels) - before.count(name, **labels)
+    for reason in refused:
+        assert delta('secop_gateway_http_requests_refused_total', reason=reason) == 1, reason
+    for reason in ('handshake', 'access_denied'):
+        assert delta('secop_gateway_http_requests_refused_total', reason=reason) == 0, reason
+    assert delta('secop_gateway_cross_protocol_closed_total') == 1
+    assert delta('secop_gateway_audit_records_total', outcome='refused', **node) == len(refused)
+    assert delta('secop_gateway_audit_records_total', outcome='ok', **node) == 0
+    assert after.get('secop_gateway_audit_dropped_total') == 0
+    assert after.get('secop_gateway_audit_write_errors_total') == 0
+    assert not after.series('secop_gateway_connections_refused_total')
 
 
 def drive_some_traffic(gateway):
