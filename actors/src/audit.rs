@@ -57,8 +57,8 @@ pub use crate::node::SessionTransport as Transport;
 pub enum AuditOutcome {
     /// Accepted; the value of the reply (`changed` / `done`).
     Ok(Value),
-    /// Turned away before it reached the node (an HTTP request the request policy
-    /// refused, a SECoP connection that spoke HTTP); `reason` is a fixed word.
+    /// Turned away before it reached the node (an HTTP request that the request
+    /// policy refused); `reason` is a fixed word.
     Refused { reason: &'static str, text: String },
     /// Refused or failed, with the SECoP error class and text of the error reply.
     Error { class: String, text: String },
