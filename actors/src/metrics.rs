@@ -25,6 +25,8 @@ pub struct Metrics {
     pub updates_coalesced: IntCounter,
     pub events_dropped: IntCounter,
     pub slow_clients_disconnected: IntCounter,
+    pub unfinished_lines: IntCounter,
+    pub discovery_dropped: IntCounter,
     pub outbox_queued_bytes: Histogram,
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
@@ -91,6 +93,8 @@ impl Metrics {
             updates_coalesced: reg(&r, make(IntCounter::with_opts(opts("updates_coalesced_total", "Updates replaced by a newer one while a slow client lagged")))),
             events_dropped: reg(&r, make(IntCounter::with_opts(opts("events_dropped_total", "Log events dropped for slow clients")))),
             slow_clients_disconnected: reg(&r, make(IntCounter::with_opts(opts("slow_clients_disconnected_total", "Clients disconnected because they did not read")))),
+            unfinished_lines: reg(&r, make(IntCounter::with_opts(opts("unfinished_lines_total", "Last lines without LF at end of input (client or remote node), discarded unexecuted")))),
+            discovery_dropped: reg(&r, make(IntCounter::with_opts(opts("discovery_dropped_total", "UDP discovery requests not answered because of the reply rate limit")))),
             outbox_queued_bytes: reg(&r, make(Histogram::with_opts(hopts("outbox_queued_bytes", "Bytes queued for a client when its writer drains the queue", exponential_buckets(64.0, 4.0, 10).unwrap_or_default())))),
             requests: reg(&r, make(IntCounterVec::new(opts("requests_total", "Requests handled by a node, by action"), &["node", "action"]))),
             request_duration: reg(&r, make(HistogramVec::new(hopts("request_duration_seconds", "Time from a request reaching the node to its reply", latency_buckets()), &["node", "action"]))),
@@ -283,6 +287,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("secop_gateway_messages_sent_total{action=\"idn\"} "));
+        assert!(text.contains("secop_gateway_unfinished_lines_total "));
+        assert!(text.contains("secop_gateway_discovery_dropped_total "));
         assert_eq!(error_class(b"error_x  [\"Bogus\",\"\",{}]"), "other");
         assert_eq!(RECEIVED_ACTIONS[received_action_index("*IDN?")], "idn");
         assert_eq!(RECEIVED_ACTIONS[received_action_index("foo")], "other");
