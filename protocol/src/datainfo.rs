@@ -372,6 +372,9 @@ impl DataInfo {
                     .enumerate()
                     .map(|(i, m)| from_json(m).map_err(|e| format!("members[{i}]: {e}")))
                     .collect::<Result<Vec<_>, _>>()?;
+                if members.iter().any(DataInfo::is_command) {
+                    return Err("tuple: members cannot be commands".into());
+                }
                 if members.is_empty() {
                     return Err("tuple: \"members\" is empty".into());
                 }
@@ -392,6 +395,9 @@ impl DataInfo {
                         return Err(format!("struct: member {name:?} is not unique"));
                     }
                     let di = from_json(m).map_err(|e| format!("members.{name}: {e}"))?;
+                    if di.is_command() {
+                        return Err(format!("struct: member {name:?} cannot be a command"));
+                    }
                     list.push((name.clone(), di));
                 }
                 let optional = match obj.get("optional") {

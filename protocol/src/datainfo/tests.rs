@@ -358,3 +358,16 @@ fn many_members_parse() {
     let d = di(json!({"type":"struct","members":fields,"optional":names}));
     assert!(d.validate(&json!({})).is_ok());
 }
+
+/// Found by the randomized pass: a command inside a tuple or struct made a datainfo
+/// that no value fits (not even its own default). Like array members, refused.
+#[test]
+fn no_command_members() {
+    for j in [
+        json!({"type":"tuple","members":[{"type":"bool"},{"type":"command"}]}),
+        json!({"type":"struct","members":{"a":{"type":"command"}}}),
+    ] {
+        let e = DataInfo::from_remote_json(&j).unwrap_err();
+        assert!(e.contains("command"), "{e}");
+    }
+}
