@@ -1,0 +1,7 @@
+//! Fuzz target `datainfo`: see `fuzz/checks/proto.rs` for what is checked.
+#![no_main]
+
+#[path = "../checks/proto.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::datainfo(data));
