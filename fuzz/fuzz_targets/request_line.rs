@@ -1,6 +1,7 @@
 //! Fuzz target `request_line`: see `fuzz/checks/proto.rs` for what is checked.
 #![no_main]
 
+#[allow(dead_code)] // each target uses one of the checks
 #[path = "../checks/proto.rs"]
 mod checks;
 
