@@ -159,9 +159,10 @@ async fn open(
     use futures_util::{SinkExt, StreamExt};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     if address.starts_with("ws://") {
+        // Frames stay within tungstenite's default (16 MiB) unless the line limit is lower.
         let limits = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(max_line))
-            .max_frame_size(Some(max_line));
+            .max_frame_size(Some(max_line.min(16 << 20)));
         let (ws, _) = tokio_tungstenite::connect_async_with_config(address, Some(limits), false)
             .await
             .map_err(|e| format!("cannot connect to {address}: {e}"))?;
