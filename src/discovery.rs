@@ -5,11 +5,73 @@
 //! The listener binds with SO_REUSEPORT so several gateways (and frappy servers) share
 //! port 10767 on one host. Announcements go only to the configured addresses (loopback
 //! by default), never to a broadcast address unless an operator lists one.
+//!
+//! A 20-byte request draws up to 508 bytes per node in reply, and UDP source addresses
+//! are easily forged, so an unlimited responder is a traffic amplifier aimed at
+//! whoever's address is forged. Replies are therefore rate-limited ([`ReplyLimiter`]):
+//! at most [`PER_SOURCE_INTERVAL`] apart to one source address, and at most
+//! [`GLOBAL_RATE`] per second in all (bursts of [`GLOBAL_BURST`]). Requests over the
+//! limit are dropped unanswered and counted in `secop_gateway_discovery_dropped_total`.
+//! Discovery is a rare, human-paced operation; a client that got no answer asks again.
 
 use serde_json::{json, Value};
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
+
+/// Discovery requests answered per second, from all sources together (each answer is
+/// one datagram per node).
+pub const GLOBAL_RATE: f64 = 20.0;
+
+/// Answers that may go out at once after a quiet spell (the token bucket's size).
+pub const GLOBAL_BURST: f64 = 5.0;
+
+/// Least time between two answers to the same source IP address (whatever the port:
+/// a forged victim address can carry any port).
+pub const PER_SOURCE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Above this many remembered sources, those older than [`PER_SOURCE_INTERVAL`] are
+/// forgotten. Sources are only remembered when answered, so at most
+/// `GLOBAL_BURST + GLOBAL_RATE * PER_SOURCE_INTERVAL` (25) are recent: the table stays
+/// small whatever the number of (forged) senders.
+const PRUNE_AT: usize = 64;
+
+/// The reply rate limit: a global token bucket plus a minimum interval per source.
+#[derive(Debug)]
+pub struct ReplyLimiter {
+    tokens: f64,
+    refilled: Instant,
+    answered: HashMap<IpAddr, Instant>,
+}
+
+impl ReplyLimiter {
+    pub fn new(now: Instant) -> Self {
+        ReplyLimiter {
+            tokens: GLOBAL_BURST,
+            refilled: now,
+            answered: HashMap::new(),
+        }
+    }
+
+    /// Whether a request from `source` arriving at `now` may be answered; if so, it is
+    /// counted against the limits.
+    pub fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * GLOBAL_RATE).min(GLOBAL_BURST);
+        self.refilled = now;
+        let recent = |at: &Instant| now.saturating_duration_since(*at) < PER_SOURCE_INTERVAL;
+        if self.answered.get(&source).is_some_and(recent) || self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        if self.answered.len() >= PRUNE_AT {
+            self.answered.retain(|_, at| recent(at));
+        }
+        self.answered.insert(source, now);
+        true
+    }
+}
 
 /// The largest UDP payload that is safe everywhere (RFC-105).
 pub const MAX_DATAGRAM: usize = 508;
@@ -78,9 +140,12 @@ pub fn bind_shared(address: SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 /// Answer discovery requests (one datagram per node and port) until the future is
-/// dropped. Garbage gets no answer and never stops the listener.
+/// dropped, within the rate limit of [`ReplyLimiter`]. Garbage gets no answer and never
+/// stops the listener.
 pub async fn serve(socket: UdpSocket, nodes: Vec<(Identity, u16)>) {
     let replies: Vec<Vec<u8>> = nodes.iter().map(|(id, p)| node_datagram(id, *p)).collect();
+    let mut limiter = ReplyLimiter::new(Instant::now());
+    let dropped = &secop_actors::metrics::metrics().discovery_dropped;
     let mut buf = vec![0u8; 2048];
     loop {
         let (n, from) = match socket.recv_from(&mut buf).await {
@@ -91,7 +156,11 @@ pub async fn serve(socket: UdpSocket, nodes: Vec<(Identity, u16)>) {
                 continue;
             }
         };
-        if !is_discover(&buf[..n]) {
+        if !buf.get(..n).is_some_and(is_discover) {
+            continue;
+        }
+        if !limiter.allow(from.ip(), Instant::now()) {
+            dropped.inc();
             continue;
         }
         for reply in &replies {
@@ -181,5 +250,39 @@ mod tests {
         assert!(!is_discover(br#"{"SECoP":"node"}"#));
         assert!(!is_discover(b"\xff\x00garbage"));
         assert!(!is_discover(b"[1,2]"));
+    }
+
+    #[test]
+    fn one_answer_per_source_and_second() {
+        let t0 = Instant::now();
+        let mut l = ReplyLimiter::new(t0);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "::1".parse().unwrap();
+        assert!(l.allow(a, t0));
+        assert!(!l.allow(a, t0 + Duration::from_millis(999)));
+        assert!(l.allow(b, t0 + Duration::from_millis(999)));
+        assert!(l.allow(a, t0 + Duration::from_secs(1)));
+        assert!(!l.allow(a, t0 + Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn global_bucket_bounds_answers_to_many_sources() {
+        let t0 = Instant::now();
+        let mut l = ReplyLimiter::new(t0);
+        let source = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        // A burst from 1000 (forged) sources at one instant: only the bucket's size.
+        let burst = (0..1000).filter(|i| l.allow(source(*i), t0)).count();
+        assert_eq!(burst as f64, GLOBAL_BURST);
+        // Ten seconds of a flood, 100 new sources every 10 ms.
+        let mut answered = 0;
+        for step in 1..=1000u32 {
+            let now = t0 + Duration::from_millis(10 * u64::from(step));
+            answered += (0..100)
+                .filter(|i| l.allow(source(10_000 + step * 100 + i), now))
+                .count();
+        }
+        assert!(answered as f64 <= GLOBAL_RATE * 10.0 + 1.0, "{answered}");
+        assert!(answered as f64 >= GLOBAL_RATE * 10.0 - 1.0, "{answered}");
+        assert!(l.answered.len() <= PRUNE_AT, "{}", l.answered.len());
     }
 }

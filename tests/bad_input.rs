@@ -188,3 +188,36 @@ fn client_that_stops_reading_does_not_stall_others() {
     let mut c = gw.client();
     assert!(c.ask("ping alive").starts_with("pong alive"));
 }
+
+/// A client that half-closes after a line without LF (`change T:target 291`, maybe cut
+/// off from `2910` by a crash) has not sent a request: it is discarded, not executed.
+#[test]
+fn unfinished_last_line_is_not_executed() {
+    let gw = Gateway::start(FAST_CONFIG);
+    let mut observer = gw.client();
+    let before = value(&observer.ask("read T:target"));
+    assert_ne!(before, serde_json::json!(291.0));
+    let mut c = gw.client();
+    assert!(c.ask("ping first").starts_with("pong first"));
+    c.send_raw(b"change T:target 291");
+    c.stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    // The gateway answers nothing more and closes its side.
+    assert_eq!(c.line_within(Duration::from_secs(2)), None);
+    assert!(c.closed_within(WAIT), "connection closed after EOF");
+    // Unchanged, also for a fresh connection.
+    let mut fresh = gw.client();
+    assert_eq!(value(&fresh.ask("read T:target")), before);
+    assert_eq!(value(&observer.ask("read T:target")), before);
+    // And counted.
+    let mut http = std::net::TcpStream::connect(gw.addr).expect("connect");
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut page = String::new();
+    std::io::Read::read_to_string(&mut http, &mut page).expect("metrics page");
+    assert!(
+        page.contains("secop_gateway_unfinished_lines_total 1"),
+        "{page}"
+    );
+}

@@ -5,6 +5,11 @@
 //! next LF, where reading resumes. Memory per connection stays bounded whatever the
 //! client sends. Bytes are not decoded here; the session checks UTF-8 so that a bad
 //! line gets an error reply instead of ending the stream.
+//!
+//! Only a line ended by LF is a line. What is left without LF when the input ends
+//! (a client half-closing after `change T:target 291`, which a crash may have cut off
+//! from `2910`) is discarded unexecuted and counted in
+//! `secop_gateway_unfinished_lines_total`.
 
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
@@ -37,6 +42,13 @@ impl LineCodec {
             discarding: None,
         }
     }
+
+    /// Whether an over-long line is being skipped (its LF has not come yet). A reader
+    /// that treats an over-long line as fatal (an upstream node) can stop here rather
+    /// than read on to the LF.
+    pub fn is_discarding(&self) -> bool {
+        self.discarding.is_some()
+    }
 }
 
 fn trim_cr(mut line: Bytes) -> Bytes {
@@ -51,17 +63,24 @@ impl Decoder for LineCodec {
     type Error = std::io::Error;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Inbound>, Self::Error> {
-        let newline = buf[self.scanned..]
-            .iter()
-            .position(|b| *b == b'\n')
-            .map(|i| i + self.scanned);
+        // `scanned` is where the last call stopped looking; a buffer that is shorter
+        // now (not the one we scanned) is searched from its start.
+        let from = if self.scanned <= buf.len() {
+            self.scanned
+        } else {
+            0
+        };
+        let newline = buf
+            .get(from..)
+            .and_then(|rest| rest.iter().position(|b| *b == b'\n'))
+            .map(|i| i + from);
         match (newline, self.discarding.take()) {
             (Some(pos), Some((prefix, length))) => {
                 let _ = buf.split_to(pos + 1);
                 self.scanned = 0;
                 Ok(Some(Inbound::TooLong {
                     prefix,
-                    length: length + pos,
+                    length: length.saturating_add(pos),
                 }))
             }
             (Some(pos), None) => {
@@ -79,7 +98,7 @@ impl Decoder for LineCodec {
                 Ok(Some(Inbound::Line(trim_cr(line))))
             }
             (None, Some((prefix, length))) => {
-                self.discarding = Some((prefix, length + buf.len()));
+                self.discarding = Some((prefix, length.saturating_add(buf.len())));
                 buf.clear();
                 self.scanned = 0;
                 Ok(None)
@@ -103,15 +122,14 @@ impl Decoder for LineCodec {
         if let Some(item) = self.decode(buf)? {
             return Ok(Some(item));
         }
-        // A last line without LF before the client half-closed: still a request.
-        if let Some((prefix, length)) = self.discarding.take() {
-            return Ok(Some(Inbound::TooLong { prefix, length }));
-        }
-        if buf.is_empty() {
-            return Ok(None);
-        }
+        // A last line without LF (over-long or not) is unfinished: never a request.
+        let unfinished = self.discarding.take().is_some() || !buf.is_empty();
+        buf.clear();
         self.scanned = 0;
-        Ok(Some(Inbound::Line(trim_cr(buf.split().freeze()))))
+        if unfinished {
+            crate::metrics::metrics().unfinished_lines.inc();
+        }
+        Ok(None)
     }
 }
 
@@ -143,10 +161,52 @@ mod tests {
             feed(&mut c, &mut b, b"d\n"),
             [Inbound::Line(Bytes::from_static(b"cd"))]
         );
-        b.extend_from_slice(b"tail");
+        b.extend_from_slice(b"last\n");
         assert_eq!(
             c.decode_eof(&mut b).unwrap(),
-            Some(Inbound::Line(Bytes::from_static(b"tail")))
+            Some(Inbound::Line(Bytes::from_static(b"last")))
+        );
+        assert_eq!(c.decode_eof(&mut b).unwrap(), None);
+    }
+
+    /// A last line without LF when the peer half-closes is unfinished: never a request
+    /// (`change T:target 291` cut off by a crash could be `2910`), only counted.
+    #[test]
+    fn unfinished_last_line_is_discarded_and_counted() {
+        let counter = &crate::metrics::metrics().unfinished_lines;
+        let before = counter.get();
+        let mut c = LineCodec::new(100);
+        let mut b = BytesMut::new();
+        assert_eq!(
+            feed(&mut c, &mut b, b"ping a\nchange T:target 291"),
+            [Inbound::Line(Bytes::from_static(b"ping a"))]
+        );
+        assert_eq!(c.decode_eof(&mut b).unwrap(), None);
+        assert!(b.is_empty());
+        assert_eq!(c.decode_eof(&mut b).unwrap(), None, "counted once");
+        assert!(counter.get() > before, "counted");
+        // Also when the unfinished line was over the limit (and being discarded).
+        let before = counter.get();
+        let mut c = LineCodec::new(8);
+        assert!(feed(&mut c, &mut b, b"change T:target 2910000000").is_empty());
+        assert_eq!(c.decode_eof(&mut b).unwrap(), None);
+        assert!(counter.get() > before, "counted");
+        // An empty last line is nothing at all.
+        let mut c = LineCodec::new(8);
+        assert_eq!(c.decode_eof(&mut BytesMut::new()).unwrap(), None);
+    }
+
+    /// The codec keeps its place in a buffer it did not fill itself (a caller that
+    /// clears or swaps the buffer): no index past its end.
+    #[test]
+    fn a_shrunk_buffer_is_no_panic() {
+        let mut c = LineCodec::new(100);
+        let mut b = BytesMut::from(&b"partial line"[..]);
+        assert_eq!(c.decode(&mut b).unwrap(), None);
+        let mut fresh = BytesMut::from(&b"ok\n"[..]);
+        assert_eq!(
+            c.decode(&mut fresh).unwrap(),
+            Some(Inbound::Line(Bytes::from_static(b"ok")))
         );
     }
 

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub cross_protocol_closed: IntCounter,
     pub connections_refused: IntCounterVec,
     pub http_refused: IntCounterVec,
+    pub unfinished_lines: IntCounter,
+    pub discovery_dropped: IntCounter,
     pub outbox_queued_bytes: Histogram,
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
@@ -100,6 +102,8 @@ impl Metrics {
             cross_protocol_closed: reg(&r, make(IntCounter::with_opts(opts("cross_protocol_closed_total", "SECoP connections closed because they sent HTTP header lines")))),
             connections_refused: reg(&r, make(IntCounterVec::new(opts("connections_refused_total", "Connections closed at once, by reason (access_denied, connection_limit, address_limit)"), &["reason"]))),
             http_refused: reg(&r, make(IntCounterVec::new(opts("http_requests_refused_total", "HTTP requests refused before any data, by reason (host, origin, method, handshake, access_denied)"), &["reason"]))),
+            unfinished_lines: reg(&r, make(IntCounter::with_opts(opts("unfinished_lines_total", "Last lines without LF at end of input (client or remote node), discarded unexecuted")))),
+            discovery_dropped: reg(&r, make(IntCounter::with_opts(opts("discovery_dropped_total", "UDP discovery requests not answered because of the reply rate limit")))),
             outbox_queued_bytes: reg(&r, make(Histogram::with_opts(hopts("outbox_queued_bytes", "Bytes queued for a client when its writer drains the queue", exponential_buckets(64.0, 4.0, 10).unwrap_or_default())))),
             requests: reg(&r, make(IntCounterVec::new(opts("requests_total", "Requests handled by a node, by action"), &["node", "action"]))),
             request_duration: reg(&r, make(HistogramVec::new(hopts("request_duration_seconds", "Time from a request reaching the node to its reply", latency_buckets()), &["node", "action"]))),
@@ -303,6 +307,8 @@ mod tests {
             text.contains("secop_gateway_audit_write_errors_total "),
             "{text}"
         );
+        assert!(text.contains("secop_gateway_unfinished_lines_total "));
+        assert!(text.contains("secop_gateway_discovery_dropped_total "));
         assert_eq!(error_class(b"error_x  [\"Bogus\",\"\",{}]"), "other");
         assert_eq!(RECEIVED_ACTIONS[received_action_index("*IDN?")], "idn");
         assert_eq!(RECEIVED_ACTIONS[received_action_index("foo")], "other");

@@ -8,13 +8,20 @@
 //! When the remote goes away, its values become `CommunicationFailed` errors and the
 //! client reconnects with backoff; when it comes back with another description, the
 //! nodes are told to rebuild theirs.
+//!
+//! Everything a remote sends is hostile input: lines are framed by [`LineCodec`] with
+//! a limit (`max_line_bytes`), so a remote that streams without LF costs at most that
+//! much memory before it is dropped as a protocol error (logged, then reconnected with
+//! backoff); WebSocket messages have the same limit.
 
 use actix::prelude::*;
+use bytes::BytesMut;
 use secop_actors::deadline::{self, DeadlineTimer, Deadlines};
 use secop_actors::device::{
     now, DeviceAction, DeviceCall, DeviceHandle, DeviceModulesChanged, DeviceReply, DeviceRequest,
     DeviceUpdates, ParamUpdate, Responder, Subscribe, SubscriberId,
 };
+use secop_actors::line_codec::{Inbound, LineCodec};
 use secop_proto::message::split;
 use secop_proto::{ErrorClass, ModuleDescription, NodeDescription, SecopError};
 use serde::Deserialize;
@@ -22,9 +29,10 @@ use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
+use tokio_util::codec::{Decoder, FramedRead};
 
 /// `[[remote]]` in the config.
 #[derive(Debug, Clone, Deserialize)]
@@ -45,6 +53,14 @@ pub struct RemoteConfig {
     pub reconnect_min: f64,
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max: f64,
+    /// Longest line (or WebSocket message) accepted from the remote, in bytes; a longer
+    /// one is a protocol error that drops the connection.
+    #[serde(default = "default_max_line")]
+    pub max_line_bytes: usize,
+}
+
+fn default_max_line() -> usize {
+    MAX_LINE
 }
 
 fn default_timeout() -> f64 {
@@ -69,33 +85,85 @@ pub struct Connected {
     initial: Vec<String>,
 }
 
-/// Longest line accepted from a remote node (a big description).
+/// Default longest line accepted from a remote node (a big description).
 const MAX_LINE: usize = 64 * 1024 * 1024;
 
-async fn read_line(reader: &mut BufReader<OwnedReadHalf>) -> Result<String, String> {
-    let mut line = String::new();
-    let n = reader
-        .read_line(&mut line)
-        .await
-        .map_err(|e| format!("read failed: {e}"))?;
-    if n == 0 {
-        return Err("the remote node closed the connection".into());
+/// Framing of a remote's TCP stream: [`LineCodec`], but an over-long line is fatal for
+/// the connection (reported as soon as it passes the limit, not at its LF, so that no
+/// more than the limit is ever buffered), and so is a line that is not UTF-8.
+struct RemoteLines(LineCodec, usize);
+
+impl RemoteLines {
+    fn line(&self, item: Option<Inbound>) -> std::io::Result<Option<String>> {
+        let invalid = |text: String| std::io::Error::new(std::io::ErrorKind::InvalidData, text);
+        match item {
+            None if self.0.is_discarding() => Err(invalid(format!(
+                "protocol error: a line too long (over {} bytes without LF)",
+                self.1
+            ))),
+            None => Ok(None),
+            Some(Inbound::Line(bytes)) => String::from_utf8(Vec::from(bytes))
+                .map(Some)
+                .map_err(|_| invalid("protocol error: a line that is not UTF-8".into())),
+            Some(Inbound::TooLong { length, .. }) => Err(invalid(format!(
+                "protocol error: a line of {length} bytes is too long (limit {})",
+                self.1
+            ))),
+        }
     }
-    if line.len() > MAX_LINE {
-        return Err("line too long".into());
+}
+
+impl Decoder for RemoteLines {
+    type Item = String;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> std::io::Result<Option<String>> {
+        let item = self.0.decode(buf)?;
+        self.line(item)
     }
-    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> std::io::Result<Option<String>> {
+        // An unfinished last line is dropped (and counted) by LineCodec.
+        let item = self.0.decode_eof(buf)?;
+        self.line(item)
+    }
+}
+
+/// The lines of a remote's TCP stream; the first error (or the end of the stream) is
+/// the last item.
+fn tcp_lines(read: OwnedReadHalf, max_line: usize) -> LineStream {
+    use futures_util::StreamExt;
+    let framed = FramedRead::new(read, RemoteLines(LineCodec::new(max_line), max_line));
+    Box::pin(futures_util::stream::unfold(
+        Some(framed),
+        |state| async move {
+            let mut framed = state?;
+            match framed.next().await {
+                Some(Ok(line)) => Some((Ok(line), Some(framed))),
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    Some((Err(e.to_string()), None))
+                }
+                Some(Err(e)) => Some((Err(format!("read failed: {e}")), None)),
+                None => Some((Err("the remote node closed the connection".into()), None)),
+            }
+        },
+    ))
 }
 
 /// Open the transport: `ws://host:port/path` is SECoP over WebSocket (RFC-107), anything
 /// else `host:port` for plain TCP. Outgoing lines go through a writer task.
 async fn open(
     address: &str,
+    max_line: usize,
 ) -> Result<(LineStream, tokio::sync::mpsc::UnboundedSender<String>), String> {
     use futures_util::{SinkExt, StreamExt};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     if address.starts_with("ws://") {
-        let (ws, _) = tokio_tungstenite::connect_async(address)
+        // Frames stay within tungstenite's default (16 MiB) unless the line limit is lower.
+        let limits = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(max_line))
+            .max_frame_size(Some(max_line.min(16 << 20)));
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(address, Some(limits), false)
             .await
             .map_err(|e| format!("cannot connect to {address}: {e}"))?;
         let (mut sink, stream) = ws.split();
@@ -137,14 +205,7 @@ async fn open(
             }
         }
     });
-    let lines = futures_util::stream::unfold(Some(BufReader::new(read)), |state| async move {
-        let mut reader = state?;
-        match read_line(&mut reader).await {
-            Ok(line) => Some((Ok(line), Some(reader))),
-            Err(e) => Some((Err(e), None)),
-        }
-    });
-    Ok((Box::pin(lines), tx))
+    Ok((tcp_lines(read, max_line), tx))
 }
 
 async fn next(lines: &mut LineStream) -> Result<String, String> {
@@ -159,7 +220,7 @@ async fn next(lines: &mut LineStream) -> Result<String, String> {
 pub async fn connect(config: &RemoteConfig) -> Result<Connected, String> {
     let timeout = Duration::from_secs_f64(config.timeout);
     let work = async {
-        let (mut lines, send) = open(&config.address).await?;
+        let (mut lines, send) = open(&config.address, config.max_line_bytes).await?;
         let say = |line: &str| {
             send.send(format!("{line}\n"))
                 .map_err(|_| "connection closed".to_owned())
@@ -632,5 +693,88 @@ impl RemoteNode {
             reply: reply.clone(),
             slot: call.slot,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, Write};
+
+    /// A fake SEC node on loopback: answers the handshake, then streams `total` bytes
+    /// without LF. Returns how much it sent: `Ok` if all of it went out, `Err` if the
+    /// gateway dropped the connection first.
+    fn fake_remote(
+        total: usize,
+    ) -> (
+        std::net::SocketAddr,
+        std::thread::JoinHandle<Result<usize, usize>>,
+    ) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut out = stream.try_clone().unwrap();
+            for line in std::io::BufReader::new(stream).lines() {
+                let line = line.unwrap();
+                let answer = match line.as_str() {
+                    "*IDN?" => "ISSE,SECoP,,v2.0\n",
+                    "describe" => {
+                        "describing . {\"equipment_id\":\"fake\",\"description\":\"\",\"modules\":{}}\n"
+                    }
+                    "activate" => "active\n",
+                    _ => continue,
+                };
+                out.write_all(answer.as_bytes()).unwrap();
+                if line == "activate" {
+                    break;
+                }
+            }
+            let chunk = vec![b'x'; 1 << 20];
+            let mut sent = 0;
+            while sent < total {
+                match out.write(&chunk) {
+                    Ok(n) => sent += n,
+                    Err(_) => return Err(sent),
+                }
+            }
+            Ok(sent)
+        });
+        (addr, handle)
+    }
+
+    fn config(address: std::net::SocketAddr, max_line_bytes: usize) -> RemoteConfig {
+        RemoteConfig {
+            name: "fake".into(),
+            address: address.to_string(),
+            prefix: String::new(),
+            timeout: 10.0,
+            reconnect_min: 0.5,
+            reconnect_max: 30.0,
+            max_line_bytes,
+        }
+    }
+
+    /// A remote that sends a line without LF is dropped as soon as the line passes the
+    /// limit: it is never buffered whole (a 2 GB line was 4 GB of RSS).
+    #[actix_rt::test]
+    async fn endless_line_from_a_remote_drops_the_connection() {
+        const STREAM: usize = 64 << 20;
+        let (addr, remote) = fake_remote(STREAM);
+        let mut connected = connect(&config(addr, 1 << 20)).await.expect("handshake");
+        let error = next(&mut connected.lines).await.expect_err("no line");
+        assert!(error.contains("too long"), "{error}");
+        assert!(
+            next(&mut connected.lines).await.is_err(),
+            "the stream ends after the error"
+        );
+        drop(connected);
+        let sent = tokio::task::spawn_blocking(move || remote.join().unwrap())
+            .await
+            .unwrap();
+        // Dropped long before the 64 MiB were out: at most the limit plus what socket
+        // buffers hold was read.
+        let sent = sent.expect_err("the gateway dropped the connection");
+        assert!(sent < STREAM, "{sent}");
     }
 }

@@ -6,11 +6,32 @@
 //! numbers, `5.0` for an int becomes `5`), or the error class the spec asks for:
 //! `WrongType` when the JSON kind is wrong, `RangeError` when the kind is right but the
 //! value is outside what the datainfo allows.
+//!
+//! Datainfos come from remote SEC nodes and config files, so parsing treats them as
+//! hostile: every malformed one is an `Err`, never a panic. Strings are never sliced
+//! at byte offsets (a `fmtstr` of `"%.é"` must not split the `é`), nesting is limited
+//! to [`MAX_DEPTH`] (a `Value` built from TOML or in code has no recursion limit of its
+//! own), uniqueness checks use hash sets (a remote enum with 100 000 members must not
+//! cost 10^10 comparisons), and a datainfo whose smallest value would exceed
+//! [`MAX_SMALLEST_VALUE`] bytes is refused, so that [`DataInfo::default_value`] never
+//! allocates more than a few megabytes whatever `minchars`, `minbytes` or `minlen` say.
 
 use crate::error::SecopError;
 use base64::Engine as _;
 use serde_json::{Map, Value};
+use std::collections::HashSet;
 use std::sync::Arc;
+
+/// Deepest nesting of datainfos (array of struct of tuple ...) accepted. Real ones
+/// nest two or three levels; the limit keeps parsing and validation off the end of
+/// the stack.
+pub const MAX_DEPTH: usize = 32;
+
+/// Largest size, in bytes of compact JSON, that the smallest valid value of a datainfo
+/// may have (`minchars`, `minbytes`, `minlen`, summed over members). A value that big
+/// could not travel in a message of the default line limit (1 MiB) anyway; the bound
+/// keeps [`DataInfo::default_value`] small.
+pub const MAX_SMALLEST_VALUE: usize = 1024 * 1024;
 
 /// Element type of a `matrix`: byte order, kind and size, e.g. `<f4`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,14 +43,13 @@ pub struct ElementType {
 
 impl ElementType {
     fn parse(text: &str) -> Result<ElementType, String> {
-        let bytes = text.as_bytes();
-        let ok = bytes.len() == 2 || bytes.len() == 3;
-        let (order, kind, size) = if ok && bytes.len() == 3 {
-            (bytes[0], bytes[1], &text[2..])
-        } else {
-            (b'?', b'?', "")
+        // Matched as bytes, never sliced: text may hold any character.
+        let (order, kind, size) = match text.as_bytes() {
+            [order, kind, digit] if digit.is_ascii_digit() => {
+                (*order, *kind, usize::from(digit - b'0'))
+            }
+            _ => (b'?', b'?', 0),
         };
-        let size: usize = size.parse().unwrap_or(0);
         let valid = matches!(order, b'<' | b'>')
             && matches!(kind, b'i' | b'u' | b'f')
             && matches!(size, 1 | 2 | 4 | 8)
@@ -110,6 +130,9 @@ pub struct DataInfo(Arc<DataInfoParts>);
 pub struct DataInfoParts {
     pub kind: Kind,
     json: Value,
+    /// Bytes of compact JSON of the smallest valid value (saturating); see
+    /// [`MAX_SMALLEST_VALUE`].
+    smallest: usize,
 }
 
 impl std::ops::Deref for DataInfo {
@@ -121,7 +144,40 @@ impl std::ops::Deref for DataInfo {
 
 impl DataInfo {
     fn of(kind: Kind, json: Value) -> Self {
-        DataInfo(Arc::new(DataInfoParts { kind, json }))
+        let smallest = smallest_value_bytes(&kind);
+        DataInfo(Arc::new(DataInfoParts {
+            kind,
+            json,
+            smallest,
+        }))
+    }
+}
+
+/// An upper estimate of the compact JSON size of [`DataInfo::default_value`] (which is
+/// the smallest value), saturating instead of overflowing.
+fn smallest_value_bytes(kind: &Kind) -> usize {
+    // "[a,b,c]": each element plus a separator, plus the brackets.
+    let list = |sizes: &mut dyn Iterator<Item = usize>| {
+        sizes.fold(2usize, |acc, n| acc.saturating_add(n).saturating_add(1))
+    };
+    match kind {
+        Kind::Double { .. } | Kind::Scaled { .. } | Kind::Int { .. } | Kind::Enum { .. } => 24,
+        Kind::Bool => 5,
+        Kind::String { minchars, .. } => minchars.saturating_add(2),
+        Kind::Blob { minbytes, .. } => minbytes.div_ceil(3).saturating_mul(4).saturating_add(2),
+        Kind::Array {
+            members, minlen, ..
+        } => minlen
+            .saturating_mul(members.smallest.saturating_add(1))
+            .saturating_add(2),
+        Kind::Tuple { members } => list(&mut members.iter().map(|m| m.smallest)),
+        Kind::Struct { members, .. } => list(
+            &mut members
+                .iter()
+                .map(|(name, m)| name.len().saturating_add(3).saturating_add(m.smallest)),
+        ),
+        Kind::Matrix { names, .. } => names.len().saturating_mul(2).saturating_add(20),
+        Kind::Command { .. } => 4,
     }
 }
 
@@ -164,17 +220,22 @@ impl DataInfo {
     /// Parse a datainfo description. Errors name the offending property; nested errors
     /// are prefixed with the path (`members.x: ...`).
     pub fn from_json(json: &Value) -> Result<DataInfo, String> {
-        DataInfo::parse(json, true)
+        DataInfo::parse(json, true, 0)
     }
 
     /// Parse a datainfo that a remote node sent: unknown properties are ignored
     /// (must-accept rule 2), everything else is checked as strictly as our own.
     pub fn from_remote_json(json: &Value) -> Result<DataInfo, String> {
-        DataInfo::parse(json, false)
+        DataInfo::parse(json, false, 0)
     }
 
-    fn parse(json: &Value, strict: bool) -> Result<DataInfo, String> {
-        let from_json = |v: &Value| DataInfo::parse(v, strict);
+    fn parse(json: &Value, strict: bool, depth: usize) -> Result<DataInfo, String> {
+        if depth >= MAX_DEPTH {
+            return Err(format!(
+                "datainfos nested too deep (more than {MAX_DEPTH} levels)"
+            ));
+        }
+        let from_json = |v: &Value| DataInfo::parse(v, strict, depth + 1);
         let obj = json
             .as_object()
             .ok_or_else(|| "datainfo must be an object with a \"type\"".to_owned())?;
@@ -243,13 +304,13 @@ impl DataInfo {
                     return Err("enum: \"members\" is empty".into());
                 }
                 let mut list = Vec::with_capacity(members.len());
+                let mut names = HashSet::with_capacity(members.len());
+                let mut numbers = HashSet::with_capacity(members.len());
                 for (name, v) in members {
                     let n = v
                         .as_i64()
                         .ok_or_else(|| format!("enum: member {name:?} must be an integer"))?;
-                    if list.iter().any(|(other, m): &(String, i64)| {
-                        *m == n || other.to_lowercase() == name.to_lowercase()
-                    }) {
+                    if !numbers.insert(n) || !names.insert(name.to_lowercase()) {
                         return Err(format!("enum: member {name:?}={n} is not unique"));
                     }
                     list.push((name.clone(), n));
@@ -311,6 +372,9 @@ impl DataInfo {
                     .enumerate()
                     .map(|(i, m)| from_json(m).map_err(|e| format!("members[{i}]: {e}")))
                     .collect::<Result<Vec<_>, _>>()?;
+                if members.iter().any(DataInfo::is_command) {
+                    return Err("tuple: members cannot be commands".into());
+                }
                 if members.is_empty() {
                     return Err("tuple: \"members\" is empty".into());
                 }
@@ -325,14 +389,15 @@ impl DataInfo {
                     return Err("struct: \"members\" is empty".into());
                 }
                 let mut list: Vec<(String, DataInfo)> = Vec::with_capacity(members.len());
+                let mut lowercase = HashSet::with_capacity(members.len());
                 for (name, m) in members {
-                    if list
-                        .iter()
-                        .any(|(other, _)| other.to_lowercase() == name.to_lowercase())
-                    {
+                    if !lowercase.insert(name.to_lowercase()) {
                         return Err(format!("struct: member {name:?} is not unique"));
                     }
                     let di = from_json(m).map_err(|e| format!("members.{name}: {e}"))?;
+                    if di.is_command() {
+                        return Err(format!("struct: member {name:?} cannot be a command"));
+                    }
                     list.push((name.clone(), di));
                 }
                 let optional = match obj.get("optional") {
@@ -341,7 +406,7 @@ impl DataInfo {
                         let mut out = Vec::new();
                         for n in names {
                             let n = n.as_str().ok_or("struct: optional must list names")?;
-                            if !list.iter().any(|(m, _)| m == n) {
+                            if !members.contains_key(n) {
                                 return Err(format!("struct: optional names unknown member {n:?}"));
                             }
                             out.push(n.to_owned());
@@ -407,7 +472,14 @@ impl DataInfo {
             }
             other => return Err(format!("unknown datainfo type {other:?}")),
         };
-        Ok(DataInfo::of(kind, json.clone()))
+        let parsed = DataInfo::of(kind, json.clone());
+        if parsed.smallest > MAX_SMALLEST_VALUE {
+            return Err(format!(
+                "{type_name}: its smallest value would take {} bytes, more than {MAX_SMALLEST_VALUE}",
+                parsed.smallest
+            ));
+        }
+        Ok(parsed)
     }
 
     /// The JSON description, as given (for `describe`).
@@ -628,18 +700,29 @@ impl DataInfo {
                         kind_name(value)
                     ))
                 })?;
-                if let Some(unknown) = obj.keys().find(|k| !members.iter().any(|(m, _)| m == *k)) {
+                // Hash lookups, not scans: both sides may have thousands of members.
+                let declared = self.json.get("members").and_then(Value::as_object);
+                let is_member = |k: &str| match declared {
+                    Some(d) => d.contains_key(k),
+                    None => members.iter().any(|(m, _)| m == k),
+                };
+                if let Some(unknown) = obj.keys().find(|k| !is_member(k)) {
                     return Err(SecopError::wrong_type(format!(
                         "unknown struct member {unknown:?}"
                     )));
                 }
+                let optional: HashSet<&str> = if obj.len() < members.len() {
+                    optional.iter().map(String::as_str).collect()
+                } else {
+                    HashSet::new()
+                };
                 let mut out = Map::with_capacity(obj.len());
                 for (name, di) in members {
                     match obj.get(name) {
                         Some(v) => {
                             out.insert(name.clone(), di.validate(v).map_err(|e| e.context(name))?);
                         }
-                        None if optional.contains(name) => {}
+                        None if optional.contains(name.as_str()) => {}
                         None => {
                             return Err(SecopError::wrong_type(format!(
                                 "struct member {name:?} is missing"
@@ -686,13 +769,11 @@ fn valid_fmtstr(f: &str) -> bool {
     let Some(rest) = f.strip_prefix("%.") else {
         return false;
     };
-    let Some(conv) = rest.chars().last() else {
+    // strip_suffix, not slicing: `rest` may end in any character.
+    let Some(digits) = rest.strip_suffix(['e', 'f', 'g']) else {
         return false;
     };
-    let digits = &rest[..rest.len() - 1];
-    matches!(conv, 'e' | 'f' | 'g')
-        && (1..=2).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
+    (1..=2).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn validate_matrix(

@@ -2,6 +2,10 @@
 //!
 //! The gateway builds these from config and from remote nodes; `describe` serialises
 //! them once per node, since a description only changes when modules come or go.
+//!
+//! A description parsed from a remote node is hostile input: parsing returns an `Err`
+//! for anything malformed and never panics, and the structural checks use hash sets,
+//! so that a remote with 100 000 modules costs linear, not quadratic, time.
 
 use crate::datainfo::DataInfo;
 use crate::message::is_valid_name;
@@ -197,7 +201,7 @@ impl NodeDescription {
         if self.equipment_id.is_empty() {
             out.push("node: equipment_id is empty".to_owned());
         }
-        let mut seen = Vec::<String>::new();
+        let mut seen = std::collections::HashSet::<String>::new();
         for m in &self.modules {
             if !is_valid_name(&m.name) {
                 out.push(format!(
@@ -205,15 +209,13 @@ impl NodeDescription {
                     m.name
                 ));
             }
-            let lower = m.name.to_lowercase();
-            if seen.contains(&lower) {
+            if !seen.insert(m.name.to_lowercase()) {
                 out.push(format!(
                     "module {:?}: another module has the same name (names must differ ignoring case)",
                     m.name
                 ));
             }
-            seen.push(lower);
-            let mut acc_seen = Vec::<String>::new();
+            let mut acc_seen = std::collections::HashSet::<String>::new();
             for a in &m.accessibles {
                 if !is_valid_name(&a.name) {
                     out.push(format!(
@@ -221,14 +223,12 @@ impl NodeDescription {
                         m.name, a.name
                     ));
                 }
-                let lower = a.name.to_lowercase();
-                if acc_seen.contains(&lower) {
+                if !acc_seen.insert(a.name.to_lowercase()) {
                     out.push(format!(
                         "module {}: accessible {:?} is not unique",
                         m.name, a.name
                     ));
                 }
-                acc_seen.push(lower);
                 if a.is_command() != a.datainfo.is_command() {
                     out.push(format!(
                         "module {}: accessible {}: commands and only commands have datainfo type command",
@@ -469,5 +469,47 @@ mod tests {
         assert!(p.contains("accessible \"value\" is not unique"), "{p}");
         assert!(p.contains("needs accessible \"target\""), "{p}");
         assert!(p.contains("module \"t\": another module"), "{p}");
+    }
+
+    /// Whatever a remote sends as its description: an `Err`, never a panic.
+    #[test]
+    fn hostile_descriptions_are_errors() {
+        for text in [
+            r#"null"#,
+            r#"[]"#,
+            r#"{"modules": []}"#,
+            r#"{"equipment_id": 1, "modules": {}}"#,
+            r#"{"equipment_id": "x", "modules": {"m": 1}}"#,
+            r#"{"equipment_id": "x", "modules": {"m": {"accessibles": []}}}"#,
+            r#"{"equipment_id": "x", "modules": {"m": {"accessibles": {"a": {}}}}}"#,
+            r#"{"equipment_id": "x", "modules": {"m": {"accessibles": {"a": {"datainfo": {"type": "double", "fmtstr": "%.é"}}}}}}"#,
+            r#"{"equipment_id": "x", "modules": {"m": {"accessibles": {"a": {"datainfo": {"type": "matrix", "names": ["x"], "maxlen": [1], "elementtype": "<é"}}}}}}"#,
+            r#"{"equipment_id": "x", "modules": {"m": {"accessibles": {"a": {"datainfo": {"type": "string", "minchars": 18446744073709551615}}}}}}"#,
+        ] {
+            let json: Value = serde_json::from_str(text).unwrap();
+            assert!(NodeDescription::from_json(&json).is_err(), "{text}");
+        }
+    }
+
+    /// The structural checks are linear: 20 000 modules with a duplicate.
+    #[test]
+    fn many_modules_are_checked_quickly() {
+        let mut node = NodeDescription {
+            equipment_id: "eq".into(),
+            description: "d".into(),
+            modules: (0..20_000)
+                .map(|i| {
+                    let mut m = module();
+                    m.name = format!("m{i}");
+                    m
+                })
+                .collect(),
+            properties: Map::new(),
+        };
+        assert!(node.problems().is_empty());
+        let mut dup = module();
+        dup.name = "M7".into();
+        node.modules.push(dup);
+        assert_eq!(node.problems().len(), 1, "{:?}", node.problems());
     }
 }

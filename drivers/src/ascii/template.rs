@@ -122,14 +122,19 @@ fn parse_spec(spec: &str) -> Option<Format> {
         "d" => Some(Format::Integer),
         "x" => Some(Format::Hex),
         _ => {
+            // strip_suffix, not split_at: the spec may end in any character.
             let digits = spec.strip_prefix('.')?;
-            let (n, kind) = digits.split_at(digits.len().checked_sub(1)?);
+            let (n, fixed) = match (digits.strip_suffix('f'), digits.strip_suffix('e')) {
+                (Some(n), _) => (n, true),
+                (_, Some(n)) => (n, false),
+                _ => return None,
+            };
             let n: usize = n.parse().ok().filter(|n| *n <= 17)?;
-            match kind {
-                "f" => Some(Format::Fixed(n)),
-                "e" => Some(Format::Exponent(n)),
-                _ => None,
-            }
+            Some(if fixed {
+                Format::Fixed(n)
+            } else {
+                Format::Exponent(n)
+            })
         }
     }
 }
@@ -238,5 +243,20 @@ mod tests {
         let custom = &["#", "#"];
         assert!(t.render_line(&json!("a#b"), custom).is_err());
         assert!(t.render_line(&json!(12.5), custom).is_ok());
+    }
+
+    /// A config file is input too: a format ending in a multi-byte character is a
+    /// config error, not a panic.
+    #[test]
+    fn non_ascii_formats_are_errors() {
+        for t in [
+            "X{value:.é}",
+            "X{value:.1é}",
+            "X{value:é}",
+            "X{value:.😀f}",
+            "{value:.}",
+        ] {
+            assert!(Template::parse(t).is_err(), "{t}");
+        }
     }
 }

@@ -1,5 +1,8 @@
 //! Register layouts: how a value of a type spans Modbus registers, in which word and
 //! byte order. Pure functions, unit-tested against known register images.
+//!
+//! Registers come from a device and are not trusted: [`decode`] checks the register
+//! count before anything else and never indexes; a wrong count is an error.
 
 use serde_json::Value;
 
@@ -100,7 +103,11 @@ fn from_bytes(bytes: &[u8], order: Order) -> Vec<u16> {
     let mut words: Vec<u16> = bytes
         .chunks(2)
         .map(|c| {
-            let (hi, lo) = (c[0], c.get(1).copied().unwrap_or(0));
+            let (hi, lo) = match c {
+                [hi, lo, ..] => (*hi, *lo),
+                [hi] => (*hi, 0),
+                [] => (0, 0),
+            };
             if order.big_bytes {
                 u16::from_be_bytes([hi, lo])
             } else {
@@ -124,24 +131,17 @@ pub fn decode(regs: &[u16], kind: RegType, order: Order) -> Result<Value, String
         ));
     }
     let b = to_bytes(regs, order);
-    let arr = |n: usize| -> [u8; 8] {
-        let mut a = [0u8; 8];
-        a[8 - n..].copy_from_slice(&b[..n]);
-        a
-    };
     Ok(match kind {
-        RegType::Bool => Value::Bool(regs[0] != 0),
-        RegType::U16 => Value::from(u16::from_be_bytes([b[0], b[1]])),
-        RegType::I16 => Value::from(i16::from_be_bytes([b[0], b[1]])),
-        RegType::U32 => Value::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
-        RegType::I32 => Value::from(i32::from_be_bytes([b[0], b[1], b[2], b[3]])),
-        RegType::U64 => Value::from(u64::from_be_bytes(arr(8))),
-        RegType::I64 => Value::from(i64::from_be_bytes(arr(8))),
-        RegType::F32 => {
-            secop_proto::json::number(f64::from(f32::from_be_bytes([b[0], b[1], b[2], b[3]])))
-                .ok_or("the register holds NaN or infinity")?
-        }
-        RegType::F64 => secop_proto::json::number(f64::from_be_bytes(arr(8)))
+        RegType::Bool => Value::Bool(regs.iter().any(|r| *r != 0)),
+        RegType::U16 => Value::from(u16::from_be_bytes(be(&b)?)),
+        RegType::I16 => Value::from(i16::from_be_bytes(be(&b)?)),
+        RegType::U32 => Value::from(u32::from_be_bytes(be(&b)?)),
+        RegType::I32 => Value::from(i32::from_be_bytes(be(&b)?)),
+        RegType::U64 => Value::from(u64::from_be_bytes(be(&b)?)),
+        RegType::I64 => Value::from(i64::from_be_bytes(be(&b)?)),
+        RegType::F32 => secop_proto::json::number(f64::from(f32::from_be_bytes(be(&b)?)))
+            .ok_or("the register holds NaN or infinity")?,
+        RegType::F64 => secop_proto::json::number(f64::from_be_bytes(be(&b)?))
             .ok_or("the register holds NaN or infinity")?,
         RegType::Str(_) => {
             let text: String = b
@@ -152,6 +152,13 @@ pub fn decode(regs: &[u16], kind: RegType, order: Order) -> Result<Value, String
             Value::from(text.trim_end())
         }
     })
+}
+
+/// The bytes as a fixed-size array, or an error if there are not exactly `N`.
+fn be<const N: usize>(bytes: &[u8]) -> Result<[u8; N], String> {
+    bytes
+        .try_into()
+        .map_err(|_| format!("expected {N} bytes of registers, got {}", bytes.len()))
 }
 
 /// Registers holding `value` (a number, bool or string) as `kind`.
@@ -276,5 +283,36 @@ mod tests {
         }
         assert!(encode(&json!(70000), RegType::U16, BIG).is_err());
         assert!(encode(&json!("too long"), RegType::Str(2), BIG).is_err());
+    }
+
+    /// Every type, given too few, too many or no registers: an error, never a panic.
+    #[test]
+    fn wrong_register_counts_are_errors() {
+        for kind in [
+            RegType::Bool,
+            RegType::U16,
+            RegType::I16,
+            RegType::U32,
+            RegType::I32,
+            RegType::U64,
+            RegType::I64,
+            RegType::F32,
+            RegType::F64,
+            RegType::Str(3),
+        ] {
+            let n = usize::from(kind.registers());
+            for len in [0, n - 1, n + 1] {
+                let regs = vec![0x4141u16; len];
+                for order in [BIG, LITTLE, SWAPPED_WORDS] {
+                    let e = decode(&regs, kind, order).unwrap_err();
+                    assert!(e.contains("registers"), "{kind:?} {len}: {e}");
+                }
+            }
+        }
+        assert_eq!(
+            from_bytes(&[0x12, 0x34, 0x56], BIG),
+            vec![0x1234, 0x5600],
+            "an odd byte count is padded"
+        );
     }
 }

@@ -6,6 +6,13 @@
 //! tokio-modbus has no timeouts of its own: every call is wrapped in the link's
 //! deadline, and after a timeout the connection is dropped and reopened, because a
 //! late reply would otherwise be taken as the answer to the next request.
+//!
+//! A reply is hostile input like any other: its register (or coil) count comes from
+//! the device's byte count, not from our request. Reads therefore go through
+//! `Client::call` (tokio-modbus's `read_*` helpers only `debug_assert!` the count) and
+//! [`block_registers`] checks the count; every member is cut out of a block with
+//! [`member_registers`], which checks the length. A short reply is a
+//! `CommunicationFailed` ("reply too short"), never a panic.
 
 pub mod codec;
 
@@ -22,7 +29,7 @@ use secop_proto::{DataInfo, Kind, ModuleDescription, SecopError};
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use tokio_modbus::client::{Context, Reader, Writer};
+use tokio_modbus::client::{Client, Context, Writer};
 use tokio_modbus::slave::{Slave, SlaveContext};
 
 /// `[link.modbus]`.
@@ -403,33 +410,22 @@ impl ModbusBackend {
             "{} {}..{}",
             b.table.name(),
             b.start,
-            u32::from(b.start) + u32::from(b.count) - 1
+            (u32::from(b.start) + u32::from(b.count)).saturating_sub(1)
         );
         let (start, count) = (b.start, b.count);
-        match b.table {
-            Table::Coil => self
-                .call(b.unit, &what, move |c| Box::pin(c.read_coils(start, count)))
-                .await
-                .map(|bits| bits.into_iter().map(u16::from).collect()),
-            Table::Discrete => self
-                .call(b.unit, &what, move |c| {
-                    Box::pin(c.read_discrete_inputs(start, count))
-                })
-                .await
-                .map(|bits| bits.into_iter().map(u16::from).collect()),
-            Table::Input => {
-                self.call(b.unit, &what, move |c| {
-                    Box::pin(c.read_input_registers(start, count))
-                })
-                .await
-            }
-            Table::Holding => {
-                self.call(b.unit, &what, move |c| {
-                    Box::pin(c.read_holding_registers(start, count))
-                })
-                .await
-            }
-        }
+        let table = b.table;
+        let response = self
+            .call(b.unit, &what, move |c| {
+                Box::pin(c.call(match table {
+                    Table::Coil => tokio_modbus::Request::ReadCoils(start, count),
+                    Table::Discrete => tokio_modbus::Request::ReadDiscreteInputs(start, count),
+                    Table::Input => tokio_modbus::Request::ReadInputRegisters(start, count),
+                    Table::Holding => tokio_modbus::Request::ReadHoldingRegisters(start, count),
+                }))
+            })
+            .await?;
+        block_registers(b, response)
+            .map_err(|e| SecopError::communication_failed(format!("{what}: {e}")))
     }
 
     /// Read a block and turn its registers into the values of its members.
@@ -440,10 +436,14 @@ impl ModbusBackend {
             let value = match &regs {
                 Ok(regs) => {
                     let param = &self.modules[m].params[p];
-                    let offset = usize::from(param.address - b.start);
-                    let slice = &regs[offset..offset + usize::from(param.kind.registers())];
-                    to_value(param, slice)
-                        .map_err(|e| SecopError::hardware(format!("{}: {e}", param.name)))
+                    member_registers(regs, b.start, param.address, param.kind.registers())
+                        .map_err(|e| {
+                            SecopError::communication_failed(format!("{}: {e}", param.name))
+                        })
+                        .and_then(|slice| {
+                            to_value(param, slice)
+                                .map_err(|e| SecopError::hardware(format!("{}: {e}", param.name)))
+                        })
                 }
                 Err(e) => Err(e.clone()),
             };
@@ -544,8 +544,7 @@ impl ModbusBackend {
             Table::Holding => {
                 let regs = codec::encode(raw, kind, order)
                     .map_err(|e| SecopError::range(format!("{what}: {e}")))?;
-                if regs.len() == 1 {
-                    let word = regs[0];
+                if let [word] = regs[..] {
                     self.call(unit, &what, move |c| {
                         Box::pin(c.write_single_register(address, word))
                     })
@@ -562,10 +561,58 @@ impl ModbusBackend {
     }
 }
 
+/// The registers (coils as 0/1) of a read reply, checked against what the block asked
+/// for: fewer is an error, and so is the wrong kind of reply. Coil replies come in
+/// whole bytes, so extra bits are cut off; extra registers are an error.
+fn block_registers(b: &Block, response: tokio_modbus::Response) -> Result<Vec<u16>, String> {
+    use tokio_modbus::Response as R;
+    let expected = usize::from(b.count);
+    let words: Vec<u16> = match (b.table, response) {
+        (Table::Coil, R::ReadCoils(mut bits))
+        | (Table::Discrete, R::ReadDiscreteInputs(mut bits)) => {
+            if bits.len() >= expected {
+                bits.truncate(expected);
+            }
+            bits.into_iter().map(u16::from).collect()
+        }
+        (Table::Input, R::ReadInputRegisters(words))
+        | (Table::Holding, R::ReadHoldingRegisters(words)) => words,
+        (_, other) => return Err(format!("unexpected reply {other:?}")),
+    };
+    match words.len() {
+        n if n < expected => Err(format!("reply too short: {n} of {expected} values")),
+        n if n > expected => Err(format!("reply too long: {n} instead of {expected} values")),
+        _ => Ok(words),
+    }
+}
+
+/// The `count` registers at `address` out of a block read from `block_start`, or
+/// "reply too short" if the block does not hold them.
+fn member_registers(
+    regs: &[u16],
+    block_start: u16,
+    address: u16,
+    count: u16,
+) -> Result<&[u16], String> {
+    let slice = address.checked_sub(block_start).and_then(|offset| {
+        let offset = usize::from(offset);
+        regs.get(offset..offset + usize::from(count))
+    });
+    slice.ok_or_else(|| {
+        format!(
+            "reply too short: {} registers from {block_start}, {count} needed at {address}",
+            regs.len()
+        )
+    })
+}
+
 /// Registers of one parameter → its value.
 fn to_value(param: &Param, regs: &[u16]) -> Result<Value, String> {
     if let Some(bit) = param.bit {
-        return Ok(Value::Bool(regs[0] >> bit & 1 == 1));
+        let word = regs.first().ok_or("reply too short: no register")?;
+        return Ok(Value::Bool(
+            word.checked_shr(u32::from(bit)).unwrap_or(0) & 1 == 1,
+        ));
     }
     let raw = codec::decode(regs, param.kind, param.order)?;
     match &param.datainfo.kind {
@@ -1004,5 +1051,132 @@ mod tests {
             blocks.iter().map(|b| b.count).collect::<Vec<_>>(),
             vec![125, 75]
         );
+    }
+
+    /// A fake Modbus TCP server on loopback that answers every read with `registers`
+    /// registers (or `registers * 8` coils), whatever was asked for.
+    async fn short_replying_server(registers: u8) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut header = [0u8; 7];
+                    while s.read_exact(&mut header).await.is_ok() {
+                        let len = usize::from(u16::from_be_bytes([header[4], header[5]]));
+                        let mut pdu = vec![0u8; len.saturating_sub(1)];
+                        if s.read_exact(&mut pdu).await.is_err() {
+                            return;
+                        }
+                        let function = pdu.first().copied().unwrap_or(0);
+                        let bytes = if function <= 2 {
+                            registers
+                        } else {
+                            registers * 2
+                        };
+                        let mut reply = header[..4].to_vec();
+                        reply.extend_from_slice(&(3 + u16::from(bytes)).to_be_bytes());
+                        reply.extend_from_slice(&[header[6], function, bytes]);
+                        reply.extend(std::iter::repeat_n(0x41u8, usize::from(bytes)));
+                        if s.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn backend(address: std::net::SocketAddr) -> ModbusBackend {
+        let link: LinkConfig = serde_json::from_value(serde_json::json!({
+            "name": "plc", "protocol": "modbus", "tcp": address.to_string(), "timeout": 2.0
+        }))
+        .unwrap();
+        let spec: ModbusModule = serde_json::from_value(serde_json::json!({
+            "class": "Readable",
+            "parameter": [
+                {"name": "value", "datainfo": {"type": "double"}, "table": "holding",
+                 "address": 0, "type": "f64"},
+                {"name": "_word", "datainfo": {"type": "int", "min": 0, "max": 65535},
+                 "table": "input", "address": 4, "type": "u16"},
+                {"name": "_bit", "datainfo": {"type": "bool"}, "table": "input",
+                 "address": 9, "type": "u16", "bit": 3},
+                {"name": "_flag", "datainfo": {"type": "bool"}, "table": "coil",
+                 "address": 10, "type": "bool"},
+            ]
+        }))
+        .unwrap();
+        let config = ModuleConfig {
+            name: "m".into(),
+            description: None,
+            properties: serde_json::Map::new(),
+            settings: Value::Null,
+        };
+        ModbusBackend::build(&link, &[(config, spec)]).unwrap()
+    }
+
+    /// A device that answers with fewer registers (or coils) than asked for gets a
+    /// `CommunicationFailed`, never a panic (slice out of range, tokio-modbus's
+    /// debug_assert on the length).
+    #[actix_rt::test]
+    async fn short_replies_are_errors() {
+        // (registers in each reply, parameter, expected error)
+        let cases = [
+            (0u8, "value", Some("too short")),
+            (0, "_word", Some("too short")),
+            (0, "_bit", Some("too short")),
+            (0, "_flag", Some("too short")),
+            (1, "value", Some("too short")),
+            (1, "_word", None),
+            (1, "_bit", None),
+            (1, "_flag", None),
+            (3, "value", Some("too short")),
+            (3, "_word", Some("too long")),
+            (3, "_flag", None), // 24 coils for 1: the rest of the byte is cut off
+        ];
+        for registers in [0u8, 1, 3] {
+            let mut b = backend(short_replying_server(registers).await);
+            for (_, parameter, expected) in cases.iter().filter(|c| c.0 == registers) {
+                let result = b.read("m", parameter).await;
+                let Some(expected) = expected else {
+                    assert!(result.is_ok(), "{registers} {parameter}: {result:?}");
+                    continue;
+                };
+                let e = result.expect_err(parameter);
+                assert_eq!(
+                    e.class,
+                    secop_proto::ErrorClass::CommunicationFailed,
+                    "{registers} {parameter}: {e}"
+                );
+                assert!(e.text.contains(expected), "{e}");
+            }
+            // A whole poll cycle over the coalesced blocks, too.
+            let items = b.poll_items();
+            for item in 0..items {
+                for (_, name, value) in b.poll(item).await {
+                    if registers == 0 && name != "status" && name != "pollinterval" {
+                        assert!(value.is_err(), "{name}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Slicing a member out of a block checks the length first.
+    #[test]
+    fn member_registers_are_length_checked() {
+        assert_eq!(member_registers(&[1, 2, 3], 10, 11, 2), Ok(&[2u16, 3][..]));
+        for (regs, start, address, count) in [
+            (&[][..], 0u16, 0u16, 1u16),
+            (&[1u16][..], 0, 0, 2),
+            (&[1, 2, 3][..], 10, 12, 2),
+            (&[1, 2, 3][..], 10, 9, 1),
+            (&[1, 2, 3][..], 0, 65535, 4),
+        ] {
+            let e = member_registers(regs, start, address, count).unwrap_err();
+            assert!(e.contains("too short"), "{e}");
+        }
     }
 }

@@ -270,3 +270,104 @@ fn defaults_validate() {
         assert!(d.validate(&d.default_value()).is_ok(), "{j}");
     }
 }
+
+/// Datainfos come from remote nodes and config files: whatever they hold, parsing
+/// gives an `Err` (never a panic), and a datainfo that parses yields a default value
+/// without an absurd allocation.
+#[test]
+fn hostile_datainfo_is_an_error_not_a_panic() {
+    let cases = [
+        // slicing inside a character
+        json!({"type":"double","fmtstr":"%.é"}),
+        json!({"type":"double","fmtstr":"%.1é"}),
+        json!({"type":"double","fmtstr":"%.é3f"}),
+        json!({"type":"scaled","scale":1,"min":0,"max":1,"fmtstr":"%.😀"}),
+        json!({"type":"matrix","names":["x"],"maxlen":[1],"elementtype":"<é"}),
+        json!({"type":"matrix","names":["x"],"maxlen":[1],"elementtype":"‹é"}),
+        json!({"type":"matrix","names":["x"],"maxlen":[1],"elementtype":"aé"}),
+        json!({"type":"matrix","names":["x"],"maxlen":[1],"elementtype":"é"}),
+        json!({"type":"matrix","names":["x"],"maxlen":[1],"elementtype":"<f"}),
+        json!({"type":"matrix","names":["x"],"maxlen":[1],"elementtype":"<f٤"}),
+        // a smallest value no message could carry
+        json!({"type":"string","minchars":u64::MAX}),
+        json!({"type":"string","minchars":1u64 << 40}),
+        json!({"type":"blob","minbytes":u64::MAX,"maxbytes":u64::MAX}),
+        json!({"type":"blob","minbytes":1u64 << 40,"maxbytes":1u64 << 41}),
+        json!({"type":"array","minlen":u64::MAX,"maxlen":u64::MAX,"members":{"type":"bool"}}),
+        json!({"type":"array","minlen":1000,"maxlen":1000,"members":
+            {"type":"array","minlen":1000,"maxlen":1000,"members":
+            {"type":"array","minlen":1000,"maxlen":1000,"members":{"type":"int","min":0,"max":1}}}}),
+        json!({"type":"tuple","members":[
+            {"type":"string","minchars":1u64 << 30},{"type":"string","minchars":1u64 << 30}]}),
+        json!({"type":"struct","members":{
+            "a":{"type":"blob","minbytes":1u64 << 28,"maxbytes":1u64 << 28},
+            "b":{"type":"blob","minbytes":1u64 << 28,"maxbytes":1u64 << 28}}}),
+    ];
+    for j in cases {
+        assert!(DataInfo::from_json(&j).is_err(), "{j} accepted");
+        assert!(DataInfo::from_remote_json(&j).is_err(), "{j} accepted");
+    }
+    // Still fine: big limits, small minimum.
+    for j in [
+        json!({"type":"string","maxchars":u64::MAX}),
+        json!({"type":"blob","maxbytes":u64::MAX}),
+        json!({"type":"array","maxlen":u64::MAX,"members":{"type":"bool"}}),
+        json!({"type":"array","minlen":1000,"maxlen":1000,"members":{"type":"double"}}),
+        json!({"type":"matrix","names":["x","y"],"maxlen":[u64::MAX,u64::MAX],"elementtype":"<f8"}),
+    ] {
+        let d = di(j.clone());
+        assert!(d.validate(&d.default_value()).is_ok(), "{j}");
+    }
+}
+
+/// Nesting deeper than any real datainfo is refused before the stack is at risk (a
+/// `serde_json::Value` built in code or from TOML has no recursion limit).
+#[test]
+fn deep_nesting_is_refused() {
+    let mut j = json!({"type":"bool"});
+    for _ in 0..10_000 {
+        // Built by hand: json!() would serialise `j` recursively.
+        let mut level = Map::new();
+        level.insert("type".into(), json!("array"));
+        level.insert("maxlen".into(), json!(1));
+        level.insert("members".into(), j);
+        j = Value::Object(level);
+    }
+    let e = DataInfo::from_remote_json(&j).unwrap_err();
+    assert!(e.contains("deep"), "{e}");
+    // serde_json::Value drops recursively; leak the tower instead of blowing the stack.
+    std::mem::forget(j);
+}
+
+/// Uniqueness checks are not quadratic: a remote enum or struct with many members
+/// parses quickly (counted in comparisons, not time: 20 000 members).
+#[test]
+fn many_members_parse() {
+    let members: Map<String, Value> = (0..20_000)
+        .map(|i| (format!("m{i}"), Value::from(i)))
+        .collect();
+    let d = di(json!({"type":"enum","members":members}));
+    assert_eq!(d.validate(&json!("m19999")).unwrap(), json!(19999));
+    let mut dup = members.clone();
+    dup.insert("M5".into(), Value::from(-1));
+    assert!(DataInfo::from_json(&json!({"type":"enum","members":dup})).is_err());
+    let fields: Map<String, Value> = (0..20_000)
+        .map(|i| (format!("f{i}"), json!({"type":"bool"})))
+        .collect();
+    let names: Vec<String> = (0..20_000).map(|i| format!("f{i}")).collect();
+    let d = di(json!({"type":"struct","members":fields,"optional":names}));
+    assert!(d.validate(&json!({})).is_ok());
+}
+
+/// Found by the randomized pass: a command inside a tuple or struct made a datainfo
+/// that no value fits (not even its own default). Like array members, refused.
+#[test]
+fn no_command_members() {
+    for j in [
+        json!({"type":"tuple","members":[{"type":"bool"},{"type":"command"}]}),
+        json!({"type":"struct","members":{"a":{"type":"command"}}}),
+    ] {
+        let e = DataInfo::from_remote_json(&j).unwrap_err();
+        assert!(e.contains("command"), "{e}");
+    }
+}
