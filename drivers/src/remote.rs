@@ -453,9 +453,22 @@ impl RemoteNode {
                 let Some((module, parameter)) = raw.specifier.split_once(':') else {
                     return;
                 };
+                let local = self.local(module);
+                // Only parameters of the remote's description: anything else would
+                // grow `last` without bound, one entry per name the remote invents.
+                let known = self.modules.iter().any(|m| {
+                    m.name == local
+                        && m.accessible_index(parameter)
+                            .is_some_and(|a| !m.accessibles[a].is_command())
+                });
+                if !known {
+                    tracing::debug!(remote = %self.name, specifier = raw.specifier,
+                        "update of a parameter the remote did not describe; ignored");
+                    return;
+                }
                 let (value, t) = report(raw.action == "update", data.as_ref());
                 let update = ParamUpdate {
-                    module: Arc::from(self.local(module).as_str()),
+                    module: Arc::from(local.as_str()),
                     parameter: Arc::from(parameter),
                     value,
                     timestamp: t,
@@ -753,6 +766,30 @@ mod tests {
             reconnect_max: 30.0,
             max_line_bytes,
         }
+    }
+
+    /// Updates of parameters the remote never described are ignored, so a remote
+    /// cannot grow the gateway's memory by inventing names.
+    #[test]
+    fn updates_of_undescribed_parameters_are_ignored() {
+        let mut node = RemoteNode {
+            name: Arc::from("fake"),
+            backoff: Duration::from_secs(1),
+            config: config("127.0.0.1:1".parse().unwrap(), 1 << 20),
+            modules: Vec::new(),
+            description_json: None,
+            writer: None,
+            pending: VecDeque::new(),
+            overdue: VecDeque::new(),
+            expiry: DeadlineTimer::default(),
+            subscribers: Vec::new(),
+            last: HashMap::new(),
+            connection: 0,
+        };
+        for i in 0..1000 {
+            node.on_line(&format!("update m{i}:p{i} [1,{{}}]"));
+        }
+        assert!(node.last.is_empty());
     }
 
     /// A remote that sends a line without LF is dropped as soon as the line passes the
