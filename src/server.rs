@@ -8,7 +8,7 @@ use crate::access_rules::{AccessRules, Transport};
 use actix::prelude::*;
 use secop_actors::line_codec::LineCodec;
 use secop_actors::metrics::ConnectionMetric;
-use secop_actors::node::{ClientInfo, CloseSessions, NodeActor, SessionTransport};
+use secop_actors::node::{ClientInfo, NodeActor, SessionTransport};
 use secop_actors::outbox::{Outbox, OutboxLimits, SlowClientStats};
 use secop_actors::session::SessionActor;
 use secop_actors::writer::write_stream;
@@ -184,8 +184,8 @@ fn start_session(
     SessionActor::start(node, outbox, client, frames);
 }
 
-/// Wait for SIGINT or SIGTERM, then close all sessions of all nodes.
-pub async fn shutdown_signal(nodes: Vec<Addr<NodeActor>>) {
+/// Wait for SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let term = async {
@@ -202,10 +202,4 @@ pub async fn shutdown_signal(nodes: Vec<Addr<NodeActor>>) {
         _ = ctrl_c => tracing::info!("SIGINT received, shutting down"),
         _ = term => tracing::info!("SIGTERM received, shutting down"),
     }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    for node in &nodes {
-        let _ = node.send(CloseSessions).await;
-    }
-    // Give writers a moment to flush and close their sockets.
-    tokio::time::sleep(Duration::from_millis(100)).await;
 }
