@@ -40,3 +40,27 @@ fn a_panic_in_an_actor_ends_the_process() {
     assert!(!status.success(), "{status:?}");
     assert!(gw.stderr().contains("test hook"), "the panic is reported");
 }
+
+/// SIGTERM: clients are told (WebSocket close 1001, TCP closed), their connections are
+/// drained, and the process ends with status 0 soon after.
+#[test]
+fn sigterm_closes_clients_and_ends_cleanly() {
+    let mut gw = Gateway::start(FAST_CONFIG);
+    let mut tcp = gw.client();
+    assert!(tcp.ask("activate").starts_with("active"));
+    let s = TcpStream::connect(gw.addr).expect("connect");
+    let mut ws = WsClient::handshake(s, &gw.addr.to_string()).expect("upgrade");
+    assert!(ws.ask("*IDN?").starts_with("ISSE"));
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &gw.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    assert!(tcp.closed_within(WAIT), "TCP client closed");
+    // The WebSocket client gets a close frame (recv returns None on close or EOF).
+    while ws.recv(WAIT).is_some() {}
+    let status = gw
+        .exit_within(Duration::from_secs(5))
+        .expect("ended after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
