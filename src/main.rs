@@ -15,7 +15,6 @@ use clap::Parser;
 use cli::{Cli, Command};
 use secop_actors::node::{NodeActor, NodeSettings, Start};
 use secop_actors::outbox::{OutboxLimits, SlowClientStats};
-use secop_proto::NodeDescription;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +27,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let loaded = match config::load(cli.config.as_deref()) {
+    let loaded = match config::load(cli.config.as_deref(), cli.listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("secop-gateway: configuration error:\n{e}");
@@ -36,16 +35,17 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.log_level.as_deref().unwrap_or(&loaded.config.log.level));
-    // The whole description is validated before anything starts.
-    let description = match describe(&loaded) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("secop-gateway: configuration error:\n{e}");
-            return ExitCode::from(2);
-        }
-    };
     match cli.command.unwrap_or(Command::Run) {
         Command::Discover { target, wait, json } => {
+            if let Err(e) = (secop_drivers::limits::Seconds {
+                min: 0.05,
+                max: 3600.0,
+            })
+            .check("--wait", wait)
+            {
+                eprintln!("secop-gateway: {e}");
+                return ExitCode::from(2);
+            }
             // By default: this host, and the addresses the config announces to (where
             // an operator listed the LAN's broadcast address).
             let targets = if target.is_empty() {
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(discovery::discover(
                 &targets,
-                Duration::from_secs_f64(wait.max(0.05)),
+                secop_drivers::limits::duration(wait),
             )) {
                 Ok(found) => {
                     for (from, node) in &found {
@@ -108,7 +108,8 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig => {
-            let pretty = serde_json::to_string_pretty(&description.to_json()).unwrap_or_default();
+            let description = loaded.description().to_json();
+            let pretty = serde_json::to_string_pretty(&description).unwrap_or_default();
             println!("{pretty}");
             eprintln!(
                 "access rules of node {:?} (first match wins):\n{}",
@@ -127,10 +128,10 @@ fn main() -> ExitCode {
         }
         Command::Run => {
             let system = actix::System::new();
-            match system.block_on(run(cli.listen, cli.ready_file, loaded)) {
+            match system.block_on(run(cli.ready_file, loaded)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e}");
+                    // Once, on stderr, where the log goes too.
                     eprintln!("secop-gateway: {e}");
                     ExitCode::FAILURE
                 }
@@ -143,50 +144,16 @@ fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, never into a log file or journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
-/// Build the description without starting anything.
-fn describe(loaded: &config::Loaded) -> Result<NodeDescription, String> {
-    let mut modules = Vec::new();
-    for (i, m) in loaded.config.modules.iter().enumerate() {
-        if let Some(driver) = &m.driver {
-            let described = secop_drivers::describe(driver, &m.driver_config())
-                .map_err(|e| format!("{}: module[{i}] ({:?}): {e}", loaded.origin, m.name))?;
-            modules.extend(described);
-        }
-    }
-    for (i, l) in loaded.config.links.iter().enumerate() {
-        let described = secop_drivers::describe_link(l, &loaded.modules_of(&l.name))
-            .map_err(|e| format!("{}: link[{i}] ({:?}): {e}", loaded.origin, l.name))?;
-        modules.extend(described);
-    }
-    let node = &loaded.config.node;
-    let description = NodeDescription {
-        equipment_id: node.equipment_id.clone(),
-        description: node.description.clone(),
-        modules,
-        properties: loaded.node_properties(),
-    };
-    let problems = description.problems();
-    if !problems.is_empty() {
-        return Err(problems
-            .iter()
-            .map(|p| format!("{}: {p}", loaded.origin))
-            .collect::<Vec<_>>()
-            .join("\n"));
-    }
-    Ok(description)
-}
-
-async fn run(
-    listen: Option<std::net::SocketAddr>,
-    ready_file: Option<std::path::PathBuf>,
-    loaded: config::Loaded,
-) -> Result<(), String> {
+async fn run(ready_file: Option<std::path::PathBuf>, loaded: config::Loaded) -> Result<(), String> {
     use actix::Actor;
     secop_actors::metrics::metrics()
         .build_info
@@ -238,14 +205,16 @@ async fn run(
         coalesce_bytes: l.coalesce_bytes,
         max_bytes: l.max_queue_bytes,
     };
-    let handshake_timeout = Duration::from_secs_f64(l.handshake_timeout);
+    // Every duration is within its range (config::load); limits::duration never panics.
+    let seconds = secop_drivers::limits::duration;
+    let handshake_timeout = seconds(l.handshake_timeout);
     let base_listener_settings = server::ListenerSettings {
         max_line_bytes: l.max_line_bytes,
         max_connections: l.max_connections,
-        write_timeout: Duration::from_secs_f64(l.write_timeout),
+        write_timeout: seconds(l.write_timeout),
         limits,
         handshake_timeout,
-        idle_timeout: (l.idle_timeout > 0.0).then(|| Duration::from_secs_f64(l.idle_timeout)),
+        idle_timeout: (l.idle_timeout > 0.0).then(|| seconds(l.idle_timeout)),
         access: Arc::new(loaded.access_rules(None)),
     };
     let stats = Arc::new(SlowClientStats::exported());
@@ -284,20 +253,18 @@ async fn run(
     }
     let ws_settings = websocket::WsSettings {
         max_message_bytes: ws.max_message_bytes,
-        ping_interval: Duration::from_secs_f64(ws.ping_interval),
-        ping_timeout: Duration::from_secs_f64(ws.ping_timeout),
+        ping_interval: seconds(ws.ping_interval),
+        ping_timeout: seconds(ws.ping_timeout),
         limits,
     };
 
     // The main node, then the extra nodes: each a node actor with its own listener.
     let main_cfg = &loaded.config.node;
-    let main_address = match listen {
-        Some(a) => a,
-        None => l
-            .address
-            .parse()
-            .map_err(|e| format!("listen.address: {e}"))?,
-    };
+    // The --listen address is in listen.address already.
+    let main_address = l
+        .address
+        .parse()
+        .map_err(|e| format!("listen.address: {e}"))?;
     let mut plans = vec![NodePlan {
         equipment_id: main_cfg.equipment_id.clone(),
         description: main_cfg.description.clone(),
