@@ -5,7 +5,6 @@
 use crate::{access_rules, config, discovery, http, request_policy, server, websocket};
 use secop_actors::node::{NodeActor, NodeSettings, Start};
 use secop_actors::outbox::{OutboxLimits, SlowClientStats};
-use secop_proto::NodeDescription;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,53 +38,9 @@ impl From<String> for AppError {
     }
 }
 
-/// Build the description without starting anything.
-pub fn describe(loaded: &config::Loaded) -> Result<NodeDescription, AppError> {
-    let mut modules = Vec::new();
-    for (i, m) in loaded.config.modules.iter().enumerate() {
-        if let Some(driver) = &m.driver {
-            let described = secop_drivers::describe(driver, &m.driver_config()).map_err(|e| {
-                AppError::Config(format!(
-                    "{}: module[{i}] ({:?}): {e}",
-                    loaded.origin, m.name
-                ))
-            })?;
-            modules.extend(described);
-        }
-    }
-    for (i, l) in loaded.config.links.iter().enumerate() {
-        let described =
-            secop_drivers::describe_link(l, &loaded.modules_of(&l.name)).map_err(|e| {
-                AppError::Config(format!("{}: link[{i}] ({:?}): {e}", loaded.origin, l.name))
-            })?;
-        modules.extend(described);
-    }
-    let node = &loaded.config.node;
-    let description = NodeDescription {
-        equipment_id: node.equipment_id.clone(),
-        description: node.description.clone(),
-        modules,
-        properties: loaded.node_properties(),
-    };
-    let problems = description.problems();
-    if !problems.is_empty() {
-        return Err(AppError::Config(
-            problems
-                .iter()
-                .map(|p| format!("{}: {p}", loaded.origin))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        ));
-    }
-    Ok(description)
-}
-
-/// Start every device, node and listener of `loaded` (on `listen` instead of the main
-/// node's configured address, if given). Must run inside an actix `System`.
-pub async fn start(
-    loaded: config::Loaded,
-    listen: Option<std::net::SocketAddr>,
-) -> Result<Running, AppError> {
+/// Start every device, node and listener of `loaded` (validated: `config::load` has
+/// built every node's description already). Must run inside an actix `System`.
+pub async fn start(loaded: config::Loaded) -> Result<Running, AppError> {
     use actix::Actor;
     secop_actors::metrics::metrics()
         .build_info
@@ -137,14 +92,16 @@ pub async fn start(
         coalesce_bytes: l.coalesce_bytes,
         max_bytes: l.max_queue_bytes,
     };
-    let handshake_timeout = Duration::from_secs_f64(l.handshake_timeout);
+    // Every duration is within its range (config::load); limits::duration never panics.
+    let seconds = secop_drivers::limits::duration;
+    let handshake_timeout = seconds(l.handshake_timeout);
     let base_listener_settings = server::ListenerSettings {
         max_line_bytes: l.max_line_bytes,
         max_connections: l.max_connections,
-        write_timeout: Duration::from_secs_f64(l.write_timeout),
+        write_timeout: seconds(l.write_timeout),
         limits,
         handshake_timeout,
-        idle_timeout: (l.idle_timeout > 0.0).then(|| Duration::from_secs_f64(l.idle_timeout)),
+        idle_timeout: (l.idle_timeout > 0.0).then(|| seconds(l.idle_timeout)),
         access: Arc::new(loaded.access_rules(None)),
     };
     let stats = Arc::new(SlowClientStats::exported());
@@ -184,20 +141,18 @@ pub async fn start(
     }
     let ws_settings = websocket::WsSettings {
         max_message_bytes: ws.max_message_bytes,
-        ping_interval: Duration::from_secs_f64(ws.ping_interval),
-        ping_timeout: Duration::from_secs_f64(ws.ping_timeout),
+        ping_interval: seconds(ws.ping_interval),
+        ping_timeout: seconds(ws.ping_timeout),
         limits,
     };
 
     // The main node, then the extra nodes: each a node actor with its own listener.
     let main_cfg = &loaded.config.node;
-    let main_address = match listen {
-        Some(a) => a,
-        None => l
-            .address
-            .parse()
-            .map_err(|e| format!("listen.address: {e}"))?,
-    };
+    // The --listen address is in listen.address already.
+    let main_address = l
+        .address
+        .parse()
+        .map_err(|e| AppError::Config(format!("listen.address: {e}")))?;
     let mut plans = vec![NodePlan {
         equipment_id: main_cfg.equipment_id.clone(),
         description: main_cfg.description.clone(),
@@ -356,10 +311,9 @@ impl Running {
 /// Start, write the ready file, tell systemd, serve until SIGINT/SIGTERM, shut down.
 pub async fn run(
     loaded: config::Loaded,
-    listen: Option<std::net::SocketAddr>,
     ready_file: Option<std::path::PathBuf>,
 ) -> Result<(), AppError> {
-    let running = start(loaded, listen).await?;
+    let running = start(loaded).await?;
     if let Some(path) = ready_file {
         running.write_ready_file(&path)?;
     }

@@ -5,8 +5,12 @@
 //! config handling can change their case. Every error names the file, the key and
 //! the reason.
 
+mod rules;
+
 use crate::access_rules::{AccessRules, Rule, RuleConfig};
-use secop_drivers::ModuleConfig;
+use secop_actors::node::{exported_modules, NodeSettings};
+use secop_drivers::{limits, ModuleConfig};
+use secop_proto::{ModuleDescription, NodeDescription};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::net::SocketAddr;
@@ -350,15 +354,22 @@ fn sorted(value: Value) -> Value {
     }
 }
 
-/// A loaded configuration with its origin.
+/// A loaded and validated configuration with its origin.
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub origin: Origin,
     pub config: GatewayConfig,
+    /// The environment overrides applied: (variable, key such as `listen.address`).
+    pub overrides: Vec<(String, String)>,
+    /// The modules this gateway serves itself (drivers and links) as described; those
+    /// of remote nodes come when they connect.
+    pub modules: Vec<ModuleDescription>,
 }
 
-/// Load from a file (or the embedded default) and apply environment overrides.
-pub fn load(path: Option<&Path>) -> Result<Loaded, String> {
+/// Load from a file (or the embedded default), apply the environment overrides and the
+/// `--listen` address, and validate everything. `check-config` and `run` both start
+/// here: what one refuses, the other refuses too, with the same message.
+pub fn load(path: Option<&Path>, listen: Option<SocketAddr>) -> Result<Loaded, String> {
     let (origin, source) = match path {
         None => (Origin::Embedded, EMBEDDED_DEFAULT.to_owned()),
         Some(p) => {
@@ -367,72 +378,400 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, String> {
             (Origin::File(p.to_owned()), text)
         }
     };
-    let built = config::Config::builder()
-        .add_source(config::File::from_str(&source, config::FileFormat::Toml))
+    check_toml(&source).map_err(|problems| {
+        problems
+            .iter()
+            .map(|p| format!("{origin}: {p}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    let variables = environment()?;
+    let mut config =
+        deserialize(&source, &variables).map_err(|e| blame(&origin, &source, &variables, e))?;
+    if let Some(address) = listen {
+        config.listen.address = address.to_string();
+    }
+    let mut loaded = Loaded {
+        origin,
+        config,
+        overrides: variables
+            .iter()
+            .map(|(name, _)| (name.clone(), env_key(name)))
+            .collect(),
+        modules: Vec::new(),
+    };
+    loaded.modules = loaded.validate()?;
+    Ok(loaded)
+}
+
+/// The environment variables that override config keys (`SECOP_GATEWAY__...`), sorted.
+fn environment() -> Result<Vec<(String, String)>, String> {
+    let prefix = format!("{ENV_PREFIX}__");
+    let mut variables = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str().filter(|n| n.starts_with(&prefix)) else {
+            continue;
+        };
+        let value = value
+            .into_string()
+            .map_err(|_| format!("environment variable {name}: the value is not UTF-8"))?;
+        variables.push((name.to_owned(), value));
+    }
+    variables.sort();
+    Ok(variables)
+}
+
+/// `SECOP_GATEWAY__LISTEN__ADDRESS` → `listen.address`.
+fn env_key(variable: &str) -> String {
+    variable
+        .get(ENV_PREFIX.len() + 2..)
+        .unwrap_or_default()
+        .split("__")
+        .map(str::to_lowercase)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The configuration from the TOML text and these environment variables.
+fn deserialize(
+    source: &str,
+    variables: &[(String, String)],
+) -> Result<GatewayConfig, config::ConfigError> {
+    let env: config::Map<String, String> = variables.iter().cloned().collect();
+    config::Config::builder()
+        .add_source(config::File::from_str(source, config::FileFormat::Toml))
         .add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(env)),
         )
-        .build()
-        .map_err(|e| format!("{origin}: {e}"))?;
-    let config: GatewayConfig = built
+        .build()?
         .try_deserialize()
-        .map_err(|e| format!("{origin}: {e}"))?;
-    let loaded = Loaded { origin, config };
-    loaded.validate()?;
-    Ok(loaded)
+}
+
+/// The message for a configuration that does not deserialize, blaming the file, or the
+/// environment variable that breaks it.
+fn blame(
+    origin: &Origin,
+    source: &str,
+    variables: &[(String, String)],
+    error: config::ConfigError,
+) -> String {
+    let named = |e| labelled(source, &config_error(e));
+    if let Err(e) = deserialize(source, &[]) {
+        return format!("{origin}: {}", named(e));
+    }
+    for variable in variables {
+        if let Err(e) = deserialize(source, std::slice::from_ref(variable)) {
+            return format!("environment variable {}: {}", variable.0, named(e));
+        }
+    }
+    let names: Vec<&str> = variables.iter().map(|(n, _)| n.as_str()).collect();
+    format!(
+        "environment variables {}: {}",
+        names.join(", "),
+        named(error)
+    )
+}
+
+/// `module[1].unit_id: ...` → `module[1] ("v").unit_id: ...`: the name (or
+/// equipment_id) of the array entry a message begins with, as validation names it.
+fn labelled(source: &str, message: &str) -> String {
+    let Some((section, rest)) = message.split_once('[') else {
+        return message.to_owned();
+    };
+    let Some((index, rest)) = rest.split_once(']') else {
+        return message.to_owned();
+    };
+    if !section
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return message.to_owned();
+    }
+    let (Ok(table), Ok(i)) = (toml::de::DeTable::parse(source), index.parse::<usize>()) else {
+        return message.to_owned();
+    };
+    let label = table
+        .get_ref()
+        .iter()
+        .find(|(k, _)| k.get_ref() == section)
+        .and_then(|(_, v)| v.get_ref().get(i))
+        .and_then(|entry| {
+            ["name", "equipment_id"]
+                .iter()
+                .find_map(|k| entry.get_ref().get(*k)?.get_ref().as_str())
+        });
+    match label {
+        Some(name) => format!("{section}[{i}] ({name:?}){rest}"),
+        None => message.to_owned(),
+    }
+}
+
+/// "key: reason" for an error of the config crate.
+fn config_error(error: config::ConfigError) -> String {
+    use config::ConfigError as E;
+    let keyed = |key: Option<String>, reason: String| match key {
+        Some(k) if !k.is_empty() => format!("{}: {reason}", dotted(&k)),
+        _ => reason,
+    };
+    match error {
+        E::Type {
+            unexpected,
+            expected,
+            key,
+            ..
+        } => {
+            let found = unexpected.to_string();
+            let reason = match found.split('`').nth(1) {
+                Some(n) if expected.contains("integer") && found.contains("integer") => {
+                    format!("{n} is out of range for {expected}")
+                }
+                _ => format!("invalid type: {found}, expected {expected}"),
+            };
+            keyed(key, reason)
+        }
+        E::At { error, key, .. } => keyed(key, config_error(*error)),
+        E::NotFound(key) => keyed(Some(key), "missing".into()),
+        E::FileParse { cause, .. } => cause.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The config crate writes `module[0]unit_id`; we write `module[0].unit_id`.
+fn dotted(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    let mut after_index = false;
+    for c in key.chars() {
+        if after_index && c != '.' && c != '[' {
+            out.push('.');
+        }
+        after_index = c == ']';
+        out.push(c);
+    }
+    out
+}
+
+/// What the config crate would lose or mangle of the TOML text: syntax errors with
+/// their position, integers beyond 64 bits (an error without a key there), and `nan`
+/// and `inf` (which become `null` in JSON-valued sections). Each problem names its key.
+fn check_toml(source: &str) -> Result<(), Vec<String>> {
+    use toml::de::{DeTable, DeValue};
+    fn walk(value: &DeValue<'_>, key: &str, out: &mut Vec<String>) {
+        match value {
+            DeValue::Integer(i) if i64::from_str_radix(i.as_str(), i.radix()).is_err() => {
+                out.push(format!(
+                    "{key}: {} does not fit in a 64-bit integer",
+                    i.as_str()
+                ));
+            }
+            DeValue::Float(f) if !f.as_str().parse::<f64>().is_ok_and(f64::is_finite) => {
+                out.push(format!(
+                    "{key}: {} is not a finite number (no value here may be nan or inf)",
+                    f.as_str()
+                ));
+            }
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let item = item.get_ref();
+                    let label = item
+                        .as_table()
+                        .and_then(|t| {
+                            ["name", "equipment_id"].iter().find_map(|k| {
+                                t.iter()
+                                    .find(|(name, _)| name.get_ref() == k)
+                                    .and_then(|(_, v)| v.get_ref().as_str())
+                            })
+                        })
+                        .map(|name| format!(" ({name:?})"))
+                        .unwrap_or_default();
+                    walk(item, &format!("{key}[{i}]{label}"), out);
+                }
+            }
+            DeValue::Table(table) => {
+                for (name, item) in table.iter() {
+                    let sub = match key {
+                        "" => name.get_ref().to_string(),
+                        _ => format!("{key}.{}", name.get_ref()),
+                    };
+                    walk(item.get_ref(), &sub, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let table = DeTable::parse(source).map_err(|e| vec![e.to_string().trim_end().to_owned()])?;
+    let mut problems = Vec::new();
+    walk(&DeValue::Table(table.get_ref().clone()), "", &mut problems);
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(problems),
+    }
+}
+
+/// Problems found by [`Loaded::validate`], each "key: reason".
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, problem: String) {
+        self.0.push(problem);
+    }
+
+    fn check(&mut self, result: Result<(), String>) {
+        if let Err(e) = result {
+            self.0.push(e);
+        }
+    }
+
+    fn count(&mut self, key: &str, x: usize, min: u64, max: u64, unit: &str) {
+        self.check(limits::count(key, x as u64, min, max, unit));
+    }
+}
+
+/// Whether two TCP listeners could not both bind (same port, and the same or a
+/// wildcard address). Port 0 (any free port) never clashes.
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 impl Loaded {
-    /// Checks that serde cannot express; each message names file, key and reason.
-    fn validate(&self) -> Result<(), String> {
-        let o = &self.origin;
+    /// Everything `run` would find wrong, with every value in its documented range
+    /// (docs/configuration.md); each message names file (or environment variable), key
+    /// and reason. Returns the descriptions of the gateway's own modules.
+    fn validate(&self) -> Result<Vec<ModuleDescription>, String> {
+        use limits::{PING_INTERVAL, RECONNECT_MAX, RECONNECT_MIN, TIMEOUT};
         let c = &self.config;
-        let mut problems = Vec::new();
-        if c.listen.address.parse::<SocketAddr>().is_err() {
+        let mut problems = Problems::default();
+        let address = |text: &str| text.parse::<SocketAddr>().ok();
+        if address(&c.listen.address).is_none() {
             problems.push(format!(
                 "listen.address: {:?} is not an address like 127.0.0.1:10767",
                 c.listen.address
             ));
         }
-        if c.discovery.address.parse::<SocketAddr>().is_err() {
+        if address(&c.discovery.address).is_none() {
             problems.push(format!(
                 "discovery.address: {:?} is not an address like 127.0.0.1:10767",
                 c.discovery.address
             ));
         }
         for a in &c.discovery.announce {
-            if a.parse::<SocketAddr>().is_err() {
+            if address(a).is_none() {
                 problems.push(format!(
                     "discovery.announce: {a:?} is not an address like 127.0.0.1:10767"
                 ));
             }
         }
         if let Some(a) = &c.metrics.address {
-            if a.parse::<SocketAddr>().is_err() {
+            if address(a).is_none() {
                 problems.push(format!(
                     "metrics.address: {a:?} is not an address like 127.0.0.1:9105"
                 ));
             }
         }
-        if c.listen.max_line_bytes < 64 {
-            problems.push("listen.max_line_bytes: must be at least 64".into());
+        let l = &c.listen;
+        problems.count(
+            "listen.max_line_bytes",
+            l.max_line_bytes,
+            64,
+            64 << 20,
+            "bytes",
+        );
+        problems.count(
+            "listen.max_connections",
+            l.max_connections,
+            1,
+            1_000_000,
+            "connections",
+        );
+        problems.check(TIMEOUT.check("listen.write_timeout", l.write_timeout));
+        problems.count(
+            "listen.backpressure_bytes",
+            l.backpressure_bytes,
+            1024,
+            1 << 34,
+            "bytes",
+        );
+        problems.count(
+            "listen.coalesce_bytes",
+            l.coalesce_bytes,
+            1024,
+            1 << 34,
+            "bytes",
+        );
+        problems.count(
+            "listen.max_queue_bytes",
+            l.max_queue_bytes,
+            4096,
+            1 << 34,
+            "bytes",
+        );
+        if l.coalesce_bytes > l.max_queue_bytes || l.backpressure_bytes > l.max_queue_bytes {
+            problems.push(
+                "listen.max_queue_bytes: must exceed coalesce_bytes and backpressure_bytes".into(),
+            );
         }
-        if c.listen.max_connections == 0 {
-            problems.push("listen.max_connections: must be at least 1".into());
+        problems.check(TIMEOUT.check("listen.handshake_timeout", l.handshake_timeout));
+        problems.check(TIMEOUT.check_or_zero("listen.idle_timeout", l.idle_timeout));
+        problems.count(
+            "listen.max_connections_per_address",
+            l.max_connections_per_address,
+            1,
+            1_000_000,
+            "connections",
+        );
+        for h in &l.allowed_hosts {
+            let plain = h == "*"
+                || (!h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b)));
+            if !plain {
+                problems.push(format!(
+                    "listen.allowed_hosts: {h:?} is not a host name or address (e.g. \"gw.lab.example\")"
+                ));
+            }
+        }
+        let ws = &l.websocket;
+        problems.count(
+            "listen.websocket.max_message_bytes",
+            ws.max_message_bytes,
+            1024,
+            1 << 30,
+            "bytes",
+        );
+        problems.check(PING_INTERVAL.check("listen.websocket.ping_interval", ws.ping_interval));
+        problems.check(TIMEOUT.check("listen.websocket.ping_timeout", ws.ping_timeout));
+        if ws.ping_timeout <= ws.ping_interval {
+            problems.push("listen.websocket.ping_timeout: must exceed ping_interval".into());
+        }
+        for o in &ws.allowed_origins {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                problems.push(format!(
+                    "listen.websocket.allowed_origins: {o:?} must look like http://host:port or be \"*\""
+                ));
+            }
         }
         let a = &c.audit;
-        if !(4096..=1 << 40).contains(&a.max_file_bytes) {
-            problems.push("audit.max_file_bytes: must be between 4096 and 2^40".into());
-        }
-        if a.keep_files > 1000 {
-            problems.push("audit.keep_files: must be between 0 and 1000".into());
-        }
-        if !(16..=1_000_000).contains(&a.queue_capacity) {
-            problems.push("audit.queue_capacity: must be between 16 and 1000000".into());
-        }
+        problems.check(limits::count(
+            "audit.max_file_bytes",
+            a.max_file_bytes,
+            4096,
+            1 << 40,
+            "bytes",
+        ));
+        problems.count("audit.keep_files", a.keep_files, 0, 1000, "files");
+        problems.count(
+            "audit.queue_capacity",
+            a.queue_capacity,
+            16,
+            1_000_000,
+            "records",
+        );
         if let Some(file) = &a.file {
             let dir = match file.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p,
@@ -442,20 +781,6 @@ impl Loaded {
                 problems.push(format!(
                     "audit.file: {} is not a file in an existing directory",
                     file.display()
-                ));
-            }
-        }
-        if c.listen.max_connections_per_address == 0 {
-            problems.push("listen.max_connections_per_address: must be at least 1".into());
-        }
-        for h in &c.listen.allowed_hosts {
-            let plain = h == "*"
-                || (!h.is_empty()
-                    && h.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b)));
-            if !plain {
-                problems.push(format!(
-                    "listen.allowed_hosts: {h:?} is not a host name or address (e.g. \"gw.lab.example\")"
                 ));
             }
         }
@@ -470,51 +795,27 @@ impl Loaded {
                 if let Err(e) = Rule::from_config(rule) {
                     problems.push(format!("{key}[{j}].{e}"));
                 }
+                if let Some(n) = rule.max_connections_per_address {
+                    let key = format!("{key}[{j}].max_connections_per_address");
+                    problems.count(&key, n, 1, 1_000_000, "connections");
+                }
             }
         }
-        if !(c.listen.write_timeout > 0.0 && c.listen.write_timeout.is_finite()) {
-            problems.push("listen.write_timeout: must be a positive number of seconds".into());
-        }
-        if c.listen.coalesce_bytes > c.listen.max_queue_bytes
-            || c.listen.backpressure_bytes > c.listen.max_queue_bytes
-        {
-            problems.push(
-                "listen.max_queue_bytes: must exceed coalesce_bytes and backpressure_bytes".into(),
-            );
-        }
-        if !(c.listen.handshake_timeout > 0.0 && c.listen.handshake_timeout.is_finite()) {
-            problems.push("listen.handshake_timeout: must be a positive number of seconds".into());
-        }
-        if !(c.listen.idle_timeout >= 0.0 && c.listen.idle_timeout.is_finite()) {
-            problems.push("listen.idle_timeout: must be 0 (off) or a number of seconds".into());
-        }
-        let ws = &c.listen.websocket;
-        if ws.max_message_bytes < 1024 {
-            problems.push("listen.websocket.max_message_bytes: must be at least 1024".into());
-        }
-        if !(ws.ping_interval > 0.0 && ws.ping_timeout > ws.ping_interval) {
-            problems.push(
-                "listen.websocket.ping_timeout: must exceed ping_interval, both positive".into(),
-            );
-        }
-        for o in &ws.allowed_origins {
-            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
-                problems.push(format!(
-                    "listen.websocket.allowed_origins: {o:?} must look like http://host:port or be \"*\""
-                ));
-            }
-        }
-        if !(c.node.device_timeout > 0.0 && c.node.device_timeout.is_finite()) {
-            problems.push("node.device_timeout: must be a positive number of seconds".into());
-        }
-        if !c.node.identification.is_ascii() || c.node.identification.contains('\n') {
-            problems.push("node.identification: must be one line of ASCII".into());
+        problems.check(TIMEOUT.check("node.device_timeout", c.node.device_timeout));
+        if let Err(e) = rules::identification(&c.node.identification) {
+            problems.push(format!("node.identification: {e}"));
         }
         if c.modules.is_empty() && c.remotes.is_empty() {
             problems.push("module: the node has no modules (add [[module]] sections)".into());
         }
+        let names: Vec<&str> = c.modules.iter().map(|m| m.name.as_str()).collect();
+        let mut described = Vec::new();
+        let mut all_described = true;
         for (i, m) in c.modules.iter().enumerate() {
             let key = format!("module[{i}] ({:?})", m.name);
+            for p in rules::module_properties(&m.properties, &names) {
+                problems.push(format!("{key}.properties.{p}"));
+            }
             match (&m.driver, &m.link) {
                 (Some(driver), None) => {
                     let link_keys = m.class.is_some()
@@ -527,14 +828,20 @@ impl Loaded {
                             "{key}: class, parameter, command and drive belong to modules on a link, not to driver {driver:?}"
                         ));
                     }
-                    if let Err(e) = secop_drivers::describe(driver, &m.driver_config()) {
-                        let field = if e.starts_with("unknown driver") {
-                            "driver"
-                        } else {
-                            "settings"
-                        };
-                        let e = e.strip_prefix("settings: ").unwrap_or(&e).to_owned();
-                        problems.push(format!("{key}.{field}: {e}"));
+                    match secop_drivers::describe(driver, &m.driver_config()) {
+                        Ok(d) => described.extend(d),
+                        Err(e) if e.starts_with("unknown driver") => {
+                            all_described = false;
+                            problems.push(format!("{key}.driver: {e}"));
+                        }
+                        Err(e) => {
+                            all_described = false;
+                            let e = e.strip_prefix("settings: ").unwrap_or(&e);
+                            match e.starts_with("settings.") {
+                                true => problems.push(format!("{key}.{e}")),
+                                false => problems.push(format!("{key}.settings: {e}")),
+                            }
+                        }
                     }
                 }
                 (None, Some(link)) => {
@@ -550,36 +857,6 @@ impl Loaded {
                 }
                 (None, None) => {
                     problems.push(format!("{key}: needs a driver (simulators) or a link"))
-                }
-            }
-        }
-        let mut ids = vec![&c.node.equipment_id];
-        for (i, n) in c.extra_nodes.iter().enumerate() {
-            let key = format!("extra_node[{i}] ({:?})", n.equipment_id);
-            if ids.contains(&&n.equipment_id) {
-                problems.push(format!("{key}.equipment_id: another node has this id"));
-            }
-            ids.push(&n.equipment_id);
-            if n.listen.parse::<SocketAddr>().is_err() {
-                problems.push(format!(
-                    "{key}.listen: {:?} is not an address like 127.0.0.1:10768",
-                    n.listen
-                ));
-            }
-            for m in n.modules.iter().flatten() {
-                // Remote modules are only known once connected.
-                if c.remotes.is_empty() && !c.modules.iter().any(|x| &x.name == m) {
-                    problems.push(format!("{key}.modules: no module is named {m:?}"));
-                }
-            }
-            for h in &n.hide {
-                let known = h
-                    .split_once(':')
-                    .is_some_and(|(m, _)| c.modules.iter().any(|x| x.name == m));
-                if !known {
-                    problems.push(format!(
-                        "{key}.hide: {h:?} is not \"module:accessible\" of a known module"
-                    ));
                 }
             }
         }
@@ -599,8 +876,13 @@ impl Loaded {
                     r.address
                 ));
             }
-            if !(r.timeout > 0.0 && r.reconnect_min > 0.0 && r.reconnect_max >= r.reconnect_min) {
-                problems.push(format!("{key}: timeout and reconnect times must be positive, reconnect_max >= reconnect_min"));
+            problems.check(TIMEOUT.check(&format!("{key}.timeout"), r.timeout));
+            problems.check(RECONNECT_MIN.check(&format!("{key}.reconnect_min"), r.reconnect_min));
+            problems.check(RECONNECT_MAX.check(&format!("{key}.reconnect_max"), r.reconnect_max));
+            if r.reconnect_max < r.reconnect_min {
+                problems.push(format!(
+                    "{key}.reconnect_max: must not be below reconnect_min"
+                ));
             }
             if c.links.iter().any(|l| l.name == r.name)
                 || c.remotes[..i].iter().any(|o| o.name == r.name)
@@ -620,17 +902,159 @@ impl Loaded {
                 problems.push(format!("{key}: no module uses this link"));
                 continue;
             }
-            if let Err(e) = secop_drivers::describe_link(l, &modules) {
-                problems.push(format!("{key}: {e}"));
+            match secop_drivers::describe_link(l, &modules) {
+                Ok(d) => described.extend(d),
+                Err(e) => {
+                    all_described = false;
+                    problems.push(format!("{key}: {e}"));
+                }
             }
         }
-        match problems.is_empty() {
-            true => Ok(()),
-            false => Err(problems
-                .iter()
-                .map(|p| format!("{o}: {p}"))
-                .collect::<Vec<_>>()
-                .join("\n")),
+        if all_described {
+            self.check_descriptions(&described, &mut problems);
+        }
+        // Listeners that could not both bind.
+        let mut listeners = Vec::new();
+        if let Some(a) = address(&c.listen.address) {
+            listeners.push(("listen.address".to_owned(), "the main node".to_owned(), a));
+        }
+        for (i, n) in c.extra_nodes.iter().enumerate() {
+            if let Some(a) = address(&n.listen) {
+                let key = format!("extra_node[{i}] ({:?})", n.equipment_id);
+                listeners.push((format!("{key}.listen"), key, a));
+            }
+        }
+        if let Some(a) = c.metrics.address.as_deref().and_then(address) {
+            listeners.push(("metrics.address".into(), "the metrics listener".into(), a));
+        }
+        for (j, (key, _, a)) in listeners.iter().enumerate() {
+            if let Some((_, other, _)) = listeners[..j].iter().find(|(_, _, b)| clash(*a, *b)) {
+                problems.push(format!("{key}: {a} is taken by {other} already"));
+            }
+        }
+        if problems.0.is_empty() {
+            return Ok(described);
+        }
+        Err(problems
+            .0
+            .iter()
+            .map(|p| format!("{}: {p}", self.origin_of(p)))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    /// The rules that concern whole descriptions: the main node's and each extra node's
+    /// (as `run` builds them: [`exported_modules`]), and SECoP's names.
+    fn check_descriptions(&self, described: &[ModuleDescription], problems: &mut Problems) {
+        let c = &self.config;
+        let node = |settings: &NodeSettings, equipment_id: &str| NodeDescription {
+            equipment_id: equipment_id.to_owned(),
+            description: String::new(),
+            modules: exported_modules(settings, described.to_vec()),
+            properties: Map::new(),
+        };
+        let main = node(&NodeSettings::default(), &c.node.equipment_id).problems();
+        for p in &main {
+            problems.push(p.clone());
+        }
+        for m in described {
+            let Some(i) = c.modules.iter().position(|e| e.name == m.name) else {
+                continue;
+            };
+            let entry = &c.modules[i];
+            for a in &m.accessibles {
+                let Err(e) = rules::accessible_name(m, a) else {
+                    continue;
+                };
+                let list = match a.is_command() {
+                    true => ("command", &entry.command),
+                    false => ("parameter", &entry.parameter),
+                };
+                let j = list.1.iter().position(|v| v["name"] == a.name.as_str());
+                match j {
+                    Some(j) => problems.push(format!(
+                        "module[{i}] ({:?}).{}[{j}].name: {e}",
+                        m.name, list.0
+                    )),
+                    None => problems.push(format!("module[{i}] ({:?}): {e}", m.name)),
+                }
+            }
+        }
+        let mut ids = vec![&c.node.equipment_id];
+        for (i, n) in c.extra_nodes.iter().enumerate() {
+            let key = format!("extra_node[{i}] ({:?})", n.equipment_id);
+            if ids.contains(&&n.equipment_id) {
+                problems.push(format!("{key}.equipment_id: another node has this id"));
+            }
+            ids.push(&n.equipment_id);
+            if n.listen.parse::<SocketAddr>().is_err() {
+                problems.push(format!(
+                    "{key}.listen: {:?} is not an address like 127.0.0.1:10768",
+                    n.listen
+                ));
+            }
+            for m in n.modules.iter().flatten() {
+                // Remote modules are only known once connected.
+                if c.remotes.is_empty() && !described.iter().any(|x| &x.name == m) {
+                    problems.push(format!("{key}.modules: no module is named {m:?}"));
+                }
+            }
+            for h in &n.hide {
+                let Some((m, a)) = h.split_once(':') else {
+                    problems.push(format!("{key}.hide: {h:?} is not \"module:accessible\""));
+                    continue;
+                };
+                match described.iter().find(|x| x.name == m) {
+                    Some(x) if x.accessible(a).is_none() => problems.push(format!(
+                        "{key}.hide: {h:?}: module {m} has no accessible {a:?}"
+                    )),
+                    Some(_) => {}
+                    None if c.remotes.is_empty() => {
+                        problems.push(format!("{key}.hide: {h:?}: no module is named {m:?}"))
+                    }
+                    None => {}
+                }
+            }
+            let settings = NodeSettings {
+                read_only: n.read_only,
+                export: n.modules.clone(),
+                hide: n.hide.clone(),
+                ..NodeSettings::default()
+            };
+            for p in node(&settings, &n.equipment_id).problems() {
+                if main.contains(&p) {
+                    continue;
+                }
+                match p.contains("needs accessible") && !n.hide.is_empty() {
+                    true => problems.push(format!("{key}.hide: {p}")),
+                    false => problems.push(format!("{key}: {p}")),
+                }
+            }
+        }
+    }
+
+    /// Where a problem comes from: the environment variable that set its key, else the
+    /// file.
+    fn origin_of(&self, problem: &str) -> String {
+        for (variable, key) in &self.overrides {
+            if let Some(rest) = problem.strip_prefix(key.as_str()) {
+                if rest.starts_with([':', '.', ' ']) {
+                    return format!("environment variable {variable}");
+                }
+            }
+        }
+        self.origin.to_string()
+    }
+
+    /// The main node's description, without the modules of remote nodes (known only
+    /// once they are connected).
+    pub fn description(&self) -> NodeDescription {
+        let node = &self.config.node;
+        NodeDescription {
+            equipment_id: node.equipment_id.clone(),
+            description: node.description.clone(),
+            modules: self.modules.clone(),
+            properties: self.node_properties(),
         }
     }
 
@@ -665,7 +1089,7 @@ impl Loaded {
     }
 
     pub fn device_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.config.node.device_timeout)
+        limits::duration(self.config.node.device_timeout)
     }
 
     /// Node properties besides equipment_id, description and modules.
@@ -697,14 +1121,16 @@ mod tests {
     fn load_text(text: &str) -> Result<Loaded, String> {
         let dir = std::env::temp_dir().join(format!("secop-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let path = dir.join(format!("{}.toml", text.len()));
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{n}.toml"));
         std::fs::write(&path, text).map_err(|e| e.to_string())?;
-        load(Some(&path))
+        load(Some(&path), None)
     }
 
     #[test]
     fn embedded_default_is_valid() {
-        let loaded = load(None).unwrap();
+        let loaded = load(None, None).unwrap();
         assert!(loaded.config.modules.len() >= 4);
     }
 
@@ -724,7 +1150,7 @@ mod tests {
         ))
         .unwrap_err();
         assert!(
-            e.contains("module[0] (\"T\").settings: invalid type: string \"fast\""),
+            e.contains("module[0] (\"T\").settings.ramp: invalid type: string \"fast\""),
             "{e}"
         );
         let e = load_text(&format!(
@@ -739,7 +1165,220 @@ mod tests {
         assert!(e.contains("listen.address"), "{e}");
         let e = load_text("[node]\ndescription='d'\n").unwrap_err();
         assert!(e.contains("equipment_id"), "{e}");
-        let e = load(Some(Path::new("/nonexistent/x.toml"))).unwrap_err();
+        let e = load(Some(Path::new("/nonexistent/x.toml")), None).unwrap_err();
         assert!(e.starts_with("/nonexistent/x.toml: cannot read"), "{e}");
+    }
+
+    const BASE: &str = "[node]\nequipment_id='x'\ndescription='d'\n";
+    const T: &str = "[[module]]\nname='T'\ndriver='sim_temperature'\n";
+
+    /// The problems of a config (`Ok` → empty), each without the file name.
+    fn problems(text: &str) -> String {
+        match load_text(text) {
+            Ok(_) => String::new(),
+            Err(e) => e
+                .lines()
+                .map(|l| l.split_once(".toml: ").map_or(l, |(_, p)| p))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    #[test]
+    fn every_duration_and_size_has_a_range() {
+        for (section, key, value, expected) in [
+            ("node", "device_timeout", "1e19", "node.device_timeout: 1e19 s is outside the valid range 0.001 ..= 86400 s"),
+            ("node", "device_timeout", "0", "node.device_timeout: 0 s is outside"),
+            ("listen", "write_timeout", "1e300", "listen.write_timeout: 1e300 s is outside"),
+            ("listen", "handshake_timeout", "-1", "listen.handshake_timeout: -1 s is outside"),
+            ("listen", "idle_timeout", "1e300", "listen.idle_timeout: 1e300 s is outside the valid range 0.001 ..= 86400 s, or 0 (off)"),
+            ("listen", "max_line_bytes", "10", "listen.max_line_bytes: 10 bytes is outside the valid range 64 ..= 67108864 bytes"),
+            ("listen", "max_connections", "0", "listen.max_connections: 0 connections is outside"),
+            ("listen", "max_connections_per_address", "2000000", "listen.max_connections_per_address: 2000000"),
+            ("listen", "backpressure_bytes", "10", "listen.backpressure_bytes: 10 bytes"),
+            ("listen", "coalesce_bytes", "10", "listen.coalesce_bytes: 10 bytes"),
+            ("listen", "max_queue_bytes", "100000000000000", "listen.max_queue_bytes: 100000000000000 bytes"),
+            ("listen.websocket", "ping_interval", "1e-12", "listen.websocket.ping_interval: 1e-12 s is outside the valid range 0.1 ..= 3600 s"),
+            ("listen.websocket", "ping_timeout", "1e300", "listen.websocket.ping_timeout: 1e300 s is outside"),
+            ("listen.websocket", "max_message_bytes", "100", "listen.websocket.max_message_bytes: 100 bytes"),
+            ("audit", "keep_files", "5000", "audit.keep_files: 5000 files"),
+        ] {
+            let text = match section {
+                "node" => format!("{BASE}{key} = {value}\n{T}"),
+                _ => format!("{BASE}[{section}]\n{key} = {value}\n{T}"),
+            };
+            let p = problems(&text);
+            assert!(p.contains(expected), "{expected:?} in\n{p}");
+        }
+        let remote = "[[remote]]\nname='up'\naddress='127.0.0.1:9'\n";
+        for (key, value, expected) in [
+            ("timeout", "1e300", "remote[0] (\"up\").timeout: 1e300 s"),
+            (
+                "reconnect_min",
+                "0",
+                "remote[0] (\"up\").reconnect_min: 0 s",
+            ),
+            (
+                "reconnect_max",
+                "1e9",
+                "remote[0] (\"up\").reconnect_max: 1e9 s",
+            ),
+        ] {
+            let p = problems(&format!("{BASE}{T}{remote}{key} = {value}\n"));
+            assert!(p.contains(expected), "{expected:?} in\n{p}");
+        }
+        for (key, value, expected) in [
+            ("time_constant", "1e300", "module[0] (\"T\").settings.time_constant: 1e300 s is outside"),
+            ("ramp", "5000", "module[0] (\"T\").settings.ramp: 5000 K/min is outside the valid range 0 ..= 1000 K/min"),
+            ("pollinterval", "0.01", "module[0] (\"T\").settings.pollinterval: 0.01 s is outside"),
+            ("initial", "1000", "module[0] (\"T\").settings.initial: 1000 K is outside"),
+        ] {
+            let p = problems(&format!("{BASE}{T}[module.settings]\n{key} = {value}\n"));
+            assert!(p.contains(expected), "{expected:?} in\n{p}");
+        }
+        // The bounds themselves are valid.
+        let p = problems(&format!(
+            "{BASE}device_timeout = 86400\n[listen]\nwrite_timeout = 0.001\nidle_timeout = 0\n\
+             [listen.websocket]\nping_interval = 3600\nping_timeout = 86400\n{T}"
+        ));
+        assert_eq!(p, "");
+    }
+
+    #[test]
+    fn values_the_config_crate_would_mangle_are_named() {
+        let p = problems(&format!(
+            "{BASE}{T}[module.settings]\ntime_constant = nan\nnoise = -inf\n"
+        ));
+        assert!(
+            p.contains("module[0] (\"T\").settings.time_constant: nan is not a finite number"),
+            "{p}"
+        );
+        assert!(
+            p.contains("module[0] (\"T\").settings.noise: -inf is not a finite number"),
+            "{p}"
+        );
+        let p = problems(&format!(
+            "{BASE}[listen]\nmax_connections = 99999999999999999999\n{T}"
+        ));
+        assert!(
+            p.contains(
+                "listen.max_connections: 99999999999999999999 does not fit in a 64-bit integer"
+            ),
+            "{p}"
+        );
+        let link = "[[link]]\nname='l'\nprotocol='modbus'\ntcp='h:1'\n";
+        let p = problems(&format!(
+            "{BASE}{T}[[module]]\nname='v'\nlink='l'\nclass='Readable'\nunit_id=300\n{link}"
+        ));
+        assert!(
+            p.contains(
+                "module[1] (\"v\").unit_id: 300 is out of range for an unsigned 8 bit integer"
+            ),
+            "{p}"
+        );
+        let p = problems(&format!("{BASE}{T}{link}data_bits = -1\n"));
+        assert!(
+            p.contains("link[0] (\"l\").data_bits: -1 is out of range"),
+            "{p}"
+        );
+        assert_eq!(dotted("module[0]unit_id"), "module[0].unit_id");
+        assert_eq!(dotted("a[0][1].b"), "a[0][1].b");
+        assert_eq!(
+            env_key("SECOP_GATEWAY__LISTEN__WEBSOCKET__PING_INTERVAL"),
+            "listen.websocket.ping_interval"
+        );
+    }
+
+    #[test]
+    fn nodes_are_checked_as_run_builds_them() {
+        let view = |extra: &str| {
+            format!("{BASE}{T}[[extra_node]]\nequipment_id='v'\ndescription='v'\nlisten='127.0.0.1:0'\n{extra}\n")
+        };
+        let p = problems(&view("hide=['T:target']"));
+        assert!(p.contains("extra_node[0] (\"v\").hide: module T: interface class Drivable needs accessible \"target\""), "{p}");
+        let p = problems(&view("hide=['T:nothing', 'T']"));
+        assert!(
+            p.contains(
+                "extra_node[0] (\"v\").hide: \"T:nothing\": module T has no accessible \"nothing\""
+            ),
+            "{p}"
+        );
+        assert!(
+            p.contains("extra_node[0] (\"v\").hide: \"T\" is not \"module:accessible\""),
+            "{p}"
+        );
+        // Hiding what no interface class needs, in a read-only view, is fine.
+        assert_eq!(
+            problems(&view("hide=['T:ramp', 'T:_sensor']\nread_only=true")),
+            ""
+        );
+        let p = problems(&format!("{BASE}[listen]\naddress='127.0.0.1:17000'\n{T}[[extra_node]]\nequipment_id='v'\ndescription='v'\nlisten='0.0.0.0:17000'\n"));
+        assert!(
+            p.contains(
+                "extra_node[0] (\"v\").listen: 0.0.0.0:17000 is taken by the main node already"
+            ),
+            "{p}"
+        );
+        let p = problems(&format!("{BASE}[metrics]\naddress='127.0.0.1:10767'\n{T}"));
+        assert!(
+            p.contains("metrics.address: 127.0.0.1:10767 is taken by the main node already"),
+            "{p}"
+        );
+        // --listen moves the main node, as it does for run.
+        let path =
+            std::env::temp_dir().join(format!("secop-cfg-listen-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            format!("{BASE}[metrics]\naddress='127.0.0.1:10767'\n{T}"),
+        )
+        .unwrap();
+        let loaded = load(Some(&path), Some("127.0.0.1:0".parse().unwrap())).unwrap();
+        assert_eq!(loaded.config.listen.address, "127.0.0.1:0");
+    }
+
+    #[test]
+    fn descriptions_follow_secop() {
+        let p = problems(&format!("{BASE}identification = 'ISSE,SECoP'\n{T}"));
+        assert!(
+            p.contains("node.identification: \"ISSE,SECoP\" must have four comma-separated fields"),
+            "{p}"
+        );
+        let p = problems(&format!(
+            "{BASE}{T}[module.properties]\nvisibilty='www'\ngroup=5\n"
+        ));
+        assert!(
+            p.contains("module[0] (\"T\").properties.visibilty: is not a SECoP module property"),
+            "{p}"
+        );
+        assert!(
+            p.contains("module[0] (\"T\").properties.group: 5 must be a string"),
+            "{p}"
+        );
+        let link = "[[link]]\nname='l'\nprotocol='ascii'\ntcp='h:1'\n";
+        let p = problems(&format!(
+            "{BASE}[[module]]\nname='v'\nlink='l'\nclass='Readable'\n\
+             [[module.parameter]]\nname='value'\ndatainfo={{type='double'}}\nquery='V?'\n\
+             [[module.parameter]]\nname='heater'\ndatainfo={{type='double'}}\nquery='H?'\n\
+             [[module.command]]\nname='reset'\nsend='RST'\n\
+             [[module.command]]\nname='zero'\nsend='Z'\n{link}"
+        ));
+        assert!(p.contains("module[0] (\"v\").parameter[1].name: accessible \"heater\" is not predefined by SECoP; custom accessibles start with \"_\" (e.g. \"_heater\")"), "{p}");
+        assert!(
+            p.contains("module[0] (\"v\").command[1].name: accessible \"zero\""),
+            "{p}"
+        );
+        assert!(!p.contains("reset"), "{p}");
+        let loaded = load(None, None).unwrap();
+        let d = loaded.description();
+        let names = |m: &str| -> Vec<String> {
+            d.module(m)
+                .unwrap()
+                .accessibles
+                .iter()
+                .map(|a| a.name.clone())
+                .collect()
+        };
+        assert!(names("T").contains(&"_heater_power".to_owned()));
+        assert!(names("ps").contains(&"_current".to_owned()));
     }
 }

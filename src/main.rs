@@ -18,7 +18,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     abort_on_panic();
     let cli = Cli::parse();
-    let loaded = match config::load(cli.config.as_deref()) {
+    let loaded = match config::load(cli.config.as_deref(), cli.listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("secop-gateway: configuration error:\n{e}");
@@ -26,16 +26,17 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.log_level.as_deref().unwrap_or(&loaded.config.log.level));
-    // The whole description is validated before anything starts.
-    let description = match app::describe(&loaded) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("secop-gateway: configuration error:\n{e}");
-            return ExitCode::from(2);
-        }
-    };
     match cli.command.unwrap_or(Command::Run) {
         Command::Discover { target, wait, json } => {
+            if let Err(e) = (secop_drivers::limits::Seconds {
+                min: 0.05,
+                max: 3600.0,
+            })
+            .check("--wait", wait)
+            {
+                eprintln!("secop-gateway: {e}");
+                return ExitCode::from(2);
+            }
             // By default: this host, and the addresses the config announces to (where
             // an operator listed the LAN's broadcast address).
             let targets = if target.is_empty() {
@@ -63,7 +64,7 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(discovery::discover(
                 &targets,
-                Duration::from_secs_f64(wait.max(0.05)),
+                secop_drivers::limits::duration(wait),
             )) {
                 Ok(found) => {
                     for (from, node) in &found {
@@ -98,7 +99,8 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig => {
-            let pretty = serde_json::to_string_pretty(&description.to_json()).unwrap_or_default();
+            let description = loaded.description().to_json();
+            let pretty = serde_json::to_string_pretty(&description).unwrap_or_default();
             println!("{pretty}");
             eprintln!(
                 "access rules of node {:?} (first match wins):\n{}",
@@ -117,10 +119,10 @@ fn main() -> ExitCode {
         }
         Command::Run => {
             let system = actix::System::new();
-            match system.block_on(app::run(loaded, cli.listen, cli.ready_file)) {
+            match system.block_on(app::run(loaded, cli.ready_file)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e}");
+                    // Once, on stderr, where the log goes too.
                     eprintln!("secop-gateway: {e}");
                     ExitCode::FAILURE
                 }
@@ -133,9 +135,12 @@ fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, never into a log file or journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

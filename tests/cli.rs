@@ -58,7 +58,7 @@ fn broken_configs_are_refused_naming_file_key_and_reason() {
     let cases = [
         (
             format!("{base}[[module]]\nname = \"T\"\ndriver = \"sim_temperature\"\n[module.settings]\nramp = \"fast\"\n"),
-            "module[0] (\"T\").settings: invalid type: string \"fast\", expected f64",
+            "module[0] (\"T\").settings.ramp: invalid type: string \"fast\", expected f64",
         ),
         (
             format!("{base}[[module]]\nname = \"T\"\ndriver = \"sim_magnet\"\n"),
@@ -151,4 +151,242 @@ fn every_example_config_is_valid() {
         count += 1;
     }
     assert!(count >= 3, "found {count} examples");
+}
+
+/// What `check-config` and `run` say about a config file: (exit code, stderr) of each.
+/// `run` gets a few seconds to refuse the config (one it accepts would serve until
+/// stopped: then the code is `None`).
+fn verdicts(path: &std::path::Path, env: &[(&str, &str)]) -> Vec<(Option<i32>, String)> {
+    let mut out = Vec::new();
+    for (i, command) in ["check-config", "run"].iter().enumerate() {
+        let err_path = path.with_extension(format!("err{i}"));
+        let err_file = std::fs::File::create(&err_path).expect("stderr file");
+        let mut cmd = gateway();
+        cmd.args([command, "--listen", "127.0.0.1:0", "--config"])
+            .arg(path)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(err_file);
+        let mut child = cmd.spawn().expect("spawn");
+        let started = std::time::Instant::now();
+        let code = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status.code();
+            }
+            if started.elapsed() > std::time::Duration::from_secs(8) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+        out.push((code, err));
+    }
+    out
+}
+
+/// Both commands refuse the config with exit code 2 and a message naming the file (or
+/// variable), the key and the reason; nothing panics.
+fn assert_refused(name: &str, text: &str, env: &[(&str, &str)], expected: &[&str]) {
+    let path = scratch(name, text);
+    for (command, (code, err)) in ["check-config", "run"].iter().zip(verdicts(&path, env)) {
+        assert_eq!(code, Some(2), "{command} must refuse:\n{text}\n{err}");
+        assert!(!err.contains("panicked"), "{command}: {err}");
+        for e in expected {
+            assert!(err.contains(e), "{command}: expected {e:?} in\n{err}");
+        }
+        let origin = if env.is_empty() {
+            path.display().to_string()
+        } else {
+            format!("environment variable {}", env[0].0)
+        };
+        assert!(err.contains(&origin), "{command}: names {origin:?}:\n{err}");
+    }
+}
+
+const BASE: &str =
+    "[node]\nequipment_id = \"x\"\ndescription = \"d\"\n[discovery]\nenabled = false\n";
+const PRESSURE: &str = "[[module]]\nname = \"p\"\ndriver = \"sim_pressure\"\n";
+const CRYO: &str = "[[module]]\nname = \"T\"\ndriver = \"sim_temperature\"\n[[module]]\nname = \"p\"\ndriver = \"sim_pressure\"\n";
+
+#[test]
+fn durations_and_sizes_out_of_range_are_refused_by_check_config_and_run() {
+    let link = "[[link]]\nname = \"l\"\nprotocol = \"ascii\"\ntcp = \"127.0.0.1:9\"\n";
+    let on_link = "[[module]]\nname = \"v\"\nlink = \"l\"\nclass = \"Readable\"\n\
+                   [[module.parameter]]\nname = \"value\"\ndatainfo = { type = \"double\" }\nquery = \"V?\"\n";
+    let remote = "[[remote]]\nname = \"up\"\naddress = \"127.0.0.1:9\"\n";
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            format!("[node]\nequipment_id = \"x\"\ndescription = \"d\"\ndevice_timeout = 1e19\n{PRESSURE}"),
+            vec!["node.device_timeout", "0.001", "86400"],
+        ),
+        (
+            format!("{BASE}[listen.websocket]\nping_timeout = inf\n{PRESSURE}"),
+            vec!["listen.websocket.ping_timeout", "inf"],
+        ),
+        (
+            format!("{BASE}[listen.websocket]\nping_interval = 1e-12\n{PRESSURE}"),
+            vec!["listen.websocket.ping_interval", "0.1", "3600"],
+        ),
+        (
+            format!("{BASE}[listen]\nwrite_timeout = 1e300\n{PRESSURE}"),
+            vec!["listen.write_timeout", "86400"],
+        ),
+        (
+            format!("{BASE}[listen]\nhandshake_timeout = 1e300\n{PRESSURE}"),
+            vec!["listen.handshake_timeout", "86400"],
+        ),
+        (
+            format!("{BASE}[listen]\nidle_timeout = 1e300\n{PRESSURE}"),
+            vec!["listen.idle_timeout", "86400"],
+        ),
+        (
+            format!("{BASE}[listen]\nmax_line_bytes = 10000000000000\n{PRESSURE}"),
+            vec!["listen.max_line_bytes"],
+        ),
+        (
+            format!("{BASE}[listen]\nmax_connections = 99999999999999999999\n{PRESSURE}"),
+            vec!["listen.max_connections", "99999999999999999999"],
+        ),
+        (
+            format!("{BASE}{PRESSURE}{remote}timeout = inf\n"),
+            vec!["remote[0] (\"up\").timeout", "inf"],
+        ),
+        (
+            format!("{BASE}{PRESSURE}{remote}reconnect_max = 1e300\n"),
+            vec!["remote[0] (\"up\").reconnect_max"],
+        ),
+        (
+            format!("{BASE}{on_link}{link}timeout = 1e300\n"),
+            vec!["link[0] (\"l\"): timeout: 1e300 s", "86400"],
+        ),
+        (
+            format!("{BASE}{on_link}{link}pollinterval = 0.001\n"),
+            vec!["link[0] (\"l\"): pollinterval", "0.1", "3600"],
+        ),
+        (
+            format!("{BASE}{on_link}{link}max_age = 1e300\n"),
+            vec!["link[0] (\"l\"): max_age"],
+        ),
+        (
+            format!("{BASE}[[module]]\nname = \"T\"\ndriver = \"sim_temperature\"\n[module.settings]\ntime_constant = nan\n"),
+            vec!["module[0] (\"T\").settings.time_constant", "nan"],
+        ),
+        (
+            format!("{BASE}[[module]]\nname = \"T\"\ndriver = \"sim_temperature\"\n[module.settings]\ntime_constant = 1e300\n"),
+            vec!["module[0] (\"T\").settings.time_constant"],
+        ),
+        (
+            format!("{BASE}[[module]]\nname = \"io\"\ndriver = \"sim_communicator\"\n[module.settings]\nidentification = \"{}\"\n", "X".repeat(2000)),
+            vec!["module[0] (\"io\").settings.identification", "1024"],
+        ),
+        (
+            format!("{BASE}[[module]]\nname = \"v\"\nlink = \"l\"\nclass = \"Readable\"\nunit_id = 300\n{link}"),
+            vec!["module[0]", "unit_id", "300"],
+        ),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        assert_refused(&format!("range{i}.toml"), text, &[], expected);
+    }
+}
+
+#[test]
+fn what_run_refuses_check_config_refuses() {
+    let view = |hide: &str| {
+        format!("{BASE}{CRYO}[[extra_node]]\nequipment_id = \"view\"\ndescription = \"v\"\nlisten = \"127.0.0.1:0\"\nhide = [{hide}]\n")
+    };
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (view("\"T:target\""), vec!["extra_node[0] (\"view\").hide", "\"target\""]),
+        (view("\"T:stop\""), vec!["extra_node[0] (\"view\").hide", "\"stop\""]),
+        (view("\"p:value\""), vec!["extra_node[0] (\"view\").hide", "\"value\""]),
+        (view("\"p:status\""), vec!["extra_node[0] (\"view\").hide", "\"status\""]),
+        (view("\"T:nothing\""), vec!["extra_node[0] (\"view\").hide", "\"nothing\""]),
+        (
+            format!("{BASE}{CRYO}[[extra_node]]\nequipment_id = \"a\"\ndescription = \"a\"\nlisten = \"127.0.0.1:17123\"\n\
+                     [[extra_node]]\nequipment_id = \"b\"\ndescription = \"b\"\nlisten = \"127.0.0.1:17123\"\n"),
+            vec!["extra_node[1] (\"b\").listen", "127.0.0.1:17123"],
+        ),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        assert_refused(&format!("run{i}.toml"), text, &[], expected);
+    }
+}
+
+#[test]
+fn module_properties_identification_and_names_follow_secop() {
+    let with_props = |props: &str| format!("{BASE}{PRESSURE}[module.properties]\n{props}\n");
+    let link = "[[link]]\nname = \"l\"\nprotocol = \"ascii\"\ntcp = \"127.0.0.1:9\"\n";
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (with_props("visibilty = \"www\""), vec!["module[0] (\"p\").properties.visibilty", "_"]),
+        (with_props("visibility = \"everyone\""), vec!["module[0] (\"p\").properties.visibility", "\"www\""]),
+        (with_props("group = 5"), vec!["module[0] (\"p\").properties.group", "string"]),
+        (with_props("meaning = \"nonsense\""), vec!["module[0] (\"p\").properties.meaning", "object"]),
+        (
+            with_props("meaning = { function = \"pressure\", importance = \"high\" }"),
+            vec!["module[0] (\"p\").properties.meaning.importance"],
+        ),
+        (with_props("features = \"HasOffset\""), vec!["module[0] (\"p\").properties.features"]),
+        (
+            format!("[node]\nequipment_id = \"x\"\ndescription = \"d\"\nidentification = \"ISSE,SECoP\"\n{PRESSURE}"),
+            vec!["node.identification", "four"],
+        ),
+        (
+            format!("{BASE}[[module]]\nname = \"v\"\nlink = \"l\"\nclass = \"Readable\"\n\
+                     [[module.parameter]]\nname = \"value\"\ndatainfo = {{ type = \"double\" }}\nquery = \"V?\"\n\
+                     [[module.parameter]]\nname = \"heater\"\ndatainfo = {{ type = \"double\" }}\nquery = \"H?\"\n{link}"),
+            vec!["module[0] (\"v\")", "\"heater\"", "_heater"],
+        ),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        assert_refused(&format!("secop{i}.toml"), text, &[], expected);
+    }
+}
+
+#[test]
+fn errors_from_the_environment_name_the_variable() {
+    let path = scratch("env.toml", &format!("{BASE}{PRESSURE}"));
+    let text = std::fs::read_to_string(&path).expect("read");
+    for (var, value, expected) in [
+        ("SECOP_GATEWAY__LISTEN__FOO", "1", "unknown field `foo`"),
+        (
+            "SECOP_GATEWAY__NODE__DEVICE_TIMEOUT",
+            "1e19",
+            "node.device_timeout",
+        ),
+        (
+            "SECOP_GATEWAY__LISTEN__MAX_CONNECTIONS",
+            "many",
+            "listen.max_connections",
+        ),
+    ] {
+        assert_refused("env.toml", &text, &[(var, value)], &[expected]);
+        let (_, err) = &verdicts(&path, &[(var, value)])[0];
+        assert!(
+            !err.contains(&path.display().to_string()),
+            "the file is not to blame: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_port_clash_is_reported_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let path = scratch(
+        "clash.toml",
+        &format!("{BASE}{PRESSURE}[listen]\naddress = \"127.0.0.1:{port}\"\n"),
+    );
+    let out = gateway()
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("cannot listen on").count(), 1, "{err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "no colour codes when stderr is no terminal: {err}"
+    );
 }

@@ -33,6 +33,15 @@ impl DeadlineTimer {
     }
 }
 
+/// `start + duration`: a deadline. Where that cannot be represented (a duration of
+/// centuries), a year after `start`, which is "never" in practice; never a panic.
+pub fn after(start: Instant, duration: std::time::Duration) -> Instant {
+    start
+        .checked_add(duration)
+        .or_else(|| start.checked_add(std::time::Duration::from_secs(365 * 86400)))
+        .unwrap_or(start)
+}
+
 /// Arm the actor's timer for the deadline it wants, if any (replacing an armed later
 /// one). When it fires, what is due expires and the timer is armed for the next.
 pub fn arm<A: Deadlines>(act: &mut A, ctx: &mut Context<A>) {
@@ -58,6 +67,17 @@ pub fn arm<A: Deadlines>(act: &mut A, ctx: &mut Context<A>) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn deadlines_never_overflow() {
+        let now = Instant::now();
+        assert!(after(now, Duration::MAX) > now);
+        assert!(after(now, Duration::from_secs_f64(1e19)) > now);
+        assert_eq!(
+            after(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
+    }
 
     #[test]
     fn only_the_earliest_deadline_is_wanted() {

@@ -170,6 +170,17 @@ pub struct Subscribe {
 #[rtype(result = "()")]
 pub struct DeviceModulesChanged(pub DeviceHandle);
 
+/// Keep only the modules in `modules` (all if `None`), without the accessibles named
+/// in `hide` (`module:accessible`): what [`DeviceHandle::restricted`] leaves, also for
+/// checking a configuration without devices.
+pub fn restrict(list: &mut Vec<ModuleDescription>, modules: Option<&[String]>, hide: &[String]) {
+    list.retain(|m| modules.is_none_or(|names| names.iter().any(|n| n == &m.name)));
+    for m in list.iter_mut() {
+        m.accessibles
+            .retain(|a| !hide.iter().any(|h| *h == format!("{}:{}", m.name, a.name)));
+    }
+}
+
 /// Everything a node needs to reach a device: its modules and one recipient per
 /// message type, so that any actor type can be a device.
 #[derive(Clone)]
@@ -187,13 +198,7 @@ impl DeviceHandle {
     /// if `None`), without the accessibles named in `hide` (`module:accessible`).
     pub fn restricted(&self, modules: Option<&[String]>, hide: &[String]) -> DeviceHandle {
         let mut handle = self.clone();
-        handle
-            .modules
-            .retain(|m| modules.is_none_or(|list| list.iter().any(|n| n == &m.name)));
-        for m in handle.modules.iter_mut() {
-            m.accessibles
-                .retain(|a| !hide.iter().any(|h| *h == format!("{}:{}", m.name, a.name)));
-        }
+        restrict(&mut handle.modules, modules, hide);
         handle
     }
 

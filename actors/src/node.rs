@@ -263,11 +263,8 @@ impl NodeActor {
         let mut modules = Vec::new();
         let mut states = Vec::new();
         for (device_index, device) in self.devices.iter().enumerate() {
-            let device = device.restricted(self.settings.export.as_deref(), &self.settings.hide);
-            for mut m in device.modules {
-                if self.settings.read_only {
-                    access::make_read_only(std::slice::from_mut(&mut m));
-                }
+            let exported = exported_modules(&self.settings, device.modules.clone());
+            for m in exported {
                 states.push(ModuleState {
                     name: Arc::from(m.name.as_str()),
                     device: device.requests.clone(),
@@ -723,6 +720,20 @@ impl NodeActor {
             }
         }
     }
+}
+
+/// The modules of a device as a node with these settings exports them: only the
+/// exported modules, without hidden accessibles, read-only in a read-only view. The
+/// node's description is made of these; `check-config` builds it the same way.
+pub fn exported_modules(
+    settings: &NodeSettings,
+    mut modules: Vec<ModuleDescription>,
+) -> Vec<ModuleDescription> {
+    crate::device::restrict(&mut modules, settings.export.as_deref(), &settings.hide);
+    if settings.read_only {
+        access::make_read_only(&mut modules);
+    }
+    modules
 }
 
 /// Add (or remove) what one session contributes to the per-module interest.

@@ -45,11 +45,14 @@ const DONE_FLAG_GRACE: f64 = 1.0;
 
 impl DriveConfig {
     pub fn validate(&self) -> Result<(), String> {
-        let positive = |x: f64| x > 0.0 && x.is_finite();
-        if !positive(self.tolerance) || self.settle < 0.0 || !positive(self.timeout) {
-            return Err("drive: tolerance and timeout must be > 0, settle >= 0".into());
+        if !(self.tolerance > 0.0 && self.tolerance.is_finite()) {
+            return Err(format!(
+                "drive.tolerance: {} must be a positive number",
+                crate::limits::show(self.tolerance)
+            ));
         }
-        Ok(())
+        crate::limits::AGE.check("drive.settle", self.settle)?;
+        crate::limits::MOVE_TIMEOUT.check("drive.timeout", self.timeout)
     }
 }
 
@@ -180,7 +183,7 @@ pub fn poll_period(pollinterval: f64, moving: bool) -> std::time::Duration {
     } else {
         pollinterval
     };
-    std::time::Duration::from_secs_f64(secs)
+    crate::limits::duration(secs)
 }
 
 /// What a parameter of a config-defined module can do.

@@ -7,6 +7,7 @@
 pub mod ascii;
 pub mod builder;
 pub mod drive;
+pub mod limits;
 pub mod link;
 pub mod modbus;
 pub mod remote;
@@ -77,9 +78,12 @@ fn specs<T: serde::de::DeserializeOwned>(
     modules
         .iter()
         .map(|(config, spec)| {
-            serde_json::from_value(spec.clone())
+            serde_path_to_error::deserialize(spec.clone())
                 .map(|parsed| (config.clone(), parsed))
-                .map_err(|e| format!("module {:?}: {e}", config.name))
+                .map_err(|e| match e.path().to_string().as_str() {
+                    "." | "" => format!("module {:?}: {}", config.name, e.into_inner()),
+                    path => format!("module {:?}: {path}: {}", config.name, e.into_inner()),
+                })
         })
         .collect()
 }

@@ -7,6 +7,8 @@
 //! answer to the next question), and the next transaction reconnects after a capped
 //! exponential backoff.
 
+use crate::limits;
+use secop_actors::deadline;
 use serde::Deserialize;
 use std::io;
 use std::time::{Duration, Instant};
@@ -107,25 +109,22 @@ impl LinkConfig {
         if !(1..=2).contains(&self.stop_bits) {
             return Err("stop_bits: must be 1 or 2".into());
         }
-        for (key, v) in [
-            ("timeout", self.timeout),
-            ("reconnect_min", self.reconnect_min),
-            ("reconnect_max", self.reconnect_max),
-            ("pollinterval", self.pollinterval),
-        ] {
-            if !(v > 0.0 && v.is_finite()) {
-                return Err(format!("{key}: must be a positive number of seconds"));
-            }
-        }
+        limits::count("baud", u64::from(self.baud), 50, 12_000_000, "baud")?;
+        limits::TIMEOUT.check("timeout", self.timeout)?;
+        limits::RECONNECT_MIN.check("reconnect_min", self.reconnect_min)?;
+        limits::RECONNECT_MAX.check("reconnect_max", self.reconnect_max)?;
         if self.reconnect_max < self.reconnect_min {
             return Err("reconnect_max: must not be below reconnect_min".into());
         }
-        if self.slow_factor == 0 {
-            return Err("slow_factor: must be at least 1".into());
-        }
-        if !(self.max_age >= 0.0 && self.max_age.is_finite()) {
-            return Err("max_age: must be 0 or a number of seconds".into());
-        }
+        limits::POLLINTERVAL.check("pollinterval", self.pollinterval)?;
+        limits::count(
+            "slow_factor",
+            u64::from(self.slow_factor),
+            1,
+            10_000,
+            "cycles",
+        )?;
+        limits::AGE.check("max_age", self.max_age)?;
         Ok(())
     }
 
@@ -175,7 +174,7 @@ const MAX_LINE: usize = 64 * 1024;
 
 impl Link {
     pub fn new(config: LinkConfig) -> Link {
-        let backoff = Duration::from_secs_f64(config.reconnect_min);
+        let backoff = limits::duration(config.reconnect_min);
         Link {
             config,
             stream: None,
@@ -214,7 +213,7 @@ impl Link {
     }
 
     fn timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.config.timeout)
+        limits::duration(self.config.timeout)
     }
 
     /// Make sure a connection exists. Returns `Ok(true)` when it was just opened (the
@@ -240,7 +239,7 @@ impl Link {
             Ok(Ok(stream)) => {
                 tracing::info!(link = %self.config.name, target = %self.config.describe_target(), "link connected");
                 self.up = true;
-                self.backoff = Duration::from_secs_f64(self.config.reconnect_min);
+                self.backoff = limits::duration(self.config.reconnect_min);
                 if self.was_connected {
                     self.reconnects += 1;
                 }
@@ -261,8 +260,8 @@ impl Link {
     /// Record a failure to connect: schedule the next attempt with a doubled backoff.
     fn failed(&mut self, reason: String) -> String {
         tracing::warn!(link = %self.config.name, retry_in = ?self.backoff, "{reason}");
-        self.next_attempt = Instant::now() + self.backoff;
-        let max = Duration::from_secs_f64(self.config.reconnect_max);
+        self.next_attempt = deadline::after(Instant::now(), self.backoff);
+        let max = limits::duration(self.config.reconnect_max);
         self.backoff = (self.backoff * 2).min(max);
         self.last_error = Some(reason.clone());
         reason
@@ -342,7 +341,7 @@ impl Link {
         reply_terminator: Option<&str>,
     ) -> Result<Option<String>, LinkError> {
         self.discard_stale();
-        let deadline = Instant::now() + self.timeout();
+        let deadline = deadline::after(Instant::now(), self.timeout());
         let result = tokio::time::timeout_at(
             deadline.into(),
             self.exchange(line, write_terminator, reply_terminator),

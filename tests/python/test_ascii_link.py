@@ -51,13 +51,13 @@ datainfo = {{ type = "double", min = 0, max = 400, unit = "K" }}
 query = "SETP? 1"
 write = "SETP 1,{{value:.3f}}"
 [[module.parameter]]
-name = "heater_range"
+name = "_heater_range"
 datainfo = {{ type = "enum", members = {{ off = 0, low = 1, medium = 2, high = 3 }} }}
 query = "RANGE? 1"
 write = "RANGE 1,{{value:d}}"
 poll = "slow"
 [[module.parameter]]
-name = "heater"
+name = "_heater"
 datainfo = {{ type = "double", unit = "%" }}
 query = "HTR? 1"
 [[module.command]]
@@ -95,7 +95,7 @@ def test_serial_over_a_real_pty_full_path(start_gateway, pty_instrument, client_
     c = Line(gw)
     reply = c.ask('read T_A:value')
     assert reply.startswith('reply T_A:value [295.0,'), reply
-    assert c.ask('read T_A:heater_range').startswith('reply T_A:heater_range [0,')
+    assert c.ask('read T_A:_heater_range').startswith('reply T_A:_heater_range [0,')
     r = c.ask('do T_A:_identify')
     assert value_of(r) == 'LSCI,MODEL336,SIM0001,1.0'
     assert c.ask('activate T_A') == 'active T_A'
@@ -108,7 +108,7 @@ def test_serial_over_a_real_pty_full_path(start_gateway, pty_instrument, client_
     assert abs(value_of(c.ask('read T_A:value')) - 250.0) <= 0.5
     assert pty_instrument.instrument.setpoint == 250.0
     # enum by name goes out as its number
-    assert c.ask('change T_A:heater_range "high"').startswith('changed T_A:heater_range [3,')
+    assert c.ask('change T_A:_heater_range "high"').startswith('changed T_A:_heater_range [3,')
     assert pty_instrument.instrument.range == 3, 'read back after the write, so it was written'
 
     # stop sends the configured command
@@ -239,7 +239,8 @@ def test_late_reply_does_not_shift_later_answers(start_gateway, pty_instrument):
     (("(?P<value>[-0-9.]+)$'", "(?P<value>[-0-9.'"),
      'link[0] ("ls336"): module "T_A": parameter[0] ("value").reply: invalid regular expression'),
     (('link = "ls336"', 'link = "ls999"'), 'module[0] ("T_A").link: no [[link]] is named "ls999"'),
-    (('timeout = 0.5', 'timeout = -1'), 'link[0] ("ls336"): timeout: must be a positive number'),
+    (('timeout = 0.5', 'timeout = -1'),
+     'link[0] ("ls336"): timeout: -1 s is outside the valid range 0.001 ..= 86400 s'),
     (('tolerance = 0.5', 'tolerance = 0.5\nspeed = 3'), 'unknown field `speed`'),
     # constant text that could never be sent as one line (TOML decodes the escapes)
     (('write = "SETP 1,{value:.3f}"', 'write = "SETP\\t{value:.3f}"'),

@@ -26,7 +26,8 @@ SECOP2_IDN = 'ISSE,SECoP,,v2.0'                       # the gateway's default *I
 SECOP1_IDN = 'ISSE&SINE2020,SECoP,V2019-09-16,v1.0'   # what frappy's own server answers
 SIMULATED_INSTRUMENT_IDN = 'SIMULATED,SCPI-INSTRUMENT,0,1.0'   # io settings.identification
 
-# module -> (SECoP base interface class, parameters, commands), internal names
+# module -> (SECoP base interface class, parameters, commands), internal names (frappy
+# drops the leading "_" of custom names: _heater_power -> heater_power, _current -> current)
 EXPECTED_MODULES = {
     'T': ('Drivable', {'value', 'status', 'target', 'target_limits', 'ramp', 'setpoint',
                        'heater_power', 'pollinterval', 'sensor'}, {'stop'}),

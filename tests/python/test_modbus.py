@@ -49,7 +49,7 @@ address = 0
 type = "f32"
 writable = true
 [[module.parameter]]
-name = "current"
+name = "_current"
 datainfo = { type = "double", unit = "A" }
 table = "input"
 address = 2
@@ -200,7 +200,7 @@ def test_every_type_and_order_over_modbus_tcp(start_gateway, tcp_sim):
     gw = start_gateway(config(f'tcp = "127.0.0.1:{tcp_sim.port}"'), 'tcp')
     c = Line(gw)
     expected = {
-        'value': 12.25, 'current': -1.5, '_energy': 123456789012, '_count': 3000000000,
+        'value': 12.25, '_current': -1.5, '_energy': 123456789012, '_count': 3000000000,
         '_temperature': -40.125, '_offset': -123456, '_big': -9876543210,
         '_status_word': 8, '_overtemp': True, '_serial': 'PSU-42', '_output': False,
         '_interlock': True, '_mode': 2, 'target': 5.0,

@@ -168,7 +168,7 @@ impl NodeActor {
                 force,
             }) => {
                 if flight.outstanding == 0 {
-                    flight.deadline = started + self.settings.device_timeout;
+                    flight.deadline = deadline::after(started, self.settings.device_timeout);
                 }
                 let slot = flight.replies.len() as u32;
                 let call = DeviceCall {

@@ -528,6 +528,8 @@ fn build_module(
         if !(p.scale.is_finite() && p.scale != 0.0) {
             return Err(format!("{key}.scale: must be a non-zero number"));
         }
+        crate::limits::finite(&format!("{key}.offset"), p.offset)?;
+        crate::limits::number(&format!("{key}.deadband"), p.deadband, 0.0, f64::MAX, "")?;
         let description = p.description.clone().unwrap_or_else(|| p.name.clone());
         builder = builder
             .param(

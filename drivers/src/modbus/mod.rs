@@ -287,9 +287,9 @@ impl ModbusBackend {
             max_gap: default_max_gap(),
             max_block: default_max_block(),
         });
-        if settings.max_block == 0 || settings.max_block > 125 {
-            return Err("modbus.max_block: must be within 1..125 registers".into());
-        }
+        let (gap, block) = (settings.max_gap, settings.max_block);
+        crate::limits::count("modbus.max_block", block.into(), 1, 125, "registers")?;
+        crate::limits::count("modbus.max_gap", gap.into(), 0, 125, "registers")?;
         let mut runtime = Vec::new();
         let mut descriptions = Vec::new();
         let (mut normal, mut slow) = (Vec::new(), Vec::new());
@@ -695,6 +695,8 @@ fn build_module(
         if !(p.scale.is_finite() && p.scale != 0.0) {
             return Err(format!("{key}.scale: must be a non-zero number"));
         }
+        crate::limits::finite(&format!("{key}.offset"), p.offset)?;
+        crate::limits::number(&format!("{key}.deadband"), p.deadband, 0.0, f64::MAX, "")?;
         let description = p.description.clone().unwrap_or_else(|| p.name.clone());
         builder = builder
             .param(

@@ -25,9 +25,21 @@ fn settings<S: Simulator>(module: &ModuleConfig) -> Result<S, String> {
     let settings: S::Settings = if module.settings.is_null() {
         S::Settings::default()
     } else {
-        serde_json::from_value(module.settings.clone()).map_err(|e| format!("settings: {e}"))?
+        json_at("settings", module.settings.clone())?
     };
     S::build(module, settings)
+}
+
+/// Deserialize a part of the config, an error naming the key within it
+/// (`settings.ramp: invalid type: ...`).
+pub(crate) fn json_at<T: DeserializeOwned>(key: &str, value: Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        match path.as_str() {
+            "." | "" => format!("{key}: {}", e.into_inner()),
+            _ => format!("{key}.{path}: {}", e.into_inner()),
+        }
+    })
 }
 
 /// Build a simulator and start its device actor.
@@ -96,16 +108,24 @@ fn unknown_command(module: &str, command: &str) -> SecopError {
 /// Shared validation of a `pollinterval` change.
 pub(crate) fn pollinterval(value: &Value) -> Result<f64, SecopError> {
     let x = f64_of(value)?;
-    if !(0.1..=3600.0).contains(&x) {
-        return Err(SecopError::range(
-            "pollinterval must be within [0.1, 3600] s",
-        ));
+    let range = crate::limits::POLLINTERVAL;
+    if !(range.min..=range.max).contains(&x) {
+        return Err(SecopError::range(format!(
+            "pollinterval must be within [{}, {}] s",
+            range.min, range.max
+        )));
     }
     Ok(x)
+}
+
+/// The `pollinterval` setting of a simulator, checked like a client's change.
+fn pollinterval_setting(x: f64) -> Result<(), String> {
+    crate::limits::POLLINTERVAL.check("settings.pollinterval", x)
 }
 
 const POLLINTERVAL_INFO: &str = "polling interval";
 
 pub(crate) fn pollinterval_datainfo() -> Value {
+    // limits::POLLINTERVAL, written as the description has always shown it.
     serde_json::json!({"type": "double", "min": 0.1, "max": 3600, "unit": "s"})
 }

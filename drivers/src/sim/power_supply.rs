@@ -55,11 +55,11 @@ impl Simulator for PowerSupply {
     type Settings = Settings;
 
     fn build(module: &ModuleConfig, s: Settings) -> Result<Self, String> {
-        if s.max_voltage <= 0.0 || s.max_current <= 0.0 || s.load <= 0.0 {
-            return Err("settings.max_voltage, max_current and load must be > 0".into());
-        }
-        super::pollinterval(&json!(s.pollinterval))
-            .map_err(|e| format!("settings.pollinterval: {}", e.text))?;
+        use crate::limits::number;
+        number("settings.max_voltage", s.max_voltage, 1e-6, 1e6, "V")?;
+        number("settings.max_current", s.max_current, 1e-6, 1e6, "A")?;
+        number("settings.load", s.load, 1e-6, 1e12, "Ohm")?;
+        pollinterval_setting(s.pollinterval)?;
         let volts = json!({"type": "double", "min": 0, "max": s.max_voltage, "unit": "V", "fmtstr": "%.3f"});
         let amps = json!({"type": "double", "min": 0, "max": s.max_current, "unit": "A", "fmtstr": "%.3f"});
         let desc = ModuleBuilder::new(module, "simulated power supply", &["PowerSupply", "Writable"])
@@ -71,7 +71,7 @@ impl Simulator for PowerSupply {
                 "output mode",
                 json!({"type": "enum", "members": {"off": OFF, "constant_voltage": CONSTANT_VOLTAGE, "constant_current": CONSTANT_CURRENT}}),
             )?
-            .readonly("current", "output current", amps.clone())?
+            .readonly("_current", "output current", amps.clone())?
             .writable(
                 "_limits",
                 "protection limits; a change may give only one of them",
@@ -115,7 +115,7 @@ impl PowerSupply {
         let (v, i, limited) = self.output();
         match parameter {
             "value" => num(v),
-            "current" => num(i),
+            "_current" => num(i),
             "status" if self.mode == OFF => Ok(status(st::DISABLED, "output off")),
             "status" if limited => Ok(status(st::WARN, "current limit reached")),
             "status" if self.target > self.voltage_limit => {
@@ -131,7 +131,7 @@ impl PowerSupply {
     }
 
     fn output_effects(&self, fx: &mut Effects) {
-        for p in ["value", "current", "status"] {
+        for p in ["value", "_current", "status"] {
             fx.push(&self.name, p, self.value_of(p));
         }
     }
@@ -143,7 +143,7 @@ impl Backend for PowerSupply {
     }
 
     fn poll_interval(&self) -> Duration {
-        Duration::from_secs_f64(self.pollinterval)
+        crate::limits::duration(self.pollinterval)
     }
 
     async fn poll(&mut self, _item: usize) -> Vec<Produced> {
@@ -154,7 +154,7 @@ impl Backend for PowerSupply {
                 "status",
                 "target",
                 "mode",
-                "current",
+                "_current",
                 "_limits",
                 "pollinterval",
             ],
@@ -193,7 +193,7 @@ impl Backend for PowerSupply {
                 self.pollinterval = super::pollinterval(&value)?;
                 return self.value_of(parameter);
             }
-            "value" | "status" | "current" => return Err(read_only(&self.name, parameter)),
+            "value" | "status" | "_current" => return Err(read_only(&self.name, parameter)),
             other => return Err(unknown_parameter(&self.name, other)),
         }
         self.output_effects(fx);

@@ -49,11 +49,14 @@ impl Simulator for PressureGauge {
     type Settings = Settings;
 
     fn build(module: &ModuleConfig, s: Settings) -> Result<Self, String> {
-        if s.pressure <= 0.0 || !(0.0..1.0).contains(&s.noise) {
-            return Err("settings.pressure must be > 0 and settings.noise within [0, 1)".into());
+        crate::limits::number("settings.pressure", s.pressure, 1e-15, 1e9, "mbar")?;
+        if !(0.0..1.0).contains(&s.noise) {
+            return Err(format!(
+                "settings.noise: {} is outside the valid range 0 ..< 1",
+                crate::limits::show(s.noise)
+            ));
         }
-        super::pollinterval(&json!(s.pollinterval))
-            .map_err(|e| format!("settings.pollinterval: {}", e.text))?;
+        pollinterval_setting(s.pollinterval)?;
         let desc = ModuleBuilder::new(
             module,
             "simulated pressure gauge",
@@ -107,7 +110,7 @@ impl Backend for PressureGauge {
     }
 
     fn poll_interval(&self) -> Duration {
-        Duration::from_secs_f64(self.pollinterval)
+        crate::limits::duration(self.pollinterval)
     }
 
     async fn poll(&mut self, _item: usize) -> Vec<Produced> {

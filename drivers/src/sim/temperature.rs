@@ -79,19 +79,25 @@ impl Simulator for TemperatureController {
     type Settings = Settings;
 
     fn build(module: &ModuleConfig, s: Settings) -> Result<Self, String> {
-        if s.target_min.partial_cmp(&s.target_max) != Some(std::cmp::Ordering::Less) {
-            return Err("settings.target_min must be below settings.target_max".into());
+        use crate::limits::{finite, number, TIME_CONSTANT};
+        finite("settings.target_min", s.target_min)?;
+        finite("settings.target_max", s.target_max)?;
+        if s.target_min >= s.target_max {
+            return Err("settings.target_min: must be below settings.target_max".into());
         }
-        if !(s.target_min..=s.target_max).contains(&s.initial) {
-            return Err("settings.initial must lie within [target_min, target_max]".into());
-        }
-        if s.time_constant <= 0.0 || s.ramp < 0.0 || s.tolerance <= 0.0 || s.heater_max <= 0.0 {
-            return Err(
-                "settings.time_constant, tolerance and heater_max must be > 0, ramp >= 0".into(),
-            );
-        }
-        super::pollinterval(&json!(s.pollinterval))
-            .map_err(|e| format!("settings.pollinterval: {}", e.text))?;
+        number(
+            "settings.initial",
+            s.initial,
+            s.target_min,
+            s.target_max,
+            "K",
+        )?;
+        number("settings.ramp", s.ramp, 0.0, 1000.0, "K/min")?;
+        TIME_CONSTANT.check("settings.time_constant", s.time_constant)?;
+        number("settings.tolerance", s.tolerance, 1e-9, 1e6, "K")?;
+        number("settings.heater_max", s.heater_max, 1e-6, 1e9, "W")?;
+        number("settings.noise", s.noise, 0.0, 1e6, "K")?;
+        pollinterval_setting(s.pollinterval)?;
         let temp = json!({"type": "double", "min": s.target_min, "max": s.target_max, "unit": "K", "fmtstr": "%.3f"});
         let desc = ModuleBuilder::new(
             module,
@@ -117,7 +123,7 @@ impl Simulator for TemperatureController {
         )?
         .readonly("setpoint", "current (ramping) setpoint", temp)?
         .readonly(
-            "heater_power",
+            "_heater_power",
             "heater output",
             json!({"type": "double", "min": 0, "max": s.heater_max, "unit": "W", "fmtstr": "%.2f"}),
         )?
@@ -205,7 +211,7 @@ impl TemperatureController {
             "target_limits" => Ok(json!([self.limits.0, self.limits.1])),
             "ramp" => num(self.ramp),
             "setpoint" => num(self.setpoint),
-            "heater_power" => num(self.heater_power()),
+            "_heater_power" => num(self.heater_power()),
             "pollinterval" => num(self.pollinterval),
             other => Err(unknown_parameter(&self.name, other)),
         }
@@ -219,7 +225,7 @@ const POLLED: &[&str] = &[
     "target_limits",
     "ramp",
     "setpoint",
-    "heater_power",
+    "_heater_power",
     "pollinterval",
 ];
 
@@ -234,7 +240,7 @@ impl Backend for TemperatureController {
         } else {
             self.pollinterval
         };
-        Duration::from_secs_f64(secs)
+        crate::limits::duration(secs)
     }
 
     async fn poll(&mut self, _item: usize) -> Vec<Produced> {
@@ -283,7 +289,7 @@ impl Backend for TemperatureController {
             }
             "ramp" => self.ramp = f64_of(&value)?,
             "pollinterval" => self.pollinterval = super::pollinterval(&value)?,
-            "value" | "status" | "setpoint" | "heater_power" => {
+            "value" | "status" | "setpoint" | "_heater_power" => {
                 return Err(read_only(&self.name, parameter))
             }
             other => return Err(unknown_parameter(&self.name, other)),
