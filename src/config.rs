@@ -378,16 +378,31 @@ pub fn load(path: Option<&Path>, listen: Option<SocketAddr>) -> Result<Loaded, S
             (Origin::File(p.to_owned()), text)
         }
     };
-    check_toml(&source).map_err(|problems| {
+    let variables = environment()?;
+    load_source(origin, &source, &variables, listen)
+}
+
+/// Load a configuration from TOML text alone (no file, no environment): for tests and
+/// the fuzz targets, which must see exactly what `load` makes of a file.
+pub fn load_str(source: &str) -> Result<Loaded, String> {
+    load_source(Origin::File(PathBuf::from("<text>")), source, &[], None)
+}
+
+fn load_source(
+    origin: Origin,
+    source: &str,
+    variables: &[(String, String)],
+    listen: Option<SocketAddr>,
+) -> Result<Loaded, String> {
+    check_toml(source).map_err(|problems| {
         problems
             .iter()
             .map(|p| format!("{origin}: {p}"))
             .collect::<Vec<_>>()
             .join("\n")
     })?;
-    let variables = environment()?;
     let mut config =
-        deserialize(&source, &variables).map_err(|e| blame(&origin, &source, &variables, e))?;
+        deserialize(source, variables).map_err(|e| blame(&origin, source, variables, e))?;
     if let Some(address) = listen {
         config.listen.address = address.to_string();
     }

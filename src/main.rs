@@ -7,7 +7,6 @@ use clap::Parser;
 use cli::{Cli, Command};
 use secop_gateway::{app, config, discovery};
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// mimalloc instead of the system allocator: requests, replies and updates are many
 /// small, short-lived allocations, which glibc's malloc serves markedly slower

@@ -93,9 +93,14 @@ pub const TOKENS: &[&str] = &[
 
 /// The files of `fuzz/corpus/<target>`, sorted by name.
 pub fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target);
+    // Included by the member crates (fuzz/ is a sibling) and by the root crate.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = if root.join("fuzz/corpus").is_dir() {
+        root.join("fuzz/corpus")
+    } else {
+        root.join("../fuzz/corpus")
+    }
+    .join(target);
     let mut files: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(Result::ok)
