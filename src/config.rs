@@ -9,7 +9,7 @@ mod rules;
 
 use crate::access_rules::{AccessRules, Rule, RuleConfig};
 use secop_actors::node::{exported_modules, NodeSettings};
-use secop_drivers::{limits, ModuleConfig};
+use secop_drivers::{limits, ConfigError, ModuleConfig};
 use secop_proto::{ModuleDescription, NodeDescription};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -635,9 +635,9 @@ impl Problems {
         self.0.push(problem);
     }
 
-    fn check(&mut self, result: Result<(), String>) {
+    fn check(&mut self, result: Result<(), limits::RangeError>) {
         if let Err(e) = result {
-            self.0.push(e);
+            self.0.push(e.to_string());
         }
     }
 
@@ -845,17 +845,14 @@ impl Loaded {
                     }
                     match secop_drivers::describe(driver, &m.driver_config()) {
                         Ok(d) => described.extend(d),
-                        Err(e) if e.starts_with("unknown driver") => {
+                        Err(e @ ConfigError::UnknownDriver(_)) => {
                             all_described = false;
                             problems.push(format!("{key}.driver: {e}"));
                         }
                         Err(e) => {
+                            // Keyed within the module's section: `settings.ramp`.
                             all_described = false;
-                            let e = e.strip_prefix("settings: ").unwrap_or(&e);
-                            match e.starts_with("settings.") {
-                                true => problems.push(format!("{key}.{e}")),
-                                false => problems.push(format!("{key}.settings: {e}")),
-                            }
+                            problems.push(e.within(&key).to_string());
                         }
                     }
                 }
