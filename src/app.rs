@@ -24,6 +24,8 @@ pub enum AppError {
     },
     #[error("audit.file: {0}")]
     Audit(#[from] secop_actors::audit::AuditError),
+    #[error(transparent)]
+    Http(#[from] http::ServiceError),
     #[error("cannot write ready file {}: {source}", path.display())]
     ReadyFile {
         path: std::path::PathBuf,

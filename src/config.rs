@@ -9,7 +9,7 @@ mod rules;
 
 use crate::access_rules::{AccessRules, Rule, RuleConfig};
 use secop_actors::node::{exported_modules, NodeSettings};
-use secop_drivers::{limits, ModuleConfig};
+use secop_drivers::{limits, ConfigError, ModuleConfig};
 use secop_proto::{ModuleDescription, NodeDescription};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -24,7 +24,7 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../config/gateway.toml");
 pub const ENV_PREFIX: &str = "SECOP_GATEWAY";
 
 /// Where a configuration came from, for error messages.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     Embedded,
     File(PathBuf),
@@ -366,15 +366,73 @@ pub struct Loaded {
     pub modules: Vec<ModuleDescription>,
 }
 
+/// Why a configuration was refused. `Display` gives each problem on a line of its
+/// own, naming the file (or environment variable), the key and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{}: cannot read config file: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("environment variable {name}: the value is not UTF-8")]
+    NotUtf8 { name: String },
+    /// What is wrong with the configuration, every problem found.
+    #[error("{}", Problem::lines(.0))]
+    Problems(Vec<Problem>),
+}
+
+/// One problem of a configuration: where it comes from, and "key: reason".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{blame}: {problem}")]
+pub struct Problem {
+    pub blame: Blame,
+    /// "key: reason", the key as the file writes it (`module[0] ("T").settings.ramp`).
+    pub problem: String,
+}
+
+impl Problem {
+    fn lines(problems: &[Problem]) -> String {
+        problems
+            .iter()
+            .map(Problem::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// What set the value a problem is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blame {
+    /// The file (or the embedded default).
+    Config(Origin),
+    /// An environment variable (`SECOP_GATEWAY__...`).
+    Variable(String),
+    /// Several environment variables together.
+    Variables(Vec<String>),
+}
+
+impl std::fmt::Display for Blame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Blame::Config(origin) => origin.fmt(f),
+            Blame::Variable(name) => write!(f, "environment variable {name}"),
+            Blame::Variables(names) => write!(f, "environment variables {}", names.join(", ")),
+        }
+    }
+}
+
 /// Load from a file (or the embedded default), apply the environment overrides and the
 /// `--listen` address, and validate everything. `check-config` and `run` both start
 /// here: what one refuses, the other refuses too, with the same message.
-pub fn load(path: Option<&Path>, listen: Option<SocketAddr>) -> Result<Loaded, String> {
+pub fn load(path: Option<&Path>, listen: Option<SocketAddr>) -> Result<Loaded, LoadError> {
     let (origin, source) = match path {
         None => (Origin::Embedded, EMBEDDED_DEFAULT.to_owned()),
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| format!("{}: cannot read config file: {e}", p.display()))?;
+            let text = std::fs::read_to_string(p).map_err(|source| LoadError::Read {
+                path: p.to_owned(),
+                source,
+            })?;
             (Origin::File(p.to_owned()), text)
         }
     };
@@ -384,7 +442,7 @@ pub fn load(path: Option<&Path>, listen: Option<SocketAddr>) -> Result<Loaded, S
 
 /// Load a configuration from TOML text alone (no file, no environment): for tests and
 /// the fuzz targets, which must see exactly what `load` makes of a file.
-pub fn load_str(source: &str) -> Result<Loaded, String> {
+pub fn load_str(source: &str) -> Result<Loaded, LoadError> {
     load_source(Origin::File(PathBuf::from("<text>")), source, &[], None)
 }
 
@@ -393,16 +451,20 @@ fn load_source(
     source: &str,
     variables: &[(String, String)],
     listen: Option<SocketAddr>,
-) -> Result<Loaded, String> {
+) -> Result<Loaded, LoadError> {
     check_toml(source).map_err(|problems| {
-        problems
-            .iter()
-            .map(|p| format!("{origin}: {p}"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        LoadError::Problems(
+            problems
+                .into_iter()
+                .map(|problem| Problem {
+                    blame: Blame::Config(origin.clone()),
+                    problem,
+                })
+                .collect(),
+        )
     })?;
-    let mut config =
-        deserialize(source, variables).map_err(|e| blame(&origin, source, variables, e))?;
+    let mut config = deserialize(source, variables)
+        .map_err(|e| LoadError::Problems(vec![blame(&origin, source, variables, e)]))?;
     if let Some(address) = listen {
         config.listen.address = address.to_string();
     }
@@ -420,16 +482,16 @@ fn load_source(
 }
 
 /// The environment variables that override config keys (`SECOP_GATEWAY__...`), sorted.
-fn environment() -> Result<Vec<(String, String)>, String> {
+fn environment() -> Result<Vec<(String, String)>, LoadError> {
     let prefix = format!("{ENV_PREFIX}__");
     let mut variables = Vec::new();
     for (name, value) in std::env::vars_os() {
         let Some(name) = name.to_str().filter(|n| n.starts_with(&prefix)) else {
             continue;
         };
-        let value = value
-            .into_string()
-            .map_err(|_| format!("environment variable {name}: the value is not UTF-8"))?;
+        let value = value.into_string().map_err(|_| LoadError::NotUtf8 {
+            name: name.to_owned(),
+        })?;
         variables.push((name.to_owned(), value));
     }
     variables.sort();
@@ -473,22 +535,26 @@ fn blame(
     source: &str,
     variables: &[(String, String)],
     error: config::ConfigError,
-) -> String {
+) -> Problem {
     let named = |e| labelled(source, &config_error(e));
     if let Err(e) = deserialize(source, &[]) {
-        return format!("{origin}: {}", named(e));
+        return Problem {
+            blame: Blame::Config(origin.clone()),
+            problem: named(e),
+        };
     }
     for variable in variables {
         if let Err(e) = deserialize(source, std::slice::from_ref(variable)) {
-            return format!("environment variable {}: {}", variable.0, named(e));
+            return Problem {
+                blame: Blame::Variable(variable.0.clone()),
+                problem: named(e),
+            };
         }
     }
-    let names: Vec<&str> = variables.iter().map(|(n, _)| n.as_str()).collect();
-    format!(
-        "environment variables {}: {}",
-        names.join(", "),
-        named(error)
-    )
+    Problem {
+        blame: Blame::Variables(variables.iter().map(|(n, _)| n.clone()).collect()),
+        problem: named(error),
+    }
 }
 
 /// `module[1].unit_id: ...` → `module[1] ("v").unit_id: ...`: the name (or
@@ -635,9 +701,9 @@ impl Problems {
         self.0.push(problem);
     }
 
-    fn check(&mut self, result: Result<(), String>) {
+    fn check(&mut self, result: Result<(), limits::RangeError>) {
         if let Err(e) = result {
-            self.0.push(e);
+            self.0.push(e.to_string());
         }
     }
 
@@ -658,7 +724,7 @@ impl Loaded {
     /// Everything `run` would find wrong, with every value in its documented range
     /// (docs/configuration.md); each message names file (or environment variable), key
     /// and reason. Returns the descriptions of the gateway's own modules.
-    fn validate(&self) -> Result<Vec<ModuleDescription>, String> {
+    fn validate(&self) -> Result<Vec<ModuleDescription>, LoadError> {
         use limits::{PING_INTERVAL, RECONNECT_MAX, RECONNECT_MIN, TIMEOUT};
         let c = &self.config;
         let mut problems = Problems::default();
@@ -845,17 +911,14 @@ impl Loaded {
                     }
                     match secop_drivers::describe(driver, &m.driver_config()) {
                         Ok(d) => described.extend(d),
-                        Err(e) if e.starts_with("unknown driver") => {
+                        Err(e @ ConfigError::UnknownDriver(_)) => {
                             all_described = false;
                             problems.push(format!("{key}.driver: {e}"));
                         }
                         Err(e) => {
+                            // Keyed within the module's section: `settings.ramp`.
                             all_described = false;
-                            let e = e.strip_prefix("settings: ").unwrap_or(&e);
-                            match e.starts_with("settings.") {
-                                true => problems.push(format!("{key}.{e}")),
-                                false => problems.push(format!("{key}.settings: {e}")),
-                            }
+                            problems.push(e.within(&key).to_string());
                         }
                     }
                 }
@@ -950,12 +1013,16 @@ impl Loaded {
         if problems.0.is_empty() {
             return Ok(described);
         }
-        Err(problems
-            .0
-            .iter()
-            .map(|p| format!("{}: {p}", self.origin_of(p)))
-            .collect::<Vec<_>>()
-            .join("\n"))
+        Err(LoadError::Problems(
+            problems
+                .0
+                .into_iter()
+                .map(|problem| Problem {
+                    blame: self.blame_of(&problem),
+                    problem,
+                })
+                .collect(),
+        ))
     }
 
     /// The rules that concern whole descriptions: the main node's and each extra node's
@@ -1050,15 +1117,15 @@ impl Loaded {
 
     /// Where a problem comes from: the environment variable that set its key, else the
     /// file.
-    fn origin_of(&self, problem: &str) -> String {
+    fn blame_of(&self, problem: &str) -> Blame {
         for (variable, key) in &self.overrides {
             if let Some(rest) = problem.strip_prefix(key.as_str()) {
                 if rest.starts_with([':', '.', ' ']) {
-                    return format!("environment variable {variable}");
+                    return Blame::Variable(variable.clone());
                 }
             }
         }
-        self.origin.to_string()
+        Blame::Config(self.origin.clone())
     }
 
     /// The main node's description, without the modules of remote nodes (known only
@@ -1133,13 +1200,13 @@ impl Loaded {
 mod tests {
     use super::*;
 
-    fn load_text(text: &str) -> Result<Loaded, String> {
+    fn load_text(text: &str) -> Result<Loaded, LoadError> {
         let dir = std::env::temp_dir().join(format!("secop-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
         static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = dir.join(format!("{n}.toml"));
-        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        std::fs::write(&path, text).expect("a temporary file");
         load(Some(&path), None)
     }
 
@@ -1155,7 +1222,8 @@ mod tests {
         let e = load_text(&format!(
             "{base}[[module]]\nname='T'\ndriver='sim_nothing'\n"
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains(".toml: module[0] (\"T\").driver: unknown driver \"sim_nothing\""),
             "{e}"
@@ -1163,7 +1231,8 @@ mod tests {
         let e = load_text(&format!(
             "{base}[[module]]\nname='T'\ndriver='sim_temperature'\n[module.settings]\nramp='fast'\n"
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("module[0] (\"T\").settings.ramp: invalid type: string \"fast\""),
             "{e}"
@@ -1171,16 +1240,22 @@ mod tests {
         let e = load_text(&format!(
             "{base}[[module]]\nname='T'\ndriver='sim_temperature'\n[module.settings]\nrmap=1\n"
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("unknown field `rmap`"), "{e}");
         let e = load_text(&format!(
             "{base}[listen]\naddress='nowhere'\n[[module]]\nname='T'\ndriver='sim_pressure'\n"
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("listen.address"), "{e}");
-        let e = load_text("[node]\ndescription='d'\n").unwrap_err();
+        let e = load_text("[node]\ndescription='d'\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("equipment_id"), "{e}");
-        let e = load(Some(Path::new("/nonexistent/x.toml")), None).unwrap_err();
+        let e = load(Some(Path::new("/nonexistent/x.toml")), None)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("/nonexistent/x.toml: cannot read"), "{e}");
     }
 
@@ -1192,6 +1267,7 @@ mod tests {
         match load_text(text) {
             Ok(_) => String::new(),
             Err(e) => e
+                .to_string()
                 .lines()
                 .map(|l| l.split_once(".toml: ").map_or(l, |(_, p)| p))
                 .collect::<Vec<_>>()

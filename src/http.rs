@@ -44,19 +44,30 @@ pub struct Health {
 /// How long a node may take to answer a health question.
 pub const HEALTH_DEADLINE: Duration = Duration::from_secs(2);
 
+/// Why the gateway is not healthy (the `reason` of `/healthz` and `/readyz`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unhealthy {
+    #[error("node list unavailable")]
+    NodeList,
+    #[error("a node actor has stopped")]
+    Stopped,
+    #[error("a node actor did not answer in time")]
+    Slow,
+}
+
 impl Health {
     /// Ask every node actor, each within [`HEALTH_DEADLINE`]: a listener that accepts
     /// but a node that does not answer is not a healthy gateway.
-    pub async fn nodes_answer(&self) -> Result<(), String> {
+    pub async fn nodes_answer(&self) -> Result<(), Unhealthy> {
         let nodes = match self.nodes.lock() {
             Ok(n) => n.clone(),
-            Err(_) => return Err("node list unavailable".into()),
+            Err(_) => return Err(Unhealthy::NodeList),
         };
         for node in nodes {
             match tokio::time::timeout(HEALTH_DEADLINE, node.send(GetDescription)).await {
                 Ok(Ok(d)) => drop(d),
-                Ok(Err(_)) => return Err("a node actor has stopped".into()),
-                Err(_) => return Err("a node actor did not answer in time".into()),
+                Ok(Err(_)) => return Err(Unhealthy::Stopped),
+                Err(_) => return Err(Unhealthy::Slow),
             }
         }
         Ok(())
@@ -83,14 +94,14 @@ async fn healthz(health: web::Data<Health>) -> HttpResponse {
     match health.nodes_answer().await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ok"})),
         Err(e) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"status": "failing", "reason": e})),
+            .json(serde_json::json!({"status": "failing", "reason": e.to_string()})),
     }
 }
 
 async fn readyz(health: web::Data<Health>) -> HttpResponse {
     if let Err(e) = health.nodes_answer().await {
         return HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"status": "failing", "reason": e}));
+            .json(serde_json::json!({"status": "failing", "reason": e.to_string()}));
     }
     let down = health.down();
     if down.is_empty() {
@@ -254,11 +265,16 @@ async fn status_page(state: &HttpState) -> HttpResponse {
 pub type ConnectionService =
     Rc<dyn Fn(TcpStream, SocketAddr) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>>;
 
+/// The HTTP service could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("cannot build the HTTP service")]
+pub struct ServiceError;
+
 /// Build the HTTP service once; each call serves one connection to its end.
 pub async fn service(
     state: HttpState,
     client_timeout: Duration,
-) -> Result<ConnectionService, String> {
+) -> Result<ConnectionService, ServiceError> {
     let health = state.health.clone();
     let policy = state.policy.clone();
     let state = web::Data::new(state);
@@ -273,12 +289,7 @@ pub async fn service(
     let factory = HttpService::<TcpStream, _, _>::build()
         .client_request_timeout(client_timeout)
         .h1(map_config(app, |_| AppConfig::default()));
-    let handler = Rc::new(
-        factory
-            .new_service(())
-            .await
-            .map_err(|_| "cannot build the HTTP service".to_owned())?,
-    );
+    let handler = Rc::new(factory.new_service(()).await.map_err(|_| ServiceError)?);
     Ok(Rc::new(move |stream: TcpStream, peer: SocketAddr| {
         let handler = handler.clone();
         Box::pin(async move {

@@ -51,7 +51,7 @@ impl NodeInfo {
                 let di = a
                     .get("datainfo")
                     .ok_or_else(|| format!("{mname}:{aname}: no datainfo"))
-                    .and_then(|d| DataInfo::from_json(&lenient(d)))
+                    .and_then(|d| DataInfo::from_json(&lenient(d)).map_err(|e| e.to_string()))
                     .map_err(|e| format!("{mname}:{aname}: {e}"));
                 info.datainfo.insert(format!("{mname}:{aname}"), di);
             }

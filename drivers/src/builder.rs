@@ -1,6 +1,6 @@
 //! A compact way for drivers to declare their modules' accessibles.
 
-use crate::ModuleConfig;
+use crate::{ConfigError, ModuleConfig};
 use secop_proto::{Accessible, DataInfo, ModuleDescription};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -35,9 +35,12 @@ fn status_datainfo(codes: &[(&str, i64)]) -> DataInfo {
     d
 }
 
-fn datainfo(json: Value) -> Result<DataInfo, String> {
+fn datainfo(json: Value) -> Result<DataInfo, ConfigError> {
     shared(json.to_string(), || {
-        DataInfo::from_json(&json).map_err(|e| format!("datainfo {json}: {e}"))
+        DataInfo::from_json(&json).map_err(|error| ConfigError::Declared {
+            json: json.to_string(),
+            error,
+        })
     })
 }
 
@@ -58,12 +61,22 @@ impl ModuleBuilder {
     }
 
     /// A read-only parameter.
-    pub fn readonly(self, name: &str, description: &str, datainfo: Value) -> Result<Self, String> {
+    pub fn readonly(
+        self,
+        name: &str,
+        description: &str,
+        datainfo: Value,
+    ) -> Result<Self, ConfigError> {
         self.param(name, description, datainfo, true, false)
     }
 
     /// A writable parameter; `checkable` allows `check`.
-    pub fn writable(self, name: &str, description: &str, datainfo: Value) -> Result<Self, String> {
+    pub fn writable(
+        self,
+        name: &str,
+        description: &str,
+        datainfo: Value,
+    ) -> Result<Self, ConfigError> {
         self.param(name, description, datainfo, false, true)
     }
 
@@ -74,7 +87,7 @@ impl ModuleBuilder {
         datainfo_json: Value,
         readonly: bool,
         checkable: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         let mut acc = Accessible::parameter(name, description, datainfo(datainfo_json)?, readonly);
         acc.checkable = checkable;
         self.desc.accessibles.push(acc);
@@ -88,7 +101,7 @@ impl ModuleBuilder {
         description: &str,
         datainfo_json: Value,
         value: Value,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         let mut acc = Accessible::parameter(name, description, datainfo(datainfo_json)?, true);
         acc.constant = Some(value);
         self.desc.accessibles.push(acc);
@@ -113,7 +126,7 @@ impl ModuleBuilder {
         description: &str,
         argument: Option<Value>,
         result: Option<Value>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         let mut json = Map::new();
         json.insert("type".into(), Value::from("command"));
         if let Some(a) = argument {

@@ -2,6 +2,7 @@
 //! protocol: a move starts when `target` is written, ends when the value stayed
 //! within tolerance for the settle time, and ends in WARN after the timeout.
 
+use crate::ConfigError;
 use secop_proto::status as st;
 use secop_proto::SecopError;
 use serde::Deserialize;
@@ -44,15 +45,20 @@ fn default_done_value() -> Value {
 const DONE_FLAG_GRACE: f64 = 1.0;
 
 impl DriveConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Errors name the key within `[module.drive]` (`drive.tolerance`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.tolerance > 0.0 && self.tolerance.is_finite()) {
-            return Err(format!(
-                "drive.tolerance: {} must be a positive number",
-                crate::limits::show(self.tolerance)
+            return Err(ConfigError::invalid(
+                "drive.tolerance",
+                format!(
+                    "{} must be a positive number",
+                    crate::limits::show(self.tolerance)
+                ),
             ));
         }
         crate::limits::AGE.check("drive.settle", self.settle)?;
-        crate::limits::MOVE_TIMEOUT.check("drive.timeout", self.timeout)
+        crate::limits::MOVE_TIMEOUT.check("drive.timeout", self.timeout)?;
+        Ok(())
     }
 }
 
@@ -200,7 +206,7 @@ pub fn check_class_parameters(
     abilities: impl Fn(&str) -> Option<Abilities>,
     read_hint: &str,
     write_hint: &str,
-) -> Result<(), String> {
+) -> Result<(), ConfigError> {
     let need: &[&str] = match class {
         "Readable" => &["value"],
         "Writable" | "Drivable" => &["value", "target"],
@@ -208,12 +214,20 @@ pub fn check_class_parameters(
     };
     for name in need {
         match abilities(name) {
-            None => return Err(format!("a {class} needs a parameter {name:?}")),
+            None => {
+                return Err(ConfigError::Invalid(format!(
+                    "a {class} needs a parameter {name:?}"
+                )))
+            }
             Some(a) if *name == "target" && !a.writable => {
-                return Err(format!("parameter \"target\" {write_hint}"))
+                return Err(ConfigError::Invalid(format!(
+                    "parameter \"target\" {write_hint}"
+                )))
             }
             Some(a) if *name == "value" && !a.readable => {
-                return Err(format!("parameter \"value\" {read_hint}"))
+                return Err(ConfigError::Invalid(format!(
+                    "parameter \"value\" {read_hint}"
+                )))
             }
             _ => {}
         }
@@ -225,7 +239,7 @@ pub fn check_class_parameters(
 /// link's `pollinterval`.
 pub fn standard_accessibles(
     builder: crate::builder::ModuleBuilder,
-) -> Result<crate::builder::ModuleBuilder, String> {
+) -> Result<crate::builder::ModuleBuilder, ConfigError> {
     builder.status(STATUS_CODES).writable(
         "pollinterval",
         "polling interval of the link (shared by its modules)",

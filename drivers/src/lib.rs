@@ -7,12 +7,14 @@
 pub mod ascii;
 pub mod builder;
 pub mod drive;
+pub mod error;
 pub mod limits;
 pub mod link;
 pub mod modbus;
 pub mod remote;
 pub mod sim;
 
+pub use error::ConfigError;
 use secop_actors::device::DeviceHandle;
 use serde_json::{Map, Value};
 
@@ -37,17 +39,14 @@ pub const DRIVERS: &[&str] = &[
 ];
 
 /// Start the device actor for one module. Must run inside an actix system.
-/// Errors name the offending setting.
-pub fn start(driver: &str, module: &ModuleConfig) -> Result<DeviceHandle, String> {
+/// Errors name the offending setting (`settings.ramp`), within the module's section.
+pub fn start(driver: &str, module: &ModuleConfig) -> Result<DeviceHandle, ConfigError> {
     match driver {
         sim::temperature::DRIVER => sim::start::<sim::temperature::TemperatureController>(module),
         sim::pressure::DRIVER => sim::start::<sim::pressure::PressureGauge>(module),
         sim::power_supply::DRIVER => sim::start::<sim::power_supply::PowerSupply>(module),
         sim::communicator::DRIVER => sim::start::<sim::communicator::Communicator>(module),
-        other => Err(format!(
-            "unknown driver {other:?}; known drivers: {}",
-            DRIVERS.join(", ")
-        )),
+        other => Err(ConfigError::UnknownDriver(other.to_owned())),
     }
 }
 
@@ -56,7 +55,7 @@ pub fn start(driver: &str, module: &ModuleConfig) -> Result<DeviceHandle, String
 pub fn describe(
     driver: &str,
     module: &ModuleConfig,
-) -> Result<Vec<secop_proto::ModuleDescription>, String> {
+) -> Result<Vec<secop_proto::ModuleDescription>, ConfigError> {
     match driver {
         sim::temperature::DRIVER => {
             sim::describe::<sim::temperature::TemperatureController>(module)
@@ -64,28 +63,35 @@ pub fn describe(
         sim::pressure::DRIVER => sim::describe::<sim::pressure::PressureGauge>(module),
         sim::power_supply::DRIVER => sim::describe::<sim::power_supply::PowerSupply>(module),
         sim::communicator::DRIVER => sim::describe::<sim::communicator::Communicator>(module),
-        other => Err(format!(
-            "unknown driver {other:?}; known drivers: {}",
-            DRIVERS.join(", ")
-        )),
+        other => Err(ConfigError::UnknownDriver(other.to_owned())),
     }
 }
 
 /// Parse each module's link-specific part for the link's protocol.
 fn specs<T: serde::de::DeserializeOwned>(
     modules: &[(ModuleConfig, Value)],
-) -> Result<Vec<(ModuleConfig, T)>, String> {
+) -> Result<Vec<(ModuleConfig, T)>, ConfigError> {
     modules
         .iter()
         .map(|(config, spec)| {
-            serde_path_to_error::deserialize(spec.clone())
+            from_json(spec.clone())
                 .map(|parsed| (config.clone(), parsed))
-                .map_err(|e| match e.path().to_string().as_str() {
-                    "." | "" => format!("module {:?}: {}", config.name, e.into_inner()),
-                    path => format!("module {:?}: {path}: {}", config.name, e.into_inner()),
-                })
+                .map_err(|e| e.in_module(&config.name))
         })
         .collect()
+}
+
+/// Deserialize a part of the config; the error names the key within it
+/// (`ramp: invalid type: ...`), or none if the part as a whole is wrong.
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let reason = ConfigError::Invalid(e.into_inner().to_string());
+        match path.as_str() {
+            "." | "" => reason,
+            _ => ConfigError::at(path, reason),
+        }
+    })
 }
 
 /// The backend of a link (`[[link]]` plus the `[[module]]`s that name it), started
@@ -95,13 +101,14 @@ fn with_link_backend<R>(
     link: &link::LinkConfig,
     modules: &[(ModuleConfig, Value)],
     use_backend: impl FnOnce(LinkBackend) -> R,
-) -> Result<R, String> {
+) -> Result<R, ConfigError> {
     let backend = match link.protocol.as_str() {
         "ascii" => LinkBackend::Ascii(ascii::AsciiBackend::build(link, &specs(modules)?)?),
         "modbus" => LinkBackend::Modbus(modbus::ModbusBackend::build(link, &specs(modules)?)?),
         other => {
-            return Err(format!(
-                "protocol: {other:?} is not supported (use \"ascii\" or \"modbus\")"
+            return Err(ConfigError::invalid(
+                "protocol",
+                format!("{other:?} is not supported (use \"ascii\" or \"modbus\")"),
             ))
         }
     };
@@ -117,7 +124,7 @@ enum LinkBackend {
 pub fn describe_link(
     link: &link::LinkConfig,
     modules: &[(ModuleConfig, Value)],
-) -> Result<Vec<secop_proto::ModuleDescription>, String> {
+) -> Result<Vec<secop_proto::ModuleDescription>, ConfigError> {
     use secop_actors::device_actor::Backend;
     with_link_backend(link, modules, |backend| match backend {
         LinkBackend::Ascii(b) => b.modules(),
@@ -129,7 +136,7 @@ pub fn describe_link(
 pub fn start_link(
     link: &link::LinkConfig,
     modules: &[(ModuleConfig, Value)],
-) -> Result<DeviceHandle, String> {
+) -> Result<DeviceHandle, ConfigError> {
     use actix::Actor;
     use secop_actors::device_actor::{Backend, DeviceActor};
     fn start<B: Backend>(name: &str, backend: B) -> DeviceHandle {

@@ -73,64 +73,144 @@ pub fn show(x: f64) -> String {
     }
 }
 
+/// A value or bound of a range: a count (bytes, connections, registers ...) shown as
+/// it is, or a real number shown by [`show`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Number {
+    Count(u64),
+    Real(f64),
+}
+
+impl std::fmt::Display for Number {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Number::Count(n) => write!(f, "{n}"),
+            Number::Real(x) => f.write_str(&show(*x)),
+        }
+    }
+}
+
+/// A configured number outside its valid range, naming the key: "`key`: 5 bytes is
+/// outside the valid range 64 ..= 128 bytes".
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RangeError {
+    /// `value` is not within `min ..= max` (nor 0, where `zero_allowed`). `unit` is
+    /// shown after each number, unless it is empty.
+    #[error(
+        "{key}: {value}{unit} is outside the valid range {min} ..= {max}{unit}{off}",
+        unit = Unit(unit),
+        off = if *zero_allowed { ", or 0 (off)" } else { "" }
+    )]
+    Outside {
+        key: String,
+        value: Number,
+        min: Number,
+        max: Number,
+        unit: String,
+        zero_allowed: bool,
+    },
+    /// NaN or an infinity where only a finite number will do.
+    #[error("{key}: {} is not a finite number", show(*value))]
+    NotFinite { key: String, value: f64 },
+}
+
+impl RangeError {
+    /// The key the error names.
+    pub fn key(&self) -> &str {
+        match self {
+            RangeError::Outside { key, .. } | RangeError::NotFinite { key, .. } => key,
+        }
+    }
+
+    /// The same error with its key within `prefix` (`parameter[0]` + `offset`).
+    pub fn within(mut self, prefix: &str) -> Self {
+        let (RangeError::Outside { key, .. } | RangeError::NotFinite { key, .. }) = &mut self;
+        *key = format!("{prefix}.{key}");
+        self
+    }
+}
+
+/// A unit after a number: " K", or nothing.
+struct Unit<'a>(&'a str);
+
+impl std::fmt::Display for Unit<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            "" => Ok(()),
+            unit => write!(f, " {unit}"),
+        }
+    }
+}
+
 impl Seconds {
     /// `Ok` if `x` lies within the range; else "`key`: ... is outside ...".
-    pub fn check(&self, key: &str, x: f64) -> Result<(), String> {
+    pub fn check(&self, key: &str, x: f64) -> Result<(), RangeError> {
         if x.is_finite() && self.min <= x && x <= self.max {
             return Ok(());
         }
-        Err(format!(
-            "{key}: {} s is outside the valid range {} ..= {} s",
-            show(x),
-            show(self.min),
-            show(self.max)
-        ))
+        Err(self.outside(key, x, false))
     }
 
     /// Like [`check`](Self::check), but 0 ("off") is valid as well.
-    pub fn check_or_zero(&self, key: &str, x: f64) -> Result<(), String> {
-        if x == 0.0 {
+    pub fn check_or_zero(&self, key: &str, x: f64) -> Result<(), RangeError> {
+        if x == 0.0 || (x.is_finite() && self.min <= x && x <= self.max) {
             return Ok(());
         }
-        self.check(key, x).map_err(|e| format!("{e}, or 0 (off)"))
+        Err(self.outside(key, x, true))
+    }
+
+    fn outside(&self, key: &str, x: f64, zero_allowed: bool) -> RangeError {
+        RangeError::Outside {
+            key: key.to_owned(),
+            value: Number::Real(x),
+            min: Number::Real(self.min),
+            max: Number::Real(self.max),
+            unit: "s".to_owned(),
+            zero_allowed,
+        }
     }
 }
 
 /// `Ok` if the count (bytes, connections, registers ...) lies within `min ..= max`.
-pub fn count(key: &str, x: u64, min: u64, max: u64, unit: &str) -> Result<(), String> {
+pub fn count(key: &str, x: u64, min: u64, max: u64, unit: &str) -> Result<(), RangeError> {
     if (min..=max).contains(&x) {
         return Ok(());
     }
-    Err(format!(
-        "{key}: {x} {unit} is outside the valid range {min} ..= {max} {unit}"
-    ))
+    Err(RangeError::Outside {
+        key: key.to_owned(),
+        value: Number::Count(x),
+        min: Number::Count(min),
+        max: Number::Count(max),
+        unit: unit.to_owned(),
+        zero_allowed: false,
+    })
 }
 
 /// `Ok` if `x` is a finite number within `min ..= max` (physical quantities of the
 /// simulators, scales, tolerances); `unit` is shown after the numbers.
-pub fn number(key: &str, x: f64, min: f64, max: f64, unit: &str) -> Result<(), String> {
+pub fn number(key: &str, x: f64, min: f64, max: f64, unit: &str) -> Result<(), RangeError> {
     if x.is_finite() && min <= x && x <= max {
         return Ok(());
     }
-    let unit = if unit.is_empty() {
-        String::new()
-    } else {
-        format!(" {unit}")
-    };
-    Err(format!(
-        "{key}: {}{unit} is outside the valid range {} ..= {}{unit}",
-        show(x),
-        show(min),
-        show(max)
-    ))
+    Err(RangeError::Outside {
+        key: key.to_owned(),
+        value: Number::Real(x),
+        min: Number::Real(min),
+        max: Number::Real(max),
+        unit: unit.to_owned(),
+        zero_allowed: false,
+    })
 }
 
 /// A finite number (no NaN, no infinity), e.g. an offset.
-pub fn finite(key: &str, x: f64) -> Result<(), String> {
+pub fn finite(key: &str, x: f64) -> Result<(), RangeError> {
     if x.is_finite() {
         return Ok(());
     }
-    Err(format!("{key}: {} is not a finite number", show(x)))
+    Err(RangeError::NotFinite {
+        key: key.to_owned(),
+        value: x,
+    })
 }
 
 /// A number of seconds as a `Duration`, for values already checked against their
@@ -152,29 +232,52 @@ mod tests {
         assert!(TIMEOUT.check("t", 10.0).is_ok());
         let e = TIMEOUT.check("node.device_timeout", 1e19).unwrap_err();
         assert_eq!(
-            e,
+            e.to_string(),
             "node.device_timeout: 1e19 s is outside the valid range 0.001 ..= 86400 s"
         );
+        assert_eq!(e.key(), "node.device_timeout");
         assert!(TIMEOUT
             .check("t", f64::NAN)
             .unwrap_err()
+            .to_string()
             .contains(": nan s"));
         assert!(TIMEOUT
             .check("t", f64::INFINITY)
             .unwrap_err()
+            .to_string()
             .contains("inf"));
         assert!(AGE.check_or_zero("t", 0.0).is_ok());
         assert!(TIMEOUT.check_or_zero("t", 0.0).is_ok());
-        assert!(TIMEOUT
-            .check_or_zero("t", 1e-9)
-            .unwrap_err()
-            .ends_with("or 0 (off)"));
         assert_eq!(
-            count("b", 5, 64, 128, "bytes").unwrap_err(),
+            TIMEOUT.check_or_zero("t", 1e-9).unwrap_err().to_string(),
+            "t: 1e-9 s is outside the valid range 0.001 ..= 86400 s, or 0 (off)"
+        );
+        assert_eq!(
+            count("b", 5, 64, 128, "bytes").unwrap_err().to_string(),
             "b: 5 bytes is outside the valid range 64 ..= 128 bytes"
         );
+        assert_eq!(
+            count("b", u64::MAX, 64, 1 << 40, "bytes")
+                .unwrap_err()
+                .to_string(),
+            "b: 18446744073709551615 bytes is outside the valid range 64 ..= 1099511627776 bytes"
+        );
         assert!(number("x", 1.0, 0.0, 2.0, "K").is_ok());
-        assert!(finite("x", f64::NAN).is_err());
+        assert_eq!(
+            number("x", -1.0, 0.0, 2.0, "").unwrap_err().to_string(),
+            "x: -1 is outside the valid range 0 ..= 2"
+        );
+        assert_eq!(
+            number("x", 3.0, 0.0, 2.0, "K")
+                .unwrap_err()
+                .within("p")
+                .to_string(),
+            "p.x: 3 K is outside the valid range 0 ..= 2 K"
+        );
+        assert_eq!(
+            finite("x", f64::NAN).unwrap_err().to_string(),
+            "x: nan is not a finite number"
+        );
         assert_eq!(duration(f64::NAN), std::time::Duration::ZERO);
         assert_eq!(duration(1e300), std::time::Duration::MAX);
         assert_eq!(duration(1.5), std::time::Duration::from_millis(1500));

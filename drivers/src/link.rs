@@ -8,6 +8,7 @@
 //! exponential backoff.
 
 use crate::limits;
+use crate::ConfigError;
 use secop_actors::deadline;
 use serde::Deserialize;
 use std::io;
@@ -88,33 +89,42 @@ fn default_slow_factor() -> u32 {
 }
 
 impl LinkConfig {
-    /// Checks that serde cannot express; messages name the key.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks that serde cannot express; errors name the key within `[[link]]`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         match (&self.serial, &self.tcp) {
-            (Some(_), Some(_)) => return Err("give either serial or tcp, not both".into()),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "give either serial or tcp, not both".into(),
+                ))
+            }
             (None, None) => {
-                return Err("serial (a device path) or tcp (host:port) is required".into())
+                return Err(ConfigError::Invalid(
+                    "serial (a device path) or tcp (host:port) is required".into(),
+                ))
             }
             _ => {}
         }
         if !matches!(self.parity.as_str(), "none" | "odd" | "even") {
-            return Err(format!(
-                "parity: {:?} is not none, odd or even",
-                self.parity
+            return Err(ConfigError::invalid(
+                "parity",
+                format!("{:?} is not none, odd or even", self.parity),
             ));
         }
         if !(5..=8).contains(&self.data_bits) {
-            return Err("data_bits: must be 5, 6, 7 or 8".into());
+            return Err(ConfigError::invalid("data_bits", "must be 5, 6, 7 or 8"));
         }
         if !(1..=2).contains(&self.stop_bits) {
-            return Err("stop_bits: must be 1 or 2".into());
+            return Err(ConfigError::invalid("stop_bits", "must be 1 or 2"));
         }
         limits::count("baud", u64::from(self.baud), 50, 12_000_000, "baud")?;
         limits::TIMEOUT.check("timeout", self.timeout)?;
         limits::RECONNECT_MIN.check("reconnect_min", self.reconnect_min)?;
         limits::RECONNECT_MAX.check("reconnect_max", self.reconnect_max)?;
         if self.reconnect_max < self.reconnect_min {
-            return Err("reconnect_max: must not be below reconnect_min".into());
+            return Err(ConfigError::invalid(
+                "reconnect_max",
+                "must not be below reconnect_min",
+            ));
         }
         limits::POLLINTERVAL.check("pollinterval", self.pollinterval)?;
         limits::count(
@@ -218,7 +228,7 @@ impl Link {
 
     /// Make sure a connection exists. Returns `Ok(true)` when it was just opened (the
     /// caller identifies and initialises the instrument then).
-    pub async fn ensure(&mut self) -> Result<bool, String> {
+    pub async fn ensure(&mut self) -> Result<bool, LinkDown> {
         if self.stream.is_some() {
             return Ok(false);
         }
@@ -231,9 +241,9 @@ impl Link {
     /// Open the transport (if the backoff allows an attempt now) and hand it to a
     /// caller that frames it itself (Modbus). The link counts as up until
     /// [`drop_connection`](Self::drop_connection).
-    pub async fn connect_raw(&mut self) -> Result<Stream, String> {
+    pub async fn connect_raw(&mut self) -> Result<Stream, LinkDown> {
         if Instant::now() < self.next_attempt {
-            return Err(self.down_reason());
+            return Err(LinkDown::Waiting(self.down_reason()));
         }
         match tokio::time::timeout(self.timeout(), self.open()).await {
             Ok(Ok(stream)) => {
@@ -246,25 +256,25 @@ impl Link {
                 self.was_connected = true;
                 Ok(stream)
             }
-            Ok(Err(e)) => Err(self.failed(format!(
-                "cannot open {}: {e}",
-                self.config.describe_target()
-            ))),
-            Err(_) => Err(self.failed(format!(
-                "opening {} timed out",
-                self.config.describe_target()
-            ))),
+            Ok(Err(e)) => Err(self.failed(LinkDown::Open {
+                target: self.config.describe_target(),
+                reason: e.to_string(),
+            })),
+            Err(_) => Err(self.failed(LinkDown::Timeout {
+                target: self.config.describe_target(),
+            })),
         }
     }
 
     /// Record a failure to connect: schedule the next attempt with a doubled backoff.
-    fn failed(&mut self, reason: String) -> String {
+    fn failed(&mut self, down: LinkDown) -> LinkDown {
+        let reason = down.to_string();
         tracing::warn!(link = %self.config.name, retry_in = ?self.backoff, "{reason}");
         self.next_attempt = deadline::after(Instant::now(), self.backoff);
         let max = limits::duration(self.config.reconnect_max);
         self.backoff = (self.backoff * 2).min(max);
-        self.last_error = Some(reason.clone());
-        reason
+        self.last_error = Some(reason);
+        down
     }
 
     /// Drop the connection after an I/O problem; the next transaction reconnects.
@@ -413,6 +423,18 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         return None;
     }
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Why a link has no connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkDown {
+    /// Too early for the next attempt; the reason is the last failure's.
+    #[error("{0}")]
+    Waiting(String),
+    #[error("cannot open {target}: {reason}")]
+    Open { target: String, reason: String },
+    #[error("opening {target} timed out")]
+    Timeout { target: String },
 }
 
 /// A failed transaction.

@@ -73,8 +73,37 @@ fn default_reconnect_max() -> f64 {
     30.0
 }
 
+/// Why a connection to a remote node failed or ended.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RemoteError {
+    #[error("cannot connect to {address}: {reason}")]
+    Connect { address: String, reason: String },
+    #[error("the remote node closed the connection")]
+    Closed,
+    #[error("the remote node closed the WebSocket")]
+    WebSocketClosed,
+    #[error("WebSocket error: {0}")]
+    WebSocket(String),
+    #[error("read failed: {0}")]
+    Read(String),
+    /// A line too long, or not UTF-8.
+    #[error("{0}")]
+    Protocol(String),
+    /// Our side of the connection is gone.
+    #[error("connection closed")]
+    Gone,
+    #[error("{address} is not a SEC node: *IDN? answered {idn:?}")]
+    NotSecop { address: String, idn: String },
+    #[error("description is not JSON: {0}")]
+    DescriptionNotJson(String),
+    #[error("cannot use the remote description: {0}")]
+    Description(#[from] secop_proto::DescriptionError),
+    #[error("{address}: no complete handshake within {timeout} s")]
+    Handshake { address: String, timeout: f64 },
+}
+
 /// Lines from the remote, whatever carries them (TCP lines or WebSocket frames).
-type LineStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<String, String>>>>;
+type LineStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<String, RemoteError>>>>;
 
 /// An established session with the remote node.
 pub struct Connected {
@@ -141,10 +170,10 @@ fn tcp_lines(read: OwnedReadHalf, max_line: usize) -> LineStream {
             match framed.next().await {
                 Some(Ok(line)) => Some((Ok(line), Some(framed))),
                 Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    Some((Err(e.to_string()), None))
+                    Some((Err(RemoteError::Protocol(e.to_string())), None))
                 }
-                Some(Err(e)) => Some((Err(format!("read failed: {e}")), None)),
-                None => Some((Err("the remote node closed the connection".into()), None)),
+                Some(Err(e)) => Some((Err(RemoteError::Read(e.to_string())), None)),
+                None => Some((Err(RemoteError::Closed), None)),
             }
         },
     ))
@@ -155,7 +184,11 @@ fn tcp_lines(read: OwnedReadHalf, max_line: usize) -> LineStream {
 async fn open(
     address: &str,
     max_line: usize,
-) -> Result<(LineStream, tokio::sync::mpsc::UnboundedSender<String>), String> {
+) -> Result<(LineStream, tokio::sync::mpsc::UnboundedSender<String>), RemoteError> {
+    let cannot = |e: &dyn std::fmt::Display| RemoteError::Connect {
+        address: address.to_owned(),
+        reason: e.to_string(),
+    };
     use futures_util::{SinkExt, StreamExt};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     if address.starts_with("ws://") {
@@ -165,7 +198,7 @@ async fn open(
             .max_frame_size(Some(max_line.min(16 << 20)));
         let (ws, _) = tokio_tungstenite::connect_async_with_config(address, Some(limits), false)
             .await
-            .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+            .map_err(|e| cannot(&e))?;
         let (mut sink, stream) = ws.split();
         actix::spawn(async move {
             while let Some(line) = rx.recv().await {
@@ -184,18 +217,14 @@ async fn open(
             use tokio_tungstenite::tungstenite::Message;
             match m {
                 Ok(Message::Text(t)) => Some(Ok(t.trim_end_matches(['\n', '\r']).to_owned())),
-                Ok(Message::Close(_)) => {
-                    Some(Err("the remote node closed the WebSocket".to_owned()))
-                }
+                Ok(Message::Close(_)) => Some(Err(RemoteError::WebSocketClosed)),
                 Ok(_) => None,
-                Err(e) => Some(Err(format!("WebSocket error: {e}"))),
+                Err(e) => Some(Err(RemoteError::WebSocket(e.to_string()))),
             }
         });
         return Ok((Box::pin(lines), tx));
     }
-    let stream = TcpStream::connect(address)
-        .await
-        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    let stream = TcpStream::connect(address).await.map_err(|e| cannot(&e))?;
     let _ = stream.set_nodelay(true);
     let (read, mut writer) = stream.into_split();
     actix::spawn(async move {
@@ -208,31 +237,28 @@ async fn open(
     Ok((tcp_lines(read, max_line), tx))
 }
 
-async fn next(lines: &mut LineStream) -> Result<String, String> {
+async fn next(lines: &mut LineStream) -> Result<String, RemoteError> {
     use futures_util::StreamExt;
-    lines
-        .next()
-        .await
-        .unwrap_or_else(|| Err("the remote node closed the connection".into()))
+    lines.next().await.unwrap_or(Err(RemoteError::Closed))
 }
 
 /// Connect, identify, describe and activate, within the timeout.
-pub async fn connect(config: &RemoteConfig) -> Result<Connected, String> {
+pub async fn connect(config: &RemoteConfig) -> Result<Connected, RemoteError> {
     let timeout = Duration::from_secs_f64(config.timeout);
     let work = async {
         let (mut lines, send) = open(&config.address, config.max_line_bytes).await?;
         let say = |line: &str| {
             send.send(format!("{line}\n"))
-                .map_err(|_| "connection closed".to_owned())
+                .map_err(|_| RemoteError::Gone)
         };
         say("*IDN?")?;
         let idn = next(&mut lines).await?;
         let fields: Vec<&str> = idn.split(',').collect();
         if fields.len() < 2 || !fields[0].contains("ISSE") || fields[1] != "SECoP" {
-            return Err(format!(
-                "{} is not a SEC node: *IDN? answered {idn:?}",
-                config.address
-            ));
+            return Err(RemoteError::NotSecop {
+                address: config.address.clone(),
+                idn,
+            });
         }
         say("describe")?;
         let description = loop {
@@ -240,9 +266,8 @@ pub async fn connect(config: &RemoteConfig) -> Result<Connected, String> {
             let raw = split(&line);
             if raw.action == "describing" {
                 let json: Value = serde_json::from_str(raw.data.unwrap_or("null"))
-                    .map_err(|e| format!("description is not JSON: {e}"))?;
-                break NodeDescription::from_json(&json)
-                    .map_err(|e| format!("cannot use the remote description: {e}"))?;
+                    .map_err(|e| RemoteError::DescriptionNotJson(e.to_string()))?;
+                break NodeDescription::from_json(&json)?;
             }
         };
         say("activate")?;
@@ -261,12 +286,12 @@ pub async fn connect(config: &RemoteConfig) -> Result<Connected, String> {
             initial,
         })
     };
-    tokio::time::timeout(timeout, work).await.map_err(|_| {
-        format!(
-            "{}: no complete handshake within {} s",
-            config.address, config.timeout
-        )
-    })?
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| RemoteError::Handshake {
+            address: config.address.clone(),
+            timeout: config.timeout,
+        })?
 }
 
 /// Our view of the remote modules: local names (prefixed) and the remote equipment id.
@@ -304,7 +329,7 @@ struct Pending {
 /// came from so that a stale connection's end is not taken for the current one's.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct RemoteLine(Result<String, String>, u64);
+struct RemoteLine(Result<String, RemoteError>, u64);
 
 /// See the module documentation.
 pub struct RemoteNode {
@@ -630,7 +655,7 @@ impl StreamHandler<RemoteLine> for RemoteNode {
         }
         match item.0 {
             Ok(line) => self.on_line(&line),
-            Err(e) => self.lost(&e, ctx),
+            Err(e) => self.lost(&e.to_string(), ctx),
         }
     }
 
@@ -800,7 +825,10 @@ mod tests {
         let (addr, remote) = fake_remote(STREAM);
         let mut connected = connect(&config(addr, 1 << 20)).await.expect("handshake");
         let error = next(&mut connected.lines).await.expect_err("no line");
-        assert!(error.contains("too long"), "{error}");
+        assert!(
+            matches!(&error, RemoteError::Protocol(e) if e.contains("too long")),
+            "{error}"
+        );
         assert!(
             next(&mut connected.lines).await.is_err(),
             "the stream ends after the error"

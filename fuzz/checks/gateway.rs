@@ -48,6 +48,6 @@ pub fn config(data: &[u8]) {
                 let _ = loaded.access_rules(Some(i)).to_string();
             }
         }
-        Err(message) => assert!(!message.is_empty()),
+        Err(error) => assert!(!error.to_string().is_empty()),
     }
 }

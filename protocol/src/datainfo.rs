@@ -42,7 +42,7 @@ pub struct ElementType {
 }
 
 impl ElementType {
-    fn parse(text: &str) -> Result<ElementType, String> {
+    fn parse(text: &str) -> Result<ElementType, DataInfoError> {
         // Matched as bytes, never sliced: text may hold any character.
         let (order, kind, size) = match text.as_bytes() {
             [order, kind, digit] if digit.is_ascii_digit() => {
@@ -55,15 +55,73 @@ impl ElementType {
             && matches!(size, 1 | 2 | 4 | 8)
             && !(kind == b'f' && size < 4);
         if !valid {
-            return Err(format!(
-                "elementtype {text:?} is not one of '<'/'>' + 'i'/'u'/'f' + 1/2/4/8 (floats 4 or 8)"
-            ));
+            return Err(DataInfoError::ElementType(text.to_owned()));
         }
         Ok(ElementType {
             little_endian: order == b'<',
             kind: kind as char,
             size,
         })
+    }
+}
+
+/// Why a datainfo description was refused. The texts name the offending property; a
+/// problem inside a member is [`DataInfoError::Member`], which prefixes the path
+/// (`members.x: ...`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataInfoError {
+    #[error("datainfos nested too deep (more than {MAX_DEPTH} levels)")]
+    TooDeep,
+    #[error("datainfo must be an object with a \"type\"")]
+    NotAnObject,
+    #[error("datainfo has no string \"type\"")]
+    NoType,
+    #[error("unknown datainfo type {0:?}")]
+    UnknownType(String),
+    #[error("{type_name}: unknown property {key:?}")]
+    UnknownProperty { type_name: String, key: String },
+    /// A property of `type_name` with a value that is not allowed.
+    #[error("{type_name}: {reason}")]
+    Property { type_name: String, reason: String },
+    /// A number property of the wrong JSON kind (`expected` is e.g. "a number").
+    #[error("{key} must be {expected}")]
+    NotA { key: String, expected: &'static str },
+    #[error("elementtype {0:?} is not one of '<'/'>' + 'i'/'u'/'f' + 1/2/4/8 (floats 4 or 8)")]
+    ElementType(String),
+    #[error(
+        "{type_name}: its smallest value would take {bytes} bytes, more than {MAX_SMALLEST_VALUE}"
+    )]
+    TooLarge { type_name: String, bytes: usize },
+    /// A problem in a nested datainfo; `path` is `members`, `members[0]`,
+    /// `members.x`, `argument` or `result`.
+    #[error("{path}: {inner}")]
+    Member {
+        path: String,
+        inner: Box<DataInfoError>,
+    },
+}
+
+impl DataInfoError {
+    fn property(type_name: &str, reason: impl Into<String>) -> Self {
+        DataInfoError::Property {
+            type_name: type_name.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The problem itself, below any [`DataInfoError::Member`] wrappers.
+    pub fn innermost(&self) -> &DataInfoError {
+        match self {
+            DataInfoError::Member { inner, .. } => inner.innermost(),
+            other => other,
+        }
+    }
+
+    fn member(path: impl Into<String>, inner: DataInfoError) -> Self {
+        DataInfoError::Member {
+            path: path.into(),
+            inner: Box::new(inner),
+        }
     }
 }
 
@@ -219,54 +277,55 @@ fn known_properties(type_name: &str) -> &'static [&'static str] {
 impl DataInfo {
     /// Parse a datainfo description. Errors name the offending property; nested errors
     /// are prefixed with the path (`members.x: ...`).
-    pub fn from_json(json: &Value) -> Result<DataInfo, String> {
+    pub fn from_json(json: &Value) -> Result<DataInfo, DataInfoError> {
         DataInfo::parse(json, true, 0)
     }
 
     /// Parse a datainfo that a remote node sent: unknown properties are ignored
     /// (must-accept rule 2), everything else is checked as strictly as our own.
-    pub fn from_remote_json(json: &Value) -> Result<DataInfo, String> {
+    pub fn from_remote_json(json: &Value) -> Result<DataInfo, DataInfoError> {
         DataInfo::parse(json, false, 0)
     }
 
-    fn parse(json: &Value, strict: bool, depth: usize) -> Result<DataInfo, String> {
+    fn parse(json: &Value, strict: bool, depth: usize) -> Result<DataInfo, DataInfoError> {
+        use DataInfoError as E;
         if depth >= MAX_DEPTH {
-            return Err(format!(
-                "datainfos nested too deep (more than {MAX_DEPTH} levels)"
-            ));
+            return Err(E::TooDeep);
         }
         let from_json = |v: &Value| DataInfo::parse(v, strict, depth + 1);
-        let obj = json
-            .as_object()
-            .ok_or_else(|| "datainfo must be an object with a \"type\"".to_owned())?;
-        let type_name = obj
-            .get("type")
-            .and_then(Value::as_str)
-            .ok_or_else(|| "datainfo has no string \"type\"".to_owned())?;
+        let obj = json.as_object().ok_or(E::NotAnObject)?;
+        let type_name = obj.get("type").and_then(Value::as_str).ok_or(E::NoType)?;
         let known = known_properties(type_name);
         for key in obj.keys() {
             if strict && key != "type" && !key.starts_with('_') && !known.contains(&key.as_str()) {
-                return Err(format!("{type_name}: unknown property {key:?}"));
+                return Err(E::UnknownProperty {
+                    type_name: type_name.to_owned(),
+                    key: key.clone(),
+                });
             }
         }
         for key in ["unit", "fmtstr"] {
             if let Some(v) = obj.get(key) {
                 if !v.is_string() {
-                    return Err(format!("{type_name}: {key} must be a string"));
+                    return Err(E::property(type_name, format!("{key} must be a string")));
                 }
             }
         }
         if let Some(Value::String(f)) = obj.get("fmtstr") {
             if !valid_fmtstr(f) {
-                return Err(format!(
-                    "{type_name}: fmtstr {f:?} must look like %.3f, %.6g or %.2e"
+                return Err(E::property(
+                    type_name,
+                    format!("fmtstr {f:?} must look like %.3f, %.6g or %.2e"),
                 ));
             }
         }
         for key in ["absolute_resolution", "relative_resolution"] {
             if let Some(v) = obj.get(key) {
                 if !v.as_f64().is_some_and(|x| x >= 0.0) {
-                    return Err(format!("{type_name}: {key} must be a number >= 0"));
+                    return Err(E::property(
+                        type_name,
+                        format!("{key} must be a number >= 0"),
+                    ));
                 }
             }
         }
@@ -276,16 +335,16 @@ impl DataInfo {
                 let max = opt_f64(obj, "max")?;
                 if let (Some(a), Some(b)) = (min, max) {
                     if a > b {
-                        return Err(format!("double: min {a} > max {b}"));
+                        return Err(E::property("double", format!("min {a} > max {b}")));
                     }
                 }
                 Kind::Double { min, max }
             }
             "scaled" => {
                 let scale = opt_f64(obj, "scale")?
-                    .ok_or_else(|| "scaled: \"scale\" is mandatory".to_owned())?;
+                    .ok_or_else(|| E::property("scaled", "\"scale\" is mandatory"))?;
                 if scale <= 0.0 {
-                    return Err("scaled: scale must be > 0".into());
+                    return Err(E::property("scaled", "scale must be > 0"));
                 }
                 let (min, max) = int_limits(obj, "scaled")?;
                 Kind::Scaled { scale, min, max }
@@ -299,19 +358,24 @@ impl DataInfo {
                 let members = obj
                     .get("members")
                     .and_then(Value::as_object)
-                    .ok_or("enum: \"members\" must be an object {name: number}")?;
+                    .ok_or_else(|| {
+                        E::property("enum", "\"members\" must be an object {name: number}")
+                    })?;
                 if members.is_empty() {
-                    return Err("enum: \"members\" is empty".into());
+                    return Err(E::property("enum", "\"members\" is empty"));
                 }
                 let mut list = Vec::with_capacity(members.len());
                 let mut names = HashSet::with_capacity(members.len());
                 let mut numbers = HashSet::with_capacity(members.len());
                 for (name, v) in members {
-                    let n = v
-                        .as_i64()
-                        .ok_or_else(|| format!("enum: member {name:?} must be an integer"))?;
+                    let n = v.as_i64().ok_or_else(|| {
+                        E::property("enum", format!("member {name:?} must be an integer"))
+                    })?;
                     if !numbers.insert(n) || !names.insert(name.to_lowercase()) {
-                        return Err(format!("enum: member {name:?}={n} is not unique"));
+                        return Err(E::property(
+                            "enum",
+                            format!("member {name:?}={n} is not unique"),
+                        ));
                     }
                     list.push((name.clone(), n));
                 }
@@ -321,12 +385,12 @@ impl DataInfo {
                 let minchars = opt_usize(obj, "minchars")?.unwrap_or(0);
                 let maxchars = opt_usize(obj, "maxchars")?;
                 if maxchars.is_some_and(|m| m < minchars) {
-                    return Err("string: maxchars < minchars".into());
+                    return Err(E::property("string", "maxchars < minchars"));
                 }
                 let is_utf8 = match obj.get("isUTF8") {
                     None => false,
                     Some(Value::Bool(b)) => *b,
-                    Some(_) => return Err("string: isUTF8 must be true or false".into()),
+                    Some(_) => return Err(E::property("string", "isUTF8 must be true or false")),
                 };
                 Kind::String {
                     minchars,
@@ -335,26 +399,27 @@ impl DataInfo {
                 }
             }
             "blob" => {
-                let maxbytes =
-                    opt_usize(obj, "maxbytes")?.ok_or("blob: \"maxbytes\" is mandatory")?;
+                let maxbytes = opt_usize(obj, "maxbytes")?
+                    .ok_or_else(|| E::property("blob", "\"maxbytes\" is mandatory"))?;
                 let minbytes = opt_usize(obj, "minbytes")?.unwrap_or(0);
                 if maxbytes < minbytes {
-                    return Err("blob: maxbytes < minbytes".into());
+                    return Err(E::property("blob", "maxbytes < minbytes"));
                 }
                 Kind::Blob { minbytes, maxbytes }
             }
             "array" => {
                 let members = obj
                     .get("members")
-                    .ok_or("array: \"members\" is mandatory")?;
-                let members = from_json(members).map_err(|e| format!("members: {e}"))?;
+                    .ok_or_else(|| E::property("array", "\"members\" is mandatory"))?;
+                let members = from_json(members).map_err(|e| E::member("members", e))?;
                 if members.is_command() {
-                    return Err("array: members cannot be a command".into());
+                    return Err(E::property("array", "members cannot be a command"));
                 }
-                let maxlen = opt_usize(obj, "maxlen")?.ok_or("array: \"maxlen\" is mandatory")?;
+                let maxlen = opt_usize(obj, "maxlen")?
+                    .ok_or_else(|| E::property("array", "\"maxlen\" is mandatory"))?;
                 let minlen = opt_usize(obj, "minlen")?.unwrap_or(0);
                 if maxlen < minlen {
-                    return Err("array: maxlen < minlen".into());
+                    return Err(E::property("array", "maxlen < minlen"));
                 }
                 Kind::Array {
                     members: Box::new(members),
@@ -366,17 +431,19 @@ impl DataInfo {
                 let members = obj
                     .get("members")
                     .and_then(Value::as_array)
-                    .ok_or("tuple: \"members\" must be a list of datainfos")?;
+                    .ok_or_else(|| {
+                        E::property("tuple", "\"members\" must be a list of datainfos")
+                    })?;
                 let members = members
                     .iter()
                     .enumerate()
-                    .map(|(i, m)| from_json(m).map_err(|e| format!("members[{i}]: {e}")))
+                    .map(|(i, m)| from_json(m).map_err(|e| E::member(format!("members[{i}]"), e)))
                     .collect::<Result<Vec<_>, _>>()?;
                 if members.iter().any(DataInfo::is_command) {
-                    return Err("tuple: members cannot be commands".into());
+                    return Err(E::property("tuple", "members cannot be commands"));
                 }
                 if members.is_empty() {
-                    return Err("tuple: \"members\" is empty".into());
+                    return Err(E::property("tuple", "\"members\" is empty"));
                 }
                 Kind::Tuple { members }
             }
@@ -384,19 +451,27 @@ impl DataInfo {
                 let members = obj
                     .get("members")
                     .and_then(Value::as_object)
-                    .ok_or("struct: \"members\" must be an object {name: datainfo}")?;
+                    .ok_or_else(|| {
+                        E::property("struct", "\"members\" must be an object {name: datainfo}")
+                    })?;
                 if members.is_empty() {
-                    return Err("struct: \"members\" is empty".into());
+                    return Err(E::property("struct", "\"members\" is empty"));
                 }
                 let mut list: Vec<(String, DataInfo)> = Vec::with_capacity(members.len());
                 let mut lowercase = HashSet::with_capacity(members.len());
                 for (name, m) in members {
                     if !lowercase.insert(name.to_lowercase()) {
-                        return Err(format!("struct: member {name:?} is not unique"));
+                        return Err(E::property(
+                            "struct",
+                            format!("member {name:?} is not unique"),
+                        ));
                     }
-                    let di = from_json(m).map_err(|e| format!("members.{name}: {e}"))?;
+                    let di = from_json(m).map_err(|e| E::member(format!("members.{name}"), e))?;
                     if di.is_command() {
-                        return Err(format!("struct: member {name:?} cannot be a command"));
+                        return Err(E::property(
+                            "struct",
+                            format!("member {name:?} cannot be a command"),
+                        ));
                     }
                     list.push((name.clone(), di));
                 }
@@ -405,15 +480,22 @@ impl DataInfo {
                     Some(Value::Array(names)) => {
                         let mut out = Vec::new();
                         for n in names {
-                            let n = n.as_str().ok_or("struct: optional must list names")?;
+                            let n = n
+                                .as_str()
+                                .ok_or_else(|| E::property("struct", "optional must list names"))?;
                             if !members.contains_key(n) {
-                                return Err(format!("struct: optional names unknown member {n:?}"));
+                                return Err(E::property(
+                                    "struct",
+                                    format!("optional names unknown member {n:?}"),
+                                ));
                             }
                             out.push(n.to_owned());
                         }
                         out
                     }
-                    Some(_) => return Err("struct: optional must be a list of names".into()),
+                    Some(_) => {
+                        return Err(E::property("struct", "optional must be a list of names"))
+                    }
                 };
                 Kind::Struct {
                     members: list,
@@ -425,7 +507,9 @@ impl DataInfo {
                     .get("names")
                     .and_then(Value::as_array)
                     .and_then(|a| a.iter().map(|n| n.as_str().map(str::to_owned)).collect())
-                    .ok_or("matrix: \"names\" must be a list of dimension names")?;
+                    .ok_or_else(|| {
+                        E::property("matrix", "\"names\" must be a list of dimension names")
+                    })?;
                 let maxlen: Vec<usize> = obj
                     .get("maxlen")
                     .and_then(Value::as_array)
@@ -434,17 +518,17 @@ impl DataInfo {
                             .map(|n| n.as_u64().and_then(|n| usize::try_from(n).ok()))
                             .collect()
                     })
-                    .ok_or("matrix: \"maxlen\" must be a list of lengths")?;
+                    .ok_or_else(|| E::property("matrix", "\"maxlen\" must be a list of lengths"))?;
                 if names.is_empty() || names.len() != maxlen.len() {
-                    return Err(
-                        "matrix: names and maxlen must have the same, non-zero length".into(),
-                    );
+                    return Err(E::property(
+                        "matrix",
+                        "names and maxlen must have the same, non-zero length",
+                    ));
                 }
                 let elementtype = obj
                     .get("elementtype")
                     .and_then(Value::as_str)
-                    .ok_or("matrix: \"elementtype\" is mandatory")
-                    .map_err(str::to_owned)
+                    .ok_or_else(|| E::property("matrix", "\"elementtype\" is mandatory"))
                     .and_then(ElementType::parse)?;
                 Kind::Matrix {
                     names,
@@ -453,13 +537,16 @@ impl DataInfo {
                 }
             }
             "command" => {
-                let sub = |key: &str| -> Result<Option<Box<DataInfo>>, String> {
+                let sub = |key: &str| -> Result<Option<Box<DataInfo>>, DataInfoError> {
                     match obj.get(key) {
                         None | Some(Value::Null) => Ok(None),
                         Some(v) => {
-                            let di = from_json(v).map_err(|e| format!("{key}: {e}"))?;
+                            let di = from_json(v).map_err(|e| E::member(key, e))?;
                             if di.is_command() {
-                                return Err(format!("command: {key} cannot be a command"));
+                                return Err(E::property(
+                                    "command",
+                                    format!("{key} cannot be a command"),
+                                ));
                             }
                             Ok(Some(Box::new(di)))
                         }
@@ -470,14 +557,14 @@ impl DataInfo {
                     result: sub("result")?,
                 }
             }
-            other => return Err(format!("unknown datainfo type {other:?}")),
+            other => return Err(E::UnknownType(other.to_owned())),
         };
         let parsed = DataInfo::of(kind, json.clone());
         if parsed.smallest > MAX_SMALLEST_VALUE {
-            return Err(format!(
-                "{type_name}: its smallest value would take {} bytes, more than {MAX_SMALLEST_VALUE}",
-                parsed.smallest
-            ));
+            return Err(E::TooLarge {
+                type_name: type_name.to_owned(),
+                bytes: parsed.smallest,
+            });
         }
         Ok(parsed)
     }
@@ -902,37 +989,43 @@ fn check_range_f64(x: f64, min: Option<f64>, max: Option<f64>) -> Result<(), Sec
     Ok(())
 }
 
-fn opt_f64(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>, String> {
+fn opt_f64(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>, DataInfoError> {
     match obj.get(key) {
         None => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| format!("{key} must be a number")),
+        Some(v) => v.as_f64().map(Some).ok_or_else(|| DataInfoError::NotA {
+            key: key.to_owned(),
+            expected: "a number",
+        }),
     }
 }
 
-fn opt_usize(obj: &Map<String, Value>, key: &str) -> Result<Option<usize>, String> {
+fn opt_usize(obj: &Map<String, Value>, key: &str) -> Result<Option<usize>, DataInfoError> {
     match obj.get(key) {
         None => Ok(None),
         Some(v) => v
             .as_u64()
             .and_then(|n| usize::try_from(n).ok())
             .map(Some)
-            .ok_or_else(|| format!("{key} must be a non-negative integer")),
+            .ok_or_else(|| DataInfoError::NotA {
+                key: key.to_owned(),
+                expected: "a non-negative integer",
+            }),
     }
 }
 
-fn int_limits(obj: &Map<String, Value>, type_name: &str) -> Result<(i64, i64), String> {
+fn int_limits(obj: &Map<String, Value>, type_name: &str) -> Result<(i64, i64), DataInfoError> {
     let get = |key: &str| {
         obj.get(key)
-            .ok_or_else(|| format!("{type_name}: \"{key}\" is mandatory"))?
+            .ok_or_else(|| DataInfoError::property(type_name, format!("\"{key}\" is mandatory")))?
             .as_i64()
-            .ok_or_else(|| format!("{type_name}: {key} must be an integer"))
+            .ok_or_else(|| DataInfoError::property(type_name, format!("{key} must be an integer")))
     };
     let (min, max) = (get("min")?, get("max")?);
     if min > max {
-        return Err(format!("{type_name}: min {min} > max {max}"));
+        return Err(DataInfoError::property(
+            type_name,
+            format!("min {min} > max {max}"),
+        ));
     }
     Ok((min, max))
 }

@@ -7,7 +7,7 @@
 //! for anything malformed and never panics, and the structural checks use hash sets,
 //! so that a remote with 100 000 modules costs linear, not quadratic, time.
 
-use crate::datainfo::DataInfo;
+use crate::datainfo::{DataInfo, DataInfoError};
 use crate::message::is_valid_name;
 use serde_json::{Map, Value};
 
@@ -262,28 +262,61 @@ impl NodeDescription {
     }
 }
 
+/// Why a description that a remote node sent was refused. A problem inside a module
+/// or accessible is wrapped in [`DescriptionError::Module`] or
+/// [`DescriptionError::Accessible`], which prefix its name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DescriptionError {
+    #[error("the description is not a JSON object")]
+    NotAnObject,
+    #[error("the description has no string {0:?}")]
+    NoText(&'static str),
+    #[error("the description has no \"modules\" object")]
+    NoModules,
+    #[error("module {name}: {inner}")]
+    Module {
+        name: String,
+        inner: Box<DescriptionError>,
+    },
+    /// A module or accessible that is not a JSON object.
+    #[error("not a JSON object")]
+    NotJsonObject,
+    #[error("no \"accessibles\" object")]
+    NoAccessibles,
+    #[error("{name}: {inner}")]
+    Accessible {
+        name: String,
+        inner: Box<DescriptionError>,
+    },
+    #[error("no datainfo")]
+    NoDataInfo,
+    #[error(transparent)]
+    DataInfo(#[from] DataInfoError),
+}
+
 /// Parsing a description that a remote node sent (`describing . {...}`), leniently:
 /// unknown properties are kept as they are, unknown datainfo properties ignored.
 impl NodeDescription {
-    pub fn from_json(json: &Value) -> Result<NodeDescription, String> {
-        let obj = json
-            .as_object()
-            .ok_or("the description is not a JSON object")?;
-        let text = |key: &str| -> Result<String, String> {
+    pub fn from_json(json: &Value) -> Result<NodeDescription, DescriptionError> {
+        let obj = json.as_object().ok_or(DescriptionError::NotAnObject)?;
+        let text = |key: &'static str| -> Result<String, DescriptionError> {
             obj.get(key)
                 .and_then(Value::as_str)
                 .map(str::to_owned)
-                .ok_or_else(|| format!("the description has no string {key:?}"))
+                .ok_or(DescriptionError::NoText(key))
         };
         let modules_json = obj
             .get("modules")
             .and_then(Value::as_object)
-            .ok_or("the description has no \"modules\" object")?;
+            .ok_or(DescriptionError::NoModules)?;
         let mut modules = Vec::with_capacity(modules_json.len());
         for (name, m) in modules_json {
-            modules.push(
-                ModuleDescription::from_json(name, m).map_err(|e| format!("module {name}: {e}"))?,
-            );
+            modules.push(ModuleDescription::from_json(name, m).map_err(|e| {
+                DescriptionError::Module {
+                    name: name.clone(),
+                    inner: Box::new(e),
+                }
+            })?);
         }
         let properties = obj
             .iter()
@@ -300,15 +333,20 @@ impl NodeDescription {
 }
 
 impl ModuleDescription {
-    pub fn from_json(name: &str, json: &Value) -> Result<ModuleDescription, String> {
-        let obj = json.as_object().ok_or("not a JSON object")?;
+    pub fn from_json(name: &str, json: &Value) -> Result<ModuleDescription, DescriptionError> {
+        let obj = json.as_object().ok_or(DescriptionError::NotJsonObject)?;
         let accessibles_json = obj
             .get("accessibles")
             .and_then(Value::as_object)
-            .ok_or("no \"accessibles\" object")?;
+            .ok_or(DescriptionError::NoAccessibles)?;
         let mut accessibles = Vec::with_capacity(accessibles_json.len());
         for (aname, a) in accessibles_json {
-            accessibles.push(Accessible::from_json(aname, a).map_err(|e| format!("{aname}: {e}"))?);
+            accessibles.push(Accessible::from_json(aname, a).map_err(|e| {
+                DescriptionError::Accessible {
+                    name: aname.clone(),
+                    inner: Box::new(e),
+                }
+            })?);
         }
         let interface_classes = obj
             .get("interface_classes")
@@ -344,9 +382,10 @@ impl ModuleDescription {
 }
 
 impl Accessible {
-    pub fn from_json(name: &str, json: &Value) -> Result<Accessible, String> {
-        let obj = json.as_object().ok_or("not a JSON object")?;
-        let datainfo = DataInfo::from_remote_json(obj.get("datainfo").ok_or("no datainfo")?)?;
+    pub fn from_json(name: &str, json: &Value) -> Result<Accessible, DescriptionError> {
+        let obj = json.as_object().ok_or(DescriptionError::NotJsonObject)?;
+        let datainfo =
+            DataInfo::from_remote_json(obj.get("datainfo").ok_or(DescriptionError::NoDataInfo)?)?;
         let kind = if datainfo.is_command() {
             AccessibleKind::Command
         } else {

@@ -11,7 +11,9 @@ pub mod json;
 pub mod message;
 pub mod status;
 
-pub use datainfo::{DataInfo, Kind};
-pub use description::{Accessible, AccessibleKind, ModuleDescription, NodeDescription};
+pub use datainfo::{DataInfo, DataInfoError, Kind};
+pub use description::{
+    Accessible, AccessibleKind, DescriptionError, ModuleDescription, NodeDescription,
+};
 pub use error::{ErrorClass, SecopError};
 pub use message::{LogLevel, ParsedRequest, Qualifiers, Request};

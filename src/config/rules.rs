@@ -58,9 +58,36 @@ pub const VISIBILITIES: &[&str] = &[
 /// The keys of a `meaning` object.
 const MEANING_KEYS: &[&str] = &["function", "importance", "belongs_to", "link", "key"];
 
+/// Why an accessible may not carry its name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// A predefined name of the other kind (a parameter named `stop`).
+    #[error("accessible {name:?}: SECoP predefines {name:?} as a {other_kind}, not a {kind}")]
+    OtherKind {
+        name: String,
+        kind: &'static str,
+        other_kind: &'static str,
+    },
+    /// `<base><postfix>` without a parameter `<base>`.
+    #[error(
+        "accessible {name:?}: a {postfix} postfix needs a parameter {base:?} in the module; \
+         custom accessibles start with \"_\" (e.g. \"_{name}\")"
+    )]
+    Postfix {
+        name: String,
+        postfix: &'static str,
+        base: String,
+    },
+    #[error(
+        "accessible {name:?} is not predefined by SECoP; custom accessibles start with \
+         \"_\" (e.g. \"_{name}\")"
+    )]
+    NotPredefined { name: String },
+}
+
 /// Whether accessible `a` of module `m` may carry its name: `_custom`, predefined, or a
 /// postfix of another parameter of the module. The error says why not.
-pub fn accessible_name(m: &ModuleDescription, a: &Accessible) -> Result<(), String> {
+pub fn accessible_name(m: &ModuleDescription, a: &Accessible) -> Result<(), NameError> {
     let name = a.name.as_str();
     if name.starts_with('_') {
         return Ok(());
@@ -84,9 +111,11 @@ pub fn accessible_name(m: &ModuleDescription, a: &Accessible) -> Result<(), Stri
         return Ok(());
     }
     if other.contains(&name) {
-        return Err(format!(
-            "accessible {name:?}: SECoP predefines {name:?} as a {other_kind}, not a {kind}"
-        ));
+        return Err(NameError::OtherKind {
+            name: name.to_owned(),
+            kind,
+            other_kind,
+        });
     }
     if !a.is_command() {
         for postfix in POSTFIXES {
@@ -96,16 +125,16 @@ pub fn accessible_name(m: &ModuleDescription, a: &Accessible) -> Result<(), Stri
             if m.accessible(base).is_some_and(|b| !b.is_command()) {
                 return Ok(());
             }
-            return Err(format!(
-                "accessible {name:?}: a {postfix} postfix needs a parameter {base:?} in the \
-                 module; custom accessibles start with \"_\" (e.g. \"_{name}\")"
-            ));
+            return Err(NameError::Postfix {
+                name: name.to_owned(),
+                postfix,
+                base: base.to_owned(),
+            });
         }
     }
-    Err(format!(
-        "accessible {name:?} is not predefined by SECoP; custom accessibles start with \
-         \"_\" (e.g. \"_{name}\")"
-    ))
+    Err(NameError::NotPredefined {
+        name: name.to_owned(),
+    })
 }
 
 /// The problems of `[module.properties]`, each as "key: reason" with the key below
@@ -227,18 +256,27 @@ fn meaning(value: &Value) -> Vec<(String, String)> {
     out
 }
 
+/// Why an `*IDN?` reply is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentificationError {
+    #[error("must be one line of printable ASCII")]
+    NotOneLine,
+    #[error(
+        "{0:?} must have four comma-separated fields like \"ISSE,SECoP,,v2.0\" (the first \
+         containing ISSE, the second SECoP)"
+    )]
+    Fields(String),
+}
+
 /// The `*IDN?` reply: four comma-separated fields, the first naming ISSE and the
 /// second "SECoP" (clients such as frappy's and ISIS's EPICS bridge refuse others).
-pub fn identification(idn: &str) -> Result<(), String> {
+pub fn identification(idn: &str) -> Result<(), IdentificationError> {
     if !idn.is_ascii() || idn.chars().any(|c| c.is_ascii_control()) {
-        return Err("must be one line of printable ASCII".into());
+        return Err(IdentificationError::NotOneLine);
     }
     let fields: Vec<&str> = idn.split(',').collect();
     if fields.len() != 4 || !fields[0].contains("ISSE") || fields[1] != "SECoP" {
-        return Err(format!(
-            "{idn:?} must have four comma-separated fields like \"ISSE,SECoP,,v2.0\" (the \
-             first containing ISSE, the second SECoP)"
-        ));
+        return Err(IdentificationError::Fields(idn.to_owned()));
     }
     Ok(())
 }
@@ -315,6 +353,11 @@ mod tests {
         ] {
             assert!(identification(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(
+            identification("ISSE").unwrap_err().to_string(),
+            "\"ISSE\" must have four comma-separated fields like \"ISSE,SECoP,,v2.0\" (the \
+             first containing ISSE, the second SECoP)"
+        );
     }
 
     #[test]
@@ -341,14 +384,22 @@ mod tests {
         }
         assert!(accessible_name(&m, &Accessible::command("stop", "", c.clone())).is_ok());
         let e = accessible_name(&m, &p("heater")).unwrap_err();
-        assert!(
-            e.contains("\"heater\" is not predefined") && e.contains("\"_heater\""),
-            "{e}"
+        assert_eq!(
+            e.to_string(),
+            "accessible \"heater\" is not predefined by SECoP; custom accessibles start with \
+             \"_\" (e.g. \"_heater\")"
         );
-        assert!(accessible_name(&m, &p("setpoint_limits")).is_err());
-        assert!(accessible_name(&m, &p("stop"))
-            .unwrap_err()
-            .contains("as a command"));
+        assert_eq!(
+            accessible_name(&m, &p("setpoint_limits"))
+                .unwrap_err()
+                .to_string(),
+            "accessible \"setpoint_limits\": a _limits postfix needs a parameter \"setpoint\" \
+             in the module; custom accessibles start with \"_\" (e.g. \"_setpoint_limits\")"
+        );
+        assert_eq!(
+            accessible_name(&m, &p("stop")).unwrap_err().to_string(),
+            "accessible \"stop\": SECoP predefines \"stop\" as a command, not a parameter"
+        );
         assert!(accessible_name(&m, &Accessible::command("value", "", c)).is_err());
     }
 }

@@ -37,23 +37,39 @@ fn describe(c: char) -> String {
     }
 }
 
+/// Why a character is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Why {
+    #[error("it would end the line on this link")]
+    Terminator,
+    #[error("control characters are never sent")]
+    Control,
+    #[error("only ASCII is sent")]
+    NotAscii,
+}
+
+/// The first character of a line that must not be sent, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("character {} cannot be sent to the instrument ({why})", describe(*character))]
+pub struct UnsafeChar {
+    pub character: char,
+    pub why: Why,
+}
+
 /// Whether `line` may be sent on a link with these terminators; the error names the
 /// first offending character and why it is refused.
-pub fn check(line: &str, terminators: &[&str]) -> Result<(), String> {
+pub fn check(line: &str, terminators: &[&str]) -> Result<(), UnsafeChar> {
     for c in line.chars() {
         let why = if terminators.iter().any(|t| t.contains(c)) {
-            "it would end the line on this link"
+            Why::Terminator
         } else if c.is_ascii_control() {
-            "control characters are never sent"
+            Why::Control
         } else if !c.is_ascii() {
-            "only ASCII is sent"
+            Why::NotAscii
         } else {
             continue;
         };
-        return Err(format!(
-            "character {} cannot be sent to the instrument ({why})",
-            describe(c)
-        ));
+        return Err(UnsafeChar { character: c, why });
     }
     Ok(())
 }
@@ -61,7 +77,7 @@ pub fn check(line: &str, terminators: &[&str]) -> Result<(), String> {
 /// [`check`] for a line formatted from a client's value: a `RangeError`, as for any
 /// other value the instrument cannot take.
 pub fn refuse_unsafe(line: &str, terminators: &[&str]) -> Result<(), SecopError> {
-    check(line, terminators).map_err(SecopError::range)
+    check(line, terminators).map_err(|e| SecopError::range(e.to_string()))
 }
 
 #[cfg(test)]
@@ -74,7 +90,7 @@ mod tests {
     fn every_control_character_and_del_is_refused() {
         for b in (0u8..0x20).chain([0x7F]) {
             let line = format!("x{}SETP 9999.000", char::from(b));
-            let e = check(&line, CRLF).unwrap_err();
+            let e = check(&line, CRLF).unwrap_err().to_string();
             assert!(
                 e.starts_with(&format!("character 0x{b:02X} ("))
                     && e.contains(") cannot be sent to the instrument"),
@@ -88,43 +104,80 @@ mod tests {
             );
         }
         assert_eq!(
-            check("a\nb", &[]).unwrap_err(),
+            check("a\nb", &[]).unwrap_err().to_string(),
             "character 0x0A (LF) cannot be sent to the instrument (control characters are never sent)"
         );
         assert_eq!(
             check("a\rb", CRLF).unwrap_err(),
+            UnsafeChar {
+                character: '\r',
+                why: Why::Terminator
+            }
+        );
+        assert_eq!(
+            check("a\rb", CRLF).unwrap_err().to_string(),
             "character 0x0D (CR) cannot be sent to the instrument (it would end the line on this link)"
         );
-        assert!(check("\t", CRLF).unwrap_err().contains("0x09 (TAB)"));
-        assert!(check("\u{1b}[2J", CRLF).unwrap_err().contains("0x1B (ESC)"));
-        assert!(check("\0", CRLF).unwrap_err().contains("0x00 (NUL)"));
-        assert!(check("\u{7f}", CRLF).unwrap_err().contains("0x7F (DEL)"));
+        assert!(check("\t", CRLF)
+            .unwrap_err()
+            .to_string()
+            .contains("0x09 (TAB)"));
+        assert!(check("\u{1b}[2J", CRLF)
+            .unwrap_err()
+            .to_string()
+            .contains("0x1B (ESC)"));
+        assert!(check("\0", CRLF)
+            .unwrap_err()
+            .to_string()
+            .contains("0x00 (NUL)"));
+        assert!(check("\u{7f}", CRLF)
+            .unwrap_err()
+            .to_string()
+            .contains("0x7F (DEL)"));
     }
 
     #[test]
     fn non_ascii_is_refused() {
         assert_eq!(
-            check("café", CRLF).unwrap_err(),
+            check("café", CRLF).unwrap_err().to_string(),
             "character U+00E9 ('é') cannot be sent to the instrument (only ASCII is sent)"
         );
         // Characters from C1 and beyond the BMP, too.
-        assert!(check("a\u{85}b", CRLF).unwrap_err().contains("U+0085"));
-        assert!(check("\u{1F600}", CRLF).unwrap_err().contains("U+1F600"));
-        assert!(check("\u{2028}", CRLF).unwrap_err().contains("U+2028"));
+        assert!(check("a\u{85}b", CRLF)
+            .unwrap_err()
+            .to_string()
+            .contains("U+0085"));
+        assert!(check("\u{1F600}", CRLF)
+            .unwrap_err()
+            .to_string()
+            .contains("U+1F600"));
+        assert!(check("\u{2028}", CRLF)
+            .unwrap_err()
+            .to_string()
+            .contains("U+2028"));
     }
 
     #[test]
     fn custom_terminators_are_refused_character_by_character() {
         let custom = &[";", "#>"];
         assert_eq!(
-            check("A;B", custom).unwrap_err(),
+            check("A;B", custom).unwrap_err().to_string(),
             "character 0x3B (';') cannot be sent to the instrument (it would end the line on this link)"
         );
-        assert!(check("A#B", custom).unwrap_err().contains("0x23 ('#')"));
-        assert!(check("A>B", custom).unwrap_err().contains("0x3E ('>')"));
+        assert!(check("A#B", custom)
+            .unwrap_err()
+            .to_string()
+            .contains("0x23 ('#')"));
+        assert!(check("A>B", custom)
+            .unwrap_err()
+            .to_string()
+            .contains("0x3E ('>')"));
         assert!(check("A:B", custom).is_ok());
         // The first offending character is named.
-        assert!(check("ok;\n", custom).unwrap_err().contains("0x3B"));
+        assert!(check("ok;\n", custom)
+            .unwrap_err()
+            .to_string()
+            .contains("0x3B"));
     }
 
     #[test]

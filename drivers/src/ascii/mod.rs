@@ -16,7 +16,7 @@ use crate::drive::{
     DriveConfig,
 };
 use crate::link::{Link, LinkConfig, LinkError};
-use crate::ModuleConfig;
+use crate::{ConfigError, ModuleConfig};
 use regex::Regex;
 use secop_actors::device_actor::{Backend, Effects, Produced};
 use secop_proto::{DataInfo, Kind, ModuleDescription, SecopError};
@@ -169,21 +169,33 @@ pub struct AsciiBackend {
     repoll_all: bool,
 }
 
-fn regex(text: &str, key: &str) -> Result<Regex, String> {
-    Regex::new(text).map_err(|e| format!("{key}: invalid regular expression: {e}"))
+fn regex(text: &str, key: &str) -> Result<Regex, ConfigError> {
+    Regex::new(text).map_err(|e| ConfigError::at(key, e))
 }
 
 /// A command line from the config (query, init, stop) that is sent as it is.
-fn constant_line(text: &str, key: &str, terminators: &[&str]) -> Result<(), String> {
-    line_safety::check(text, terminators).map_err(|e| format!("{key}: {text:?}: {e}"))
+fn constant_line(text: &str, key: &str, terminators: &[&str]) -> Result<(), ConfigError> {
+    line_safety::check(text, terminators).map_err(|error| {
+        ConfigError::at(
+            key,
+            ConfigError::Line {
+                text: text.to_owned(),
+                error,
+            },
+        )
+    })
 }
 
 /// A template from the config whose constant text can be sent on this link.
-fn template(text: &str, key: &str, terminators: &[&str]) -> Result<Template, String> {
-    let template = Template::parse(text).map_err(|e| format!("{key}: {e}"))?;
-    template
-        .check_text(terminators)
-        .map_err(|e| format!("{key}: template {text:?}: {e}"))?;
+fn template(text: &str, key: &str, terminators: &[&str]) -> Result<Template, ConfigError> {
+    let template = Template::parse(text).map_err(|e| ConfigError::at(key, e))?;
+    template.check_text(terminators).map_err(|e| {
+        let error = template::TemplateError {
+            text: text.to_owned(),
+            problem: e.into(),
+        };
+        ConfigError::at(key, error)
+    })?;
     Ok(template)
 }
 
@@ -192,7 +204,7 @@ impl AsciiBackend {
     pub fn build(
         link: &LinkConfig,
         modules: &[(ModuleConfig, AsciiModule)],
-    ) -> Result<AsciiBackend, String> {
+    ) -> Result<AsciiBackend, ConfigError> {
         link.validate()?;
         let ascii = link.ascii.clone().unwrap_or(AsciiLink {
             write_terminator: default_terminator(),
@@ -202,7 +214,10 @@ impl AsciiBackend {
             init: Vec::new(),
         });
         if ascii.read_terminator.is_empty() {
-            return Err("ascii.read_terminator must not be empty".into());
+            return Err(ConfigError::invalid(
+                "ascii.read_terminator",
+                "must not be empty",
+            ));
         }
         let terminators = [
             ascii.write_terminator.as_str(),
@@ -222,8 +237,8 @@ impl AsciiBackend {
         let mut runtime = Vec::new();
         let mut descriptions = Vec::new();
         for (config, spec) in modules {
-            let (module, description) = build_module(config, spec, &terminators)
-                .map_err(|e| format!("module {:?}: {e}", config.name))?;
+            let (module, description) =
+                build_module(config, spec, &terminators).map_err(|e| e.in_module(&config.name))?;
             runtime.push(module);
             descriptions.push(description);
         }
@@ -403,6 +418,21 @@ fn link_error(e: LinkError) -> SecopError {
 }
 
 /// Turn a reply line into a value of the parameter's type.
+/// Why a reply line gives no value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+enum ReplyError {
+    #[error("reply {reply:?} does not match /{pattern}/")]
+    NoMatch { reply: String, pattern: String },
+    /// `expected` is e.g. "a number".
+    #[error("{text:?} is not {expected}")]
+    Not {
+        text: String,
+        expected: &'static str,
+    },
+    #[error("{text:?} is not JSON: {reason}")]
+    NotJson { text: String, reason: String },
+}
+
 fn parse_reply(param: &Param, reply: &str) -> Result<Value, SecopError> {
     let text = extract(param.reply.as_ref(), reply)
         .map_err(|e| SecopError::hardware(format!("{}: {e}", param.name)))?;
@@ -410,13 +440,14 @@ fn parse_reply(param: &Param, reply: &str) -> Result<Value, SecopError> {
         .map_err(|e| SecopError::hardware(format!("{}: reply {reply:?}: {e}", param.name)))
 }
 
-fn extract<'a>(pattern: Option<&Regex>, reply: &'a str) -> Result<&'a str, String> {
+fn extract<'a>(pattern: Option<&Regex>, reply: &'a str) -> Result<&'a str, ReplyError> {
     let Some(re) = pattern else {
         return Ok(reply);
     };
-    let caps = re
-        .captures(reply)
-        .ok_or_else(|| format!("reply {reply:?} does not match /{}/", re.as_str()))?;
+    let caps = re.captures(reply).ok_or_else(|| ReplyError::NoMatch {
+        reply: reply.to_owned(),
+        pattern: re.as_str().to_owned(),
+    })?;
     Ok(caps
         .name("value")
         .or_else(|| caps.get(1))
@@ -424,27 +455,28 @@ fn extract<'a>(pattern: Option<&Regex>, reply: &'a str) -> Result<&'a str, Strin
         .map_or("", |m| m.as_str()))
 }
 
-fn convert(datainfo: &DataInfo, text: &str, scale: f64, offset: f64) -> Result<Value, String> {
-    let number = || {
-        text.parse::<f64>()
-            .map_err(|_| format!("{text:?} is not a number"))
+fn convert(datainfo: &DataInfo, text: &str, scale: f64, offset: f64) -> Result<Value, ReplyError> {
+    let not = |expected| ReplyError::Not {
+        text: text.to_owned(),
+        expected,
     };
+    let number = || text.parse::<f64>().map_err(|_| not("a number"));
     match &datainfo.kind {
         Kind::Double { .. } => {
             let x = number()? * scale + offset;
-            secop_proto::json::number(x).ok_or_else(|| format!("{text:?} is not a finite number"))
+            secop_proto::json::number(x).ok_or_else(|| not("a finite number"))
         }
         Kind::Int { .. } | Kind::Scaled { .. } => {
             let x = number()?;
             if x.fract() != 0.0 {
-                return Err(format!("{text:?} is not an integer"));
+                return Err(not("an integer"));
             }
             Ok(Value::from(x as i64))
         }
         Kind::Bool => match text.to_ascii_lowercase().as_str() {
             "1" | "true" | "on" | "yes" => Ok(Value::Bool(true)),
             "0" | "false" | "off" | "no" => Ok(Value::Bool(false)),
-            _ => Err(format!("{text:?} is not a bool (1/0, on/off, true/false)")),
+            _ => Err(not("a bool (1/0, on/off, true/false)")),
         },
         Kind::Enum { members } => {
             if let Ok(n) = text.parse::<i64>() {
@@ -456,10 +488,13 @@ fn convert(datainfo: &DataInfo, text: &str, scale: f64, offset: f64) -> Result<V
                 .iter()
                 .find(|(name, _)| name.eq_ignore_ascii_case(text))
                 .map(|(_, v)| Value::from(*v))
-                .ok_or_else(|| format!("{text:?} is not a member of the enum"))
+                .ok_or_else(|| not("a member of the enum"))
         }
         Kind::String { .. } => Ok(Value::from(text)),
-        _ => serde_json::from_str(text).map_err(|e| format!("{text:?} is not JSON: {e}")),
+        _ => serde_json::from_str(text).map_err(|e| ReplyError::NotJson {
+            text: text.to_owned(),
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -477,15 +512,16 @@ fn build_module(
     config: &ModuleConfig,
     spec: &AsciiModule,
     terminators: &[&str],
-) -> Result<(Module, ModuleDescription), String> {
+) -> Result<(Module, ModuleDescription), ConfigError> {
     let classes: &[&str] = match spec.class.as_str() {
         "Readable" => &["Readable"],
         "Writable" => &["Writable"],
         "Drivable" => &["Drivable"],
         "Communicator" => &["Communicator"],
         other => {
-            return Err(format!(
-                "class: {other:?} is not Readable, Writable, Drivable or Communicator"
+            return Err(ConfigError::invalid(
+                "class",
+                format!("{other:?} is not Readable, Writable, Drivable or Communicator"),
             ))
         }
     };
@@ -495,10 +531,13 @@ fn build_module(
     for (i, p) in spec.parameters.iter().enumerate() {
         let key = format!("parameter[{i}] ({:?})", p.name);
         if p.name == "status" || p.name == "pollinterval" {
-            return Err(format!("{key}: {} is provided by the gateway", p.name));
+            return Err(ConfigError::invalid(
+                key,
+                format!("{} is provided by the gateway", p.name),
+            ));
         }
-        let datainfo =
-            DataInfo::from_json(&p.datainfo).map_err(|e| format!("{key}.datainfo: {e}"))?;
+        let datainfo = DataInfo::from_json(&p.datainfo)
+            .map_err(|e| ConfigError::at(format!("{key}.datainfo"), e))?;
         let reply = p
             .reply
             .as_deref()
@@ -517,16 +556,23 @@ fn build_module(
             "slow" => Poll::Slow,
             "never" => Poll::Never,
             other => {
-                return Err(format!(
-                    "{key}.poll: {other:?} is not normal, slow or never"
+                return Err(ConfigError::invalid(
+                    format!("{key}.poll"),
+                    format!("{other:?} is not normal, slow or never"),
                 ))
             }
         };
         if p.query.is_none() && write.is_none() {
-            return Err(format!("{key}: needs a query, a write template, or both"));
+            return Err(ConfigError::invalid(
+                key,
+                "needs a query, a write template, or both",
+            ));
         }
         if !(p.scale.is_finite() && p.scale != 0.0) {
-            return Err(format!("{key}.scale: must be a non-zero number"));
+            return Err(ConfigError::invalid(
+                format!("{key}.scale"),
+                "must be a non-zero number",
+            ));
         }
         crate::limits::finite(&format!("{key}.offset"), p.offset)?;
         crate::limits::number(&format!("{key}.deadband"), p.deadband, 0.0, f64::MAX, "")?;
@@ -539,7 +585,7 @@ fn build_module(
                 write.is_none(),
                 write.is_some(),
             )
-            .map_err(|e| format!("{key}: {e}"))?;
+            .map_err(|e| ConfigError::at(&key, e))?;
         params.push(Param {
             name: p.name.clone(),
             datainfo,
@@ -569,14 +615,15 @@ fn build_module(
             .map(|r| regex(r, &format!("{key}.reply")))
             .transpose()?;
         if send.has_value() && c.argument.is_none() {
-            return Err(format!(
-                "{key}: send uses {{value}} but no argument datainfo is given"
+            return Err(ConfigError::invalid(
+                key,
+                "send uses {value} but no argument datainfo is given",
             ));
         }
         let description = c.description.clone().unwrap_or_else(|| c.name.clone());
         builder = builder
             .command(&c.name, &description, c.argument.clone(), c.result.clone())
-            .map_err(|e| format!("{key}: {e}"))?;
+            .map_err(|e| ConfigError::at(&key, e))?;
         commands.push(Command {
             name: c.name.clone(),
             send,
@@ -588,13 +635,14 @@ fn build_module(
             d.validate()?;
             if let Some(flag) = &d.done_parameter {
                 if !params.iter().any(|p| &p.name == flag) {
-                    return Err(format!(
-                        "drive.done_parameter: no parameter is named {flag:?}"
+                    return Err(ConfigError::invalid(
+                        "drive.done_parameter",
+                        format!("no parameter is named {flag:?}"),
                     ));
                 }
             }
             if let Some(stop) = &d.stop {
-                Template::parse(stop).map_err(|e| format!("drive.stop: {e}"))?;
+                Template::parse(stop).map_err(|e| ConfigError::at("drive.stop", e))?;
                 constant_line(stop, "drive.stop", terminators)?;
             }
             if !commands.iter().any(|c| c.name == "stop") {
@@ -603,9 +651,17 @@ fn build_module(
             Some(Drive::new(d.clone()))
         }
         (None, "Drivable") => {
-            return Err("drive: a Drivable needs a [module.drive] section (tolerance, ...)".into())
+            return Err(ConfigError::invalid(
+                "drive",
+                "a Drivable needs a [module.drive] section (tolerance, ...)",
+            ))
         }
-        (Some(_), _) => return Err("drive: only a Drivable has a [module.drive] section".into()),
+        (Some(_), _) => {
+            return Err(ConfigError::invalid(
+                "drive",
+                "only a Drivable has a [module.drive] section",
+            ))
+        }
         _ => None,
     };
     check_class_parameters(
@@ -881,6 +937,7 @@ mod tests {
         assert_eq!(convert(&dbl, "+1.5E+1", 2.0, 1.0).unwrap(), json!(31.0));
         assert!(convert(&dbl, "abc", 1.0, 0.0)
             .unwrap_err()
+            .to_string()
             .contains("not a number"));
         let en =
             DataInfo::from_json(&json!({"type": "enum", "members": {"off": 0, "on": 1}})).unwrap();
@@ -890,17 +947,18 @@ mod tests {
         assert_eq!(convert(&b, "1", 1.0, 0.0).unwrap(), json!(true));
         let re = Regex::new(r"^T=(?P<value>\S+) K$").unwrap();
         assert_eq!(extract(Some(&re), "T=4.2 K").unwrap(), "4.2");
-        assert!(extract(Some(&re), "garbage")
-            .unwrap_err()
-            .contains("does not match"));
+        assert_eq!(
+            extract(Some(&re), "garbage").unwrap_err().to_string(),
+            "reply \"garbage\" does not match /^T=(?P<value>\\S+) K$/"
+        );
     }
 
     /// A link on `tcp` with one Writable module `X`: a string `_label` written with
     /// `LABEL {value}` and a `communicate` command that sends its argument as is.
-    fn label_link(tcp: &str, ascii: Value, extra: Value) -> Result<AsciiBackend, String> {
+    fn label_link(tcp: &str, ascii: Value, extra: Value) -> Result<AsciiBackend, ConfigError> {
         let mut link = json!({"name": "dev", "protocol": "ascii", "tcp": tcp, "timeout": 0.5});
         link["ascii"] = ascii;
-        let link: LinkConfig = serde_json::from_value(link).map_err(|e| e.to_string())?;
+        let link: LinkConfig = crate::from_json(link)?;
         let mut spec = json!({
             "class": "Writable",
             "parameter": [
@@ -925,7 +983,7 @@ mod tests {
                 }
             }
         }
-        let spec: AsciiModule = serde_json::from_value(spec).map_err(|e| e.to_string())?;
+        let spec: AsciiModule = crate::from_json(spec)?;
         let config = ModuleConfig {
             name: "X".into(),
             description: None,
@@ -938,7 +996,7 @@ mod tests {
     fn build_error(ascii: Value, extra: Value) -> String {
         match label_link("127.0.0.1:9", ascii, extra) {
             Ok(_) => panic!("the config was accepted"),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         }
     }
 

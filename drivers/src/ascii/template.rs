@@ -22,6 +22,31 @@ enum Piece {
     Value(Format),
 }
 
+/// Why a template cannot be used: "template \"SETP {val}\": unknown placeholder ...".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("template {text:?}: {problem}")]
+pub struct TemplateError {
+    /// The template as the config gave it.
+    pub text: String,
+    pub problem: TemplateProblem,
+}
+
+/// What is wrong with a template.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateProblem {
+    #[error("unclosed {{")]
+    Unclosed,
+    #[error("unknown placeholder {{{0}}}; only {{value}} exists")]
+    UnknownPlaceholder(String),
+    #[error("unknown format {0:?} (use .3f, .2e, d or x)")]
+    UnknownFormat(String),
+    #[error("single }} (write }}}} for a brace)")]
+    SingleBrace,
+    /// Its constant text holds a character that cannot be sent on the link.
+    #[error(transparent)]
+    Unsafe(#[from] super::line_safety::UnsafeChar),
+}
+
 /// A parsed template.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
@@ -29,7 +54,11 @@ pub struct Template {
 }
 
 impl Template {
-    pub fn parse(text: &str) -> Result<Template, String> {
+    pub fn parse(text: &str) -> Result<Template, TemplateError> {
+        let error = |problem| TemplateError {
+            text: text.to_owned(),
+            problem,
+        };
         let mut pieces = Vec::new();
         let mut literal = String::new();
         let mut chars = text.chars().peekable();
@@ -49,28 +78,21 @@ impl Template {
                         match chars.next() {
                             Some('}') => break,
                             Some(c) => inner.push(c),
-                            None => return Err(format!("template {text:?}: unclosed {{")),
+                            None => return Err(error(TemplateProblem::Unclosed)),
                         }
                     }
                     let (name, spec) = inner.split_once(':').unwrap_or((&inner, ""));
                     if name != "value" {
-                        return Err(format!(
-                            "template {text:?}: unknown placeholder {{{name}}}; only {{value}} exists"
-                        ));
+                        return Err(error(TemplateProblem::UnknownPlaceholder(name.to_owned())));
                     }
-                    let format = parse_spec(spec).ok_or_else(|| {
-                        format!("template {text:?}: unknown format {spec:?} (use .3f, .2e, d or x)")
-                    })?;
+                    let format = parse_spec(spec)
+                        .ok_or_else(|| error(TemplateProblem::UnknownFormat(spec.to_owned())))?;
                     if !literal.is_empty() {
                         pieces.push(Piece::Text(std::mem::take(&mut literal)));
                     }
                     pieces.push(Piece::Value(format));
                 }
-                '}' => {
-                    return Err(format!(
-                        "template {text:?}: single }} (write }}}} for a brace)"
-                    ))
-                }
+                '}' => return Err(error(TemplateProblem::SingleBrace)),
                 c => literal.push(c),
             }
         }
@@ -88,7 +110,7 @@ impl Template {
     /// Refuses constant text that could never be sent on a link with these
     /// terminators (see [`line_safety`](super::line_safety)); run when the config is
     /// loaded. The value's part is checked after rendering, in [`render_line`](Self::render_line).
-    pub fn check_text(&self, terminators: &[&str]) -> Result<(), String> {
+    pub fn check_text(&self, terminators: &[&str]) -> Result<(), super::line_safety::UnsafeChar> {
         self.pieces.iter().try_for_each(|piece| match piece {
             Piece::Text(t) => super::line_safety::check(t, terminators),
             Piece::Value(_) => Ok(()),
@@ -190,14 +212,28 @@ mod tests {
     fn errors_are_explicit() {
         assert!(Template::parse("SETP {val}")
             .unwrap_err()
+            .to_string()
             .contains("unknown placeholder {val}"));
         assert!(Template::parse("SETP {value:5q}")
             .unwrap_err()
+            .to_string()
             .contains("unknown format"));
         assert!(Template::parse("SETP {value")
             .unwrap_err()
+            .to_string()
             .contains("unclosed"));
-        assert!(Template::parse("a}b").unwrap_err().contains("single }"));
+        assert!(Template::parse("a}b")
+            .unwrap_err()
+            .to_string()
+            .contains("single }"));
+        assert_eq!(
+            Template::parse("SETP 1,{val}").unwrap_err().to_string(),
+            "template \"SETP 1,{val}\": unknown placeholder {val}; only {value} exists"
+        );
+        assert_eq!(
+            Template::parse("x{").unwrap_err().problem,
+            TemplateProblem::Unclosed
+        );
     }
 
     #[test]
@@ -208,18 +244,21 @@ mod tests {
             let e = Template::parse(&text)
                 .unwrap()
                 .check_text(crlf)
-                .unwrap_err();
+                .unwrap_err()
+                .to_string();
             assert!(e.starts_with(&format!("character 0x{b:02X} (")), "{e}");
         }
         let e = Template::parse("TEMP {value} °C")
             .unwrap()
             .check_text(crlf)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("U+00B0 ('°')"), "{e}");
         let e = Template::parse("A;{value}")
             .unwrap()
             .check_text(&[";", "\n"])
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("0x3B (';')"), "{e}");
         assert!(Template::parse("{{x}} SETP 1,{value:.3f}")
             .unwrap()

@@ -4,7 +4,31 @@
 //! Registers come from a device and are not trusted: [`decode`] checks the register
 //! count before anything else and never indexes; a wrong count is an error.
 
+use crate::ConfigError;
 use serde_json::Value;
+
+/// Why registers give no value, or a value does not fit its registers.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CodecError {
+    #[error("expected {expected} registers, got {got}")]
+    Registers { expected: u16, got: usize },
+    #[error("expected {expected} bytes of registers, got {got}")]
+    Bytes { expected: usize, got: usize },
+    #[error("the register holds NaN or infinity")]
+    NotFinite,
+    /// A value for an integer register that is no number.
+    #[error("{0} is not a number")]
+    NotANumber(Value),
+    /// A value for a float register that is no number.
+    #[error("not a number")]
+    NoNumber,
+    #[error("{0} does not fit the register type")]
+    DoesNotFit(f64),
+    #[error("not a string")]
+    NotAString,
+    #[error("{text:?} is not ASCII of at most {max} characters")]
+    BadString { text: String, max: u16 },
+}
 
 /// The data type of a register-mapped value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +47,8 @@ pub enum RegType {
 }
 
 impl RegType {
-    pub fn parse(name: &str, length: Option<u16>) -> Result<RegType, String> {
+    /// The type named `name` (the `type` key); the error is the reason alone.
+    pub fn parse(name: &str, length: Option<u16>) -> Result<RegType, ConfigError> {
         Ok(match name {
             "bool" => RegType::Bool,
             "u16" => RegType::U16,
@@ -36,12 +61,16 @@ impl RegType {
             "f64" => RegType::F64,
             "string" => match length {
                 Some(n) if n > 0 && n <= 125 => RegType::Str(n),
-                _ => return Err("type string needs length = number of registers (1..125)".into()),
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "type string needs length = number of registers (1..125)".into(),
+                    ))
+                }
             },
             other => {
-                return Err(format!(
+                return Err(ConfigError::Invalid(format!(
                     "type {other:?} is not bool, u16, i16, u32, i32, u64, i64, f32, f64 or string"
-                ))
+                )))
             }
         })
     }
@@ -67,11 +96,15 @@ pub struct Order {
 }
 
 impl Order {
-    pub fn parse(words: &str, bytes: &str) -> Result<Order, String> {
+    /// The order of `word_order` and `byte_order`; the error names the key.
+    pub fn parse(words: &str, bytes: &str) -> Result<Order, ConfigError> {
         let big = |s: &str, key: &str| match s {
             "big" => Ok(true),
             "little" => Ok(false),
-            other => Err(format!("{key}: {other:?} is not big or little")),
+            other => Err(ConfigError::invalid(
+                key,
+                format!("{other:?} is not big or little"),
+            )),
         };
         Ok(Order {
             big_words: big(words, "word_order")?,
@@ -122,13 +155,12 @@ fn from_bytes(bytes: &[u8], order: Order) -> Vec<u16> {
 }
 
 /// The raw number (or string) held in `regs`.
-pub fn decode(regs: &[u16], kind: RegType, order: Order) -> Result<Value, String> {
+pub fn decode(regs: &[u16], kind: RegType, order: Order) -> Result<Value, CodecError> {
     if regs.len() != usize::from(kind.registers()) {
-        return Err(format!(
-            "expected {} registers, got {}",
-            kind.registers(),
-            regs.len()
-        ));
+        return Err(CodecError::Registers {
+            expected: kind.registers(),
+            got: regs.len(),
+        });
     }
     let b = to_bytes(regs, order);
     Ok(match kind {
@@ -140,9 +172,10 @@ pub fn decode(regs: &[u16], kind: RegType, order: Order) -> Result<Value, String
         RegType::U64 => Value::from(u64::from_be_bytes(be(&b)?)),
         RegType::I64 => Value::from(i64::from_be_bytes(be(&b)?)),
         RegType::F32 => secop_proto::json::number(f64::from(f32::from_be_bytes(be(&b)?)))
-            .ok_or("the register holds NaN or infinity")?,
-        RegType::F64 => secop_proto::json::number(f64::from_be_bytes(be(&b)?))
-            .ok_or("the register holds NaN or infinity")?,
+            .ok_or(CodecError::NotFinite)?,
+        RegType::F64 => {
+            secop_proto::json::number(f64::from_be_bytes(be(&b)?)).ok_or(CodecError::NotFinite)?
+        }
         RegType::Str(_) => {
             let text: String = b
                 .iter()
@@ -155,25 +188,26 @@ pub fn decode(regs: &[u16], kind: RegType, order: Order) -> Result<Value, String
 }
 
 /// The bytes as a fixed-size array, or an error if there are not exactly `N`.
-fn be<const N: usize>(bytes: &[u8]) -> Result<[u8; N], String> {
-    bytes
-        .try_into()
-        .map_err(|_| format!("expected {N} bytes of registers, got {}", bytes.len()))
+fn be<const N: usize>(bytes: &[u8]) -> Result<[u8; N], CodecError> {
+    bytes.try_into().map_err(|_| CodecError::Bytes {
+        expected: N,
+        got: bytes.len(),
+    })
 }
 
 /// Registers holding `value` (a number, bool or string) as `kind`.
-pub fn encode(value: &Value, kind: RegType, order: Order) -> Result<Vec<u16>, String> {
+pub fn encode(value: &Value, kind: RegType, order: Order) -> Result<Vec<u16>, CodecError> {
     let number = || {
         value
             .as_f64()
             .or_else(|| value.as_bool().map(|b| f64::from(u8::from(b))))
     };
-    let int = |min: f64, max: f64| -> Result<i128, String> {
+    let int = |min: f64, max: f64| -> Result<i128, CodecError> {
         let x = number()
-            .ok_or_else(|| format!("{value} is not a number"))?
+            .ok_or_else(|| CodecError::NotANumber(value.clone()))?
             .round();
         if x < min || x > max {
-            return Err(format!("{x} does not fit the register type"));
+            return Err(CodecError::DoesNotFit(x));
         }
         Ok(x as i128)
     };
@@ -191,17 +225,17 @@ pub fn encode(value: &Value, kind: RegType, order: Order) -> Result<Vec<u16>, St
         RegType::I64 => (int(-9.223372036854776e18, 9.223372036854776e18)? as i64)
             .to_be_bytes()
             .to_vec(),
-        RegType::F32 => (number().ok_or("not a number")? as f32)
+        RegType::F32 => (number().ok_or(CodecError::NoNumber)? as f32)
             .to_be_bytes()
             .to_vec(),
-        RegType::F64 => number().ok_or("not a number")?.to_be_bytes().to_vec(),
+        RegType::F64 => number().ok_or(CodecError::NoNumber)?.to_be_bytes().to_vec(),
         RegType::Str(n) => {
-            let s = value.as_str().ok_or("not a string")?;
+            let s = value.as_str().ok_or(CodecError::NotAString)?;
             if !s.is_ascii() || s.len() > usize::from(n) * 2 {
-                return Err(format!(
-                    "{s:?} is not ASCII of at most {} characters",
-                    n * 2
-                ));
+                return Err(CodecError::BadString {
+                    text: s.to_owned(),
+                    max: n * 2,
+                });
             }
             let mut b = s.as_bytes().to_vec();
             b.resize(usize::from(n) * 2, 0);
@@ -281,7 +315,12 @@ mod tests {
                 assert_eq!(decode(&regs, k, order).unwrap(), v, "{k:?} {order:?}");
             }
         }
-        assert!(encode(&json!(70000), RegType::U16, BIG).is_err());
+        assert_eq!(
+            encode(&json!(70000), RegType::U16, BIG)
+                .unwrap_err()
+                .to_string(),
+            "70000 does not fit the register type"
+        );
         assert!(encode(&json!("too long"), RegType::Str(2), BIG).is_err());
     }
 
@@ -305,7 +344,14 @@ mod tests {
                 let regs = vec![0x4141u16; len];
                 for order in [BIG, LITTLE, SWAPPED_WORDS] {
                     let e = decode(&regs, kind, order).unwrap_err();
-                    assert!(e.contains("registers"), "{kind:?} {len}: {e}");
+                    assert_eq!(
+                        e,
+                        CodecError::Registers {
+                            expected: kind.registers(),
+                            got: len
+                        },
+                        "{kind:?} {len}: {e}"
+                    );
                 }
             }
         }

@@ -22,8 +22,8 @@ use crate::drive::{
     DriveConfig,
 };
 use crate::link::{Link, LinkConfig, Stream};
-use crate::ModuleConfig;
-use codec::{Order, RegType};
+use crate::{ConfigError, ModuleConfig};
+use codec::{CodecError, Order, RegType};
 use secop_actors::device_actor::{Backend, Effects, Produced};
 use secop_proto::{DataInfo, Kind, ModuleDescription, SecopError};
 use serde::Deserialize;
@@ -144,15 +144,17 @@ enum Table {
 }
 
 impl Table {
-    fn parse(name: &str) -> Result<Table, String> {
+    /// The `table` key; the error names it.
+    fn parse(name: &str) -> Result<Table, ConfigError> {
         Ok(match name {
             "coil" => Table::Coil,
             "discrete" => Table::Discrete,
             "input" => Table::Input,
             "holding" => Table::Holding,
             other => {
-                return Err(format!(
-                    "table: {other:?} is not coil, discrete, input or holding"
+                return Err(ConfigError::invalid(
+                    "table",
+                    format!("{other:?} is not coil, discrete, input or holding"),
                 ))
             }
         })
@@ -280,7 +282,7 @@ impl ModbusBackend {
     pub fn build(
         link: &LinkConfig,
         modules: &[(ModuleConfig, ModbusModule)],
-    ) -> Result<ModbusBackend, String> {
+    ) -> Result<ModbusBackend, ConfigError> {
         link.validate()?;
         let settings = link.modbus.clone().unwrap_or(ModbusLink {
             unit_id: 1,
@@ -295,8 +297,8 @@ impl ModbusBackend {
         let (mut normal, mut slow) = (Vec::new(), Vec::new());
         for (m, (config, spec)) in modules.iter().enumerate() {
             let unit = spec.unit_id.unwrap_or(settings.unit_id);
-            let (module, description, polls) = build_module(config, spec, unit)
-                .map_err(|e| format!("module {:?}: {e}", config.name))?;
+            let (module, description, polls) =
+                build_module(config, spec, unit).map_err(|e| e.in_module(&config.name))?;
             for (p, poll) in polls.into_iter().enumerate() {
                 let param = &module.params[p];
                 let item = Block {
@@ -561,10 +563,37 @@ impl ModbusBackend {
     }
 }
 
+/// Why a reply gives no value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+enum ReplyError {
+    #[error("unexpected reply {0}")]
+    Unexpected(String),
+    #[error("reply too short: {got} of {expected} values")]
+    TooShort { got: usize, expected: usize },
+    #[error("reply too long: {got} instead of {expected} values")]
+    TooLong { got: usize, expected: usize },
+    #[error("reply too short: {got} registers from {block_start}, {count} needed at {address}")]
+    Missing {
+        got: usize,
+        block_start: u16,
+        count: u16,
+        address: u16,
+    },
+    #[error("reply too short: no register")]
+    NoRegister,
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// `expected` is e.g. "a number".
+    #[error("not {0}")]
+    Not(&'static str),
+    #[error("{0} is not a member of the enum")]
+    NotMember(i64),
+}
+
 /// The registers (coils as 0/1) of a read reply, checked against what the block asked
 /// for: fewer is an error, and so is the wrong kind of reply. Coil replies come in
 /// whole bytes, so extra bits are cut off; extra registers are an error.
-fn block_registers(b: &Block, response: tokio_modbus::Response) -> Result<Vec<u16>, String> {
+fn block_registers(b: &Block, response: tokio_modbus::Response) -> Result<Vec<u16>, ReplyError> {
     use tokio_modbus::Response as R;
     let expected = usize::from(b.count);
     let words: Vec<u16> = match (b.table, response) {
@@ -577,11 +606,11 @@ fn block_registers(b: &Block, response: tokio_modbus::Response) -> Result<Vec<u1
         }
         (Table::Input, R::ReadInputRegisters(words))
         | (Table::Holding, R::ReadHoldingRegisters(words)) => words,
-        (_, other) => return Err(format!("unexpected reply {other:?}")),
+        (_, other) => return Err(ReplyError::Unexpected(format!("{other:?}"))),
     };
     match words.len() {
-        n if n < expected => Err(format!("reply too short: {n} of {expected} values")),
-        n if n > expected => Err(format!("reply too long: {n} instead of {expected} values")),
+        got if got < expected => Err(ReplyError::TooShort { got, expected }),
+        got if got > expected => Err(ReplyError::TooLong { got, expected }),
         _ => Ok(words),
     }
 }
@@ -593,23 +622,23 @@ fn member_registers(
     block_start: u16,
     address: u16,
     count: u16,
-) -> Result<&[u16], String> {
+) -> Result<&[u16], ReplyError> {
     let slice = address.checked_sub(block_start).and_then(|offset| {
         let offset = usize::from(offset);
         regs.get(offset..offset + usize::from(count))
     });
-    slice.ok_or_else(|| {
-        format!(
-            "reply too short: {} registers from {block_start}, {count} needed at {address}",
-            regs.len()
-        )
+    slice.ok_or(ReplyError::Missing {
+        got: regs.len(),
+        block_start,
+        count,
+        address,
     })
 }
 
 /// Registers of one parameter → its value.
-fn to_value(param: &Param, regs: &[u16]) -> Result<Value, String> {
+fn to_value(param: &Param, regs: &[u16]) -> Result<Value, ReplyError> {
     if let Some(bit) = param.bit {
-        let word = regs.first().ok_or("reply too short: no register")?;
+        let word = regs.first().ok_or(ReplyError::NoRegister)?;
         return Ok(Value::Bool(
             word.checked_shr(u32::from(bit)).unwrap_or(0) & 1 == 1,
         ));
@@ -617,8 +646,8 @@ fn to_value(param: &Param, regs: &[u16]) -> Result<Value, String> {
     let raw = codec::decode(regs, param.kind, param.order)?;
     match &param.datainfo.kind {
         Kind::Double { .. } => {
-            let x = raw.as_f64().ok_or("not a number")? * param.scale + param.offset;
-            secop_proto::json::number(x).ok_or_else(|| "not a finite number".to_owned())
+            let x = raw.as_f64().ok_or(ReplyError::Not("a number"))? * param.scale + param.offset;
+            secop_proto::json::number(x).ok_or(ReplyError::Not("a finite number"))
         }
         Kind::Bool => Ok(Value::Bool(
             raw.as_f64()
@@ -627,11 +656,11 @@ fn to_value(param: &Param, regs: &[u16]) -> Result<Value, String> {
                 .unwrap_or(false),
         )),
         Kind::Enum { members } => {
-            let n = raw.as_i64().ok_or("not an integer")?;
+            let n = raw.as_i64().ok_or(ReplyError::Not("an integer"))?;
             if members.iter().any(|(_, v)| *v == n) {
                 Ok(Value::from(n))
             } else {
-                Err(format!("{n} is not a member of the enum"))
+                Err(ReplyError::NotMember(n))
             }
         }
         _ => Ok(raw),
@@ -642,14 +671,15 @@ fn build_module(
     config: &ModuleConfig,
     spec: &ModbusModule,
     unit: u8,
-) -> Result<(Module, ModuleDescription, Vec<String>), String> {
+) -> Result<(Module, ModuleDescription, Vec<String>), ConfigError> {
     let classes: &[&str] = match spec.class.as_str() {
         "Readable" => &["Readable"],
         "Writable" => &["Writable"],
         "Drivable" => &["Drivable"],
         other => {
-            return Err(format!(
-                "class: {other:?} is not Readable, Writable or Drivable"
+            return Err(ConfigError::invalid(
+                "class",
+                format!("{other:?} is not Readable, Writable or Drivable"),
             ))
         }
     };
@@ -659,41 +689,53 @@ fn build_module(
     for (i, p) in spec.parameters.iter().enumerate() {
         let key = format!("parameter[{i}] ({:?})", p.name);
         if p.name == "status" || p.name == "pollinterval" {
-            return Err(format!("{key}: {} is provided by the gateway", p.name));
+            return Err(ConfigError::invalid(
+                key,
+                format!("{} is provided by the gateway", p.name),
+            ));
         }
-        let datainfo =
-            DataInfo::from_json(&p.datainfo).map_err(|e| format!("{key}.datainfo: {e}"))?;
-        let table = Table::parse(&p.table).map_err(|e| format!("{key}.{e}"))?;
-        let kind = RegType::parse(&p.kind, p.length).map_err(|e| format!("{key}.type: {e}"))?;
-        let order = Order::parse(&p.word_order, &p.byte_order).map_err(|e| format!("{key}.{e}"))?;
+        let invalid =
+            |sub: &str, reason: String| ConfigError::invalid(format!("{key}.{sub}"), reason);
+        let datainfo = DataInfo::from_json(&p.datainfo)
+            .map_err(|e| ConfigError::at(format!("{key}.datainfo"), e))?;
+        let table = Table::parse(&p.table).map_err(|e| e.within(&key))?;
+        let kind = RegType::parse(&p.kind, p.length)
+            .map_err(|e| ConfigError::at(format!("{key}.type"), e))?;
+        let order = Order::parse(&p.word_order, &p.byte_order).map_err(|e| e.within(&key))?;
         if table.is_bits() && kind != RegType::Bool {
-            return Err(format!("{key}.type: {} tables hold bools", table.name()));
+            return Err(invalid(
+                "type",
+                format!("{} tables hold bools", table.name()),
+            ));
         }
         if p.writable && !matches!(table, Table::Coil | Table::Holding) {
-            return Err(format!(
-                "{key}.writable: {} tables are read-only",
-                table.name()
+            return Err(invalid(
+                "writable",
+                format!("{} tables are read-only", table.name()),
             ));
         }
         if let Some(bit) = p.bit {
             if bit > 15 || kind != RegType::U16 || table.is_bits() {
-                return Err(format!("{key}.bit: 0..15 of a u16 register"));
+                return Err(invalid("bit", "0..15 of a u16 register".into()));
             }
             if p.writable {
-                return Err(format!("{key}.bit: single bits cannot be written"));
+                return Err(invalid("bit", "single bits cannot be written".into()));
             }
         }
         if u32::from(p.address) + u32::from(kind.registers()) > 65536 {
-            return Err(format!("{key}.address: the value runs past register 65535"));
+            return Err(invalid(
+                "address",
+                "the value runs past register 65535".into(),
+            ));
         }
         if !matches!(p.poll.as_str(), "normal" | "slow" | "never") {
-            return Err(format!(
-                "{key}.poll: {:?} is not normal, slow or never",
-                p.poll
+            return Err(invalid(
+                "poll",
+                format!("{:?} is not normal, slow or never", p.poll),
             ));
         }
         if !(p.scale.is_finite() && p.scale != 0.0) {
-            return Err(format!("{key}.scale: must be a non-zero number"));
+            return Err(invalid("scale", "must be a non-zero number".into()));
         }
         crate::limits::finite(&format!("{key}.offset"), p.offset)?;
         crate::limits::number(&format!("{key}.deadband"), p.deadband, 0.0, f64::MAX, "")?;
@@ -706,7 +748,7 @@ fn build_module(
                 !p.writable,
                 p.writable,
             )
-            .map_err(|e| format!("{key}: {e}"))?;
+            .map_err(|e| ConfigError::at(&key, e))?;
         polls.push(p.poll.clone());
         params.push(Param {
             name: p.name.clone(),
@@ -730,22 +772,25 @@ fn build_module(
     let mut commands = Vec::new();
     for (i, c) in spec.commands.iter().enumerate() {
         let key = format!("command[{i}] ({:?})", c.name);
-        let table = Table::parse(&c.table).map_err(|e| format!("{key}.{e}"))?;
+        let table = Table::parse(&c.table).map_err(|e| e.within(&key))?;
         if !matches!(table, Table::Coil | Table::Holding) {
-            return Err(format!(
-                "{key}.table: commands write coils or holding registers"
+            return Err(ConfigError::invalid(
+                format!("{key}.table"),
+                "commands write coils or holding registers",
             ));
         }
-        let kind = RegType::parse(&c.kind, None).map_err(|e| format!("{key}.type: {e}"))?;
+        let kind =
+            RegType::parse(&c.kind, None).map_err(|e| ConfigError::at(format!("{key}.type"), e))?;
         if c.value.is_none() && c.argument.is_none() {
-            return Err(format!(
-                "{key}: give the value to write, or an argument datainfo"
+            return Err(ConfigError::invalid(
+                key,
+                "give the value to write, or an argument datainfo",
             ));
         }
         let description = c.description.clone().unwrap_or_else(|| c.name.clone());
         builder = builder
             .command(&c.name, &description, c.argument.clone(), None)
-            .map_err(|e| format!("{key}: {e}"))?;
+            .map_err(|e| ConfigError::at(&key, e))?;
         commands.push(Command {
             name: c.name.clone(),
             unit,
@@ -760,15 +805,17 @@ fn build_module(
             d.validate()?;
             if let Some(flag) = &d.done_parameter {
                 if !params.iter().any(|p| &p.name == flag) {
-                    return Err(format!(
-                        "drive.done_parameter: no parameter is named {flag:?}"
+                    return Err(ConfigError::invalid(
+                        "drive.done_parameter",
+                        format!("no parameter is named {flag:?}"),
                     ));
                 }
             }
             if let Some(stop) = &d.stop {
                 if !commands.iter().any(|c| &c.name == stop) {
-                    return Err(format!(
-                        "drive.stop: no [[module.command]] is named {stop:?}"
+                    return Err(ConfigError::invalid(
+                        "drive.stop",
+                        format!("no [[module.command]] is named {stop:?}"),
                     ));
                 }
             }
@@ -777,8 +824,18 @@ fn build_module(
             }
             Some(Drive::new(d.clone()))
         }
-        (None, "Drivable") => return Err("drive: a Drivable needs a [module.drive] section".into()),
-        (Some(_), _) => return Err("drive: only a Drivable has a [module.drive] section".into()),
+        (None, "Drivable") => {
+            return Err(ConfigError::invalid(
+                "drive",
+                "a Drivable needs a [module.drive] section",
+            ))
+        }
+        (Some(_), _) => {
+            return Err(ConfigError::invalid(
+                "drive",
+                "only a Drivable has a [module.drive] section",
+            ))
+        }
         _ => None,
     };
     check_class_parameters(
@@ -1178,7 +1235,7 @@ mod tests {
             (&[1, 2, 3][..], 0, 65535, 4),
         ] {
             let e = member_registers(regs, start, address, count).unwrap_err();
-            assert!(e.contains("too short"), "{e}");
+            assert!(e.to_string().starts_with("reply too short: "), "{e}");
         }
     }
 }

@@ -44,13 +44,16 @@ pub struct Communicator {
 impl Simulator for Communicator {
     type Settings = Settings;
 
-    fn build(module: &ModuleConfig, s: Settings) -> Result<Self, String> {
+    fn build(module: &ModuleConfig, s: Settings) -> Result<Self, ConfigError> {
         if !s.identification.is_ascii() || s.identification.contains('\n') {
-            return Err("settings.identification: must be one line of ASCII".into());
+            return Err(ConfigError::invalid(
+                "identification",
+                "must be one line of ASCII",
+            ));
         }
         // It is the result of `communicate`, whose datainfo allows 1024 characters.
         let chars = s.identification.chars().count() as u64;
-        crate::limits::count("settings.identification", chars, 0, 1024, "characters")?;
+        crate::limits::count("identification", chars, 0, 1024, "characters")?;
         let text = json!({"type": "string", "maxchars": 1024});
         let desc = ModuleBuilder::new(module, "simulated line-based instrument", &["Communicator"])
             .command(

@@ -6,7 +6,8 @@ pub mod power_supply;
 pub mod pressure;
 pub mod temperature;
 
-use crate::ModuleConfig;
+use crate::limits::RangeError;
+use crate::{ConfigError, ModuleConfig};
 use actix::Actor;
 use secop_actors::device::DeviceHandle;
 use secop_actors::device_actor::{Backend, DeviceActor};
@@ -18,32 +19,23 @@ use std::time::Instant;
 /// A simulator built from its settings.
 pub trait Simulator: Backend + Sized {
     type Settings: DeserializeOwned + Default;
-    fn build(module: &ModuleConfig, settings: Self::Settings) -> Result<Self, String>;
+    /// Errors name the key within `settings` (`ramp`, not `settings.ramp`).
+    fn build(module: &ModuleConfig, settings: Self::Settings) -> Result<Self, ConfigError>;
 }
 
-fn settings<S: Simulator>(module: &ModuleConfig) -> Result<S, String> {
+/// The simulator of `module`; errors name the key within the module's section
+/// (`settings.ramp: ...`, or `settings: ...` for the settings as a whole).
+fn settings<S: Simulator>(module: &ModuleConfig) -> Result<S, ConfigError> {
     let settings: S::Settings = if module.settings.is_null() {
         S::Settings::default()
     } else {
-        json_at("settings", module.settings.clone())?
+        crate::from_json(module.settings.clone()).map_err(|e| e.within("settings"))?
     };
-    S::build(module, settings)
-}
-
-/// Deserialize a part of the config, an error naming the key within it
-/// (`settings.ramp: invalid type: ...`).
-pub(crate) fn json_at<T: DeserializeOwned>(key: &str, value: Value) -> Result<T, String> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        match path.as_str() {
-            "." | "" => format!("{key}: {}", e.into_inner()),
-            _ => format!("{key}.{path}: {}", e.into_inner()),
-        }
-    })
+    S::build(module, settings).map_err(|e| e.within("settings"))
 }
 
 /// Build a simulator and start its device actor.
-pub fn start<S: Simulator>(module: &ModuleConfig) -> Result<DeviceHandle, String> {
+pub fn start<S: Simulator>(module: &ModuleConfig) -> Result<DeviceHandle, ConfigError> {
     let sim = settings::<S>(module)?;
     let modules = sim.modules();
     let addr = DeviceActor::new(&module.name, sim).start();
@@ -51,7 +43,9 @@ pub fn start<S: Simulator>(module: &ModuleConfig) -> Result<DeviceHandle, String
 }
 
 /// Only the description, for `check-config`.
-pub fn describe<S: Simulator>(module: &ModuleConfig) -> Result<Vec<ModuleDescription>, String> {
+pub fn describe<S: Simulator>(
+    module: &ModuleConfig,
+) -> Result<Vec<ModuleDescription>, ConfigError> {
     Ok(settings::<S>(module)?.modules())
 }
 
@@ -119,8 +113,8 @@ pub(crate) fn pollinterval(value: &Value) -> Result<f64, SecopError> {
 }
 
 /// The `pollinterval` setting of a simulator, checked like a client's change.
-fn pollinterval_setting(x: f64) -> Result<(), String> {
-    crate::limits::POLLINTERVAL.check("settings.pollinterval", x)
+fn pollinterval_setting(x: f64) -> Result<(), RangeError> {
+    crate::limits::POLLINTERVAL.check("pollinterval", x)
 }
 
 const POLLINTERVAL_INFO: &str = "polling interval";

@@ -54,11 +54,11 @@ pub struct PowerSupply {
 impl Simulator for PowerSupply {
     type Settings = Settings;
 
-    fn build(module: &ModuleConfig, s: Settings) -> Result<Self, String> {
+    fn build(module: &ModuleConfig, s: Settings) -> Result<Self, ConfigError> {
         use crate::limits::number;
-        number("settings.max_voltage", s.max_voltage, 1e-6, 1e6, "V")?;
-        number("settings.max_current", s.max_current, 1e-6, 1e6, "A")?;
-        number("settings.load", s.load, 1e-6, 1e12, "Ohm")?;
+        number("max_voltage", s.max_voltage, 1e-6, 1e6, "V")?;
+        number("max_current", s.max_current, 1e-6, 1e6, "A")?;
+        number("load", s.load, 1e-6, 1e12, "Ohm")?;
         pollinterval_setting(s.pollinterval)?;
         let volts = json!({"type": "double", "min": 0, "max": s.max_voltage, "unit": "V", "fmtstr": "%.3f"});
         let amps = json!({"type": "double", "min": 0, "max": s.max_current, "unit": "A", "fmtstr": "%.3f"});

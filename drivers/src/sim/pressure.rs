@@ -48,12 +48,15 @@ pub struct PressureGauge {
 impl Simulator for PressureGauge {
     type Settings = Settings;
 
-    fn build(module: &ModuleConfig, s: Settings) -> Result<Self, String> {
-        crate::limits::number("settings.pressure", s.pressure, 1e-15, 1e9, "mbar")?;
+    fn build(module: &ModuleConfig, s: Settings) -> Result<Self, ConfigError> {
+        crate::limits::number("pressure", s.pressure, 1e-15, 1e9, "mbar")?;
         if !(0.0..1.0).contains(&s.noise) {
-            return Err(format!(
-                "settings.noise: {} is outside the valid range 0 ..< 1",
-                crate::limits::show(s.noise)
+            return Err(ConfigError::invalid(
+                "noise",
+                format!(
+                    "{} is outside the valid range 0 ..< 1",
+                    crate::limits::show(s.noise)
+                ),
             ));
         }
         pollinterval_setting(s.pollinterval)?;

@@ -78,25 +78,22 @@ const CODES: &[(&str, i64)] = &[
 impl Simulator for TemperatureController {
     type Settings = Settings;
 
-    fn build(module: &ModuleConfig, s: Settings) -> Result<Self, String> {
+    fn build(module: &ModuleConfig, s: Settings) -> Result<Self, ConfigError> {
         use crate::limits::{finite, number, TIME_CONSTANT};
-        finite("settings.target_min", s.target_min)?;
-        finite("settings.target_max", s.target_max)?;
+        finite("target_min", s.target_min)?;
+        finite("target_max", s.target_max)?;
         if s.target_min >= s.target_max {
-            return Err("settings.target_min: must be below settings.target_max".into());
+            return Err(ConfigError::invalid(
+                "target_min",
+                "must be below settings.target_max",
+            ));
         }
-        number(
-            "settings.initial",
-            s.initial,
-            s.target_min,
-            s.target_max,
-            "K",
-        )?;
-        number("settings.ramp", s.ramp, 0.0, 1000.0, "K/min")?;
-        TIME_CONSTANT.check("settings.time_constant", s.time_constant)?;
-        number("settings.tolerance", s.tolerance, 1e-9, 1e6, "K")?;
-        number("settings.heater_max", s.heater_max, 1e-6, 1e9, "W")?;
-        number("settings.noise", s.noise, 0.0, 1e6, "K")?;
+        number("initial", s.initial, s.target_min, s.target_max, "K")?;
+        number("ramp", s.ramp, 0.0, 1000.0, "K/min")?;
+        TIME_CONSTANT.check("time_constant", s.time_constant)?;
+        number("tolerance", s.tolerance, 1e-9, 1e6, "K")?;
+        number("heater_max", s.heater_max, 1e-6, 1e9, "W")?;
+        number("noise", s.noise, 0.0, 1e6, "K")?;
         pollinterval_setting(s.pollinterval)?;
         let temp = json!({"type": "double", "min": s.target_min, "max": s.target_max, "unit": "K", "fmtstr": "%.3f"});
         let desc = ModuleBuilder::new(
