@@ -170,7 +170,10 @@ def test_attack_page_from_other_origin(start_gateway, browser_tools, tmp_path):
     before the request policy) executed the body's lines: T:target became 123 and the io
     register "7", with "ok" records in the audit trail, so this test fails there."""
     audit_file = tmp_path / 'audit.jsonl'
-    config = DEFAULT_CONFIG.read_text() + f'\n[audit]\nfile = {json.dumps(str(audit_file))}\n'
+    # the embedded default has an [audit] section already: give it a file
+    config = DEFAULT_CONFIG.read_text().replace(
+        '[audit]\n', f'[audit]\nfile = {json.dumps(str(audit_file))}\n', 1)
+    assert str(audit_file) in config
     gw = start_gateway(config, name='browser_attack')
 
     checker = Line(gw)
