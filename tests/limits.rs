@@ -9,8 +9,16 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+/// FAST_CONFIG with more `[listen]` keys (its `write_timeout` unless given).
 fn config(extra_listen: &str) -> String {
-    FAST_CONFIG.replace("[listen]\n", &format!("[listen]\n{extra_listen}\n"))
+    let extra = if extra_listen.contains("write_timeout") {
+        extra_listen.to_owned()
+    } else {
+        format!("write_timeout = 3.0\n{extra_listen}")
+    };
+    FAST_CONFIG
+        .replace("write_timeout = 3.0\n", "")
+        .replace("[listen]\n", &format!("[listen]\n{extra}\n"))
 }
 
 /// A connection with a tiny receive buffer, so that a client that does not read
@@ -70,6 +78,8 @@ fn metrics(gw: &Gateway) -> String {
         format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
 }
+
+const WS_OPEN: &str = "secop_gateway_connections_open{transport=\"ws\"}";
 
 fn counter(text: &str, series: &str) -> f64 {
     text.lines()
@@ -136,15 +146,21 @@ fn websocket_client_that_stops_reading_is_dropped_after_the_write_timeout() {
     let gw = Gateway::start(&config("write_timeout = 1.0"));
     let ws = ws_connect(&gw, connect_small(gw.addr));
     let mut s = ws.stream;
-    // Updates flow, and 300 descriptions are asked for; nothing is read.
+    // Updates flow, and 3000 descriptions are asked for; nothing is read.
     let mut frames = text_frame("activate");
-    for _ in 0..300 {
+    for _ in 0..3000 {
         frames.extend(text_frame("describe"));
     }
     let writer = flood(&s, frames);
     let mut c = gw.client();
     assert!(c.ask("ping busy").starts_with("pong busy"), "others served");
+    // Longer than the write timeout, and still not a byte read.
     std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        counter(&metrics(&gw), WS_OPEN),
+        0.0,
+        "the session ended before the client read anything"
+    );
     let (closed, _) = read_to_end_within(&mut s, Duration::from_secs(5));
     assert!(closed, "the non-reading WebSocket client was dropped");
     writer.join().ok();
@@ -161,12 +177,18 @@ fn websocket_ping_timeout_fires_while_sending_is_blocked() {
     ));
     let ws = ws_connect(&gw, connect_small(gw.addr));
     let mut s = ws.stream;
+    // Far more than the socket buffers hold: the gateway's sends block.
     let mut frames = text_frame("activate");
-    for _ in 0..300 {
+    for _ in 0..3000 {
         frames.extend(text_frame("describe"));
     }
     let writer = flood(&s, frames);
     std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        counter(&metrics(&gw), WS_OPEN),
+        0.0,
+        "the ping timeout ended the session before the client read anything"
+    );
     let (closed, _) = read_to_end_within(&mut s, Duration::from_secs(5));
     assert!(closed, "a client that answers no ping is dropped, even if sends block");
     writer.join().ok();
