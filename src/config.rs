@@ -134,6 +134,12 @@ pub struct ListenConfig {
     pub idle_timeout: f64,
     /// Connections one client address may hold (an access rule may set its own).
     pub max_connections_per_address: usize,
+    /// Seconds from connect to the first complete request (a SECoP line, an HTTP
+    /// request) before the connection is closed; 0 = never.
+    pub first_request_timeout: f64,
+    /// Bytes of unfinished input (partial lines, partial WebSocket messages) all
+    /// connections together may hold; above it the largest holders are closed.
+    pub max_unfinished_input_bytes: usize,
     /// Host names (besides `localhost` and the listen address) that HTTP requests may
     /// use in their Host header; "*" allows any (not recommended: DNS rebinding).
     pub allowed_hosts: Vec<String>,
@@ -181,6 +187,8 @@ impl Default for ListenConfig {
             handshake_timeout: 10.0,
             idle_timeout: 0.0,
             max_connections_per_address: 64,
+            first_request_timeout: 30.0,
+            max_unfinished_input_bytes: 64 * 1024 * 1024,
             allowed_hosts: Vec::new(),
             websocket: WebSocketConfig::default(),
         }
@@ -385,6 +393,28 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, String> {
     Ok(loaded)
 }
 
+/// Range checks of the connection budget: the first-request timeout and the
+/// unfinished-input budget.
+fn budget_problems(l: &ListenConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    let t = l.first_request_timeout;
+    if !(t == 0.0 || (0.1..=3600.0).contains(&t)) {
+        problems.push(
+            "listen.first_request_timeout: must be 0 (off) or between 0.1 and 3600 seconds".into(),
+        );
+    }
+    let b = l.max_unfinished_input_bytes;
+    if !(65536..=1 << 40).contains(&b) {
+        problems.push("listen.max_unfinished_input_bytes: must be between 65536 and 2^40".into());
+    } else if b < l.max_line_bytes || b < l.websocket.max_message_bytes {
+        problems.push(
+            "listen.max_unfinished_input_bytes: must be at least max_line_bytes and websocket.max_message_bytes"
+                .into(),
+        );
+    }
+    problems
+}
+
 impl Loaded {
     /// Checks that serde cannot express; each message names file, key and reason.
     fn validate(&self) -> Result<(), String> {
@@ -488,6 +518,7 @@ impl Loaded {
         if !(c.listen.idle_timeout >= 0.0 && c.listen.idle_timeout.is_finite()) {
             problems.push("listen.idle_timeout: must be 0 (off) or a number of seconds".into());
         }
+        problems.extend(budget_problems(&c.listen));
         let ws = &c.listen.websocket;
         if ws.max_message_bytes < 1024 {
             problems.push("listen.websocket.max_message_bytes: must be at least 1024".into());
@@ -706,6 +737,40 @@ mod tests {
     fn embedded_default_is_valid() {
         let loaded = load(None).unwrap();
         assert!(loaded.config.modules.len() >= 4);
+    }
+
+    #[test]
+    fn connection_budget_defaults_and_ranges() {
+        let l = ListenConfig::default();
+        assert_eq!(l.first_request_timeout, 30.0);
+        assert_eq!(l.max_unfinished_input_bytes, 64 << 20);
+        assert!(budget_problems(&l).is_empty());
+        let base = "[node]\nequipment_id='x'\ndescription='d'\n[[module]]\nname='T'\ndriver='sim_pressure'\n";
+        for (listen, key) in [
+            ("first_request_timeout = -1", "listen.first_request_timeout"),
+            (
+                "first_request_timeout = 0.01",
+                "listen.first_request_timeout",
+            ),
+            (
+                "first_request_timeout = 7200",
+                "listen.first_request_timeout",
+            ),
+            (
+                "max_unfinished_input_bytes = 1000",
+                "listen.max_unfinished_input_bytes",
+            ),
+            (
+                "max_unfinished_input_bytes = 1048575",
+                "listen.max_unfinished_input_bytes: must be at least",
+            ),
+        ] {
+            let e = load_text(&format!("{base}[listen]\n{listen}\n")).unwrap_err();
+            assert!(e.contains(key), "{listen}: {e}");
+        }
+        let ok = "first_request_timeout = 0\nmax_unfinished_input_bytes = 65536\n\
+                  max_line_bytes = 65536\nwebsocket.max_message_bytes = 65536";
+        assert!(load_text(&format!("{base}[listen]\n{ok}\n")).is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! method, Origin, access rule and WebSocket handshake are checked before a handler
 //! runs, so no page that a browser opens elsewhere can read or drive the node.
 
+use crate::conn_io::ConnIo;
 use crate::request_policy::RequestPolicy;
 use crate::websocket::{self, WsSettings};
 use actix::Addr;
@@ -14,13 +15,13 @@ use actix_service::{map_config, Service, ServiceFactory};
 use actix_web::dev::AppConfig;
 use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse};
+use secop_actors::input_budget::Holder;
 use secop_actors::node::{ClientInfo, GetSnapshot, NodeActor, SessionTransport};
 use secop_actors::outbox::SlowClientStats;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// Everything the HTTP handlers need.
 pub struct HttpState {
@@ -127,8 +128,8 @@ async fn secop_ws(
     let Some(access) = state.policy.websocket_access(peer) else {
         return HttpResponse::Forbidden().body("access denied\n");
     };
-    match websocket::accept(&req, body, state.ws.max_message_bytes).await {
-        Ok((response, session, stream, guard)) => {
+    match websocket::accept(&req, body, state.ws.max_message_bytes, holder_of(&req)).await {
+        Ok((response, accepted)) => {
             let client = ClientInfo {
                 address: peer,
                 transport: SessionTransport::WebSocket,
@@ -136,9 +137,7 @@ async fn secop_ws(
             };
             websocket::start_secop_session(
                 state.node.clone(),
-                session,
-                stream,
-                guard,
+                accepted,
                 state.ws.clone(),
                 state.stats.clone(),
                 client,
@@ -153,13 +152,21 @@ async fn echo(req: HttpRequest, body: web::Payload, state: web::Data<HttpState>)
     if !state.echo_endpoint {
         return not_found().await;
     }
-    match websocket::accept(&req, body, state.ws.max_message_bytes).await {
-        Ok((response, session, stream, guard)) => {
-            websocket::start_echo(session, stream, guard, state.ws.clone());
+    match websocket::accept(&req, body, state.ws.max_message_bytes, holder_of(&req)).await {
+        Ok((response, accepted)) => {
+            websocket::start_echo(accepted, state.ws.clone());
             response
         }
         Err(e) => e.error_response(),
     }
+}
+
+/// The budget holder (and kill switch) of the connection a request came on.
+#[derive(Clone)]
+struct ConnHolder(Arc<Holder>);
+
+fn holder_of(req: &HttpRequest) -> Option<Arc<Holder>> {
+    req.conn_data::<ConnHolder>().map(|h| h.0.clone())
 }
 
 async fn not_found() -> HttpResponse {
@@ -222,7 +229,7 @@ async fn status_page(state: &HttpState) -> HttpResponse {
 
 /// An HTTP/1.1 service that serves one accepted connection at a time (per call).
 pub type ConnectionService =
-    Rc<dyn Fn(TcpStream, SocketAddr) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>>;
+    Rc<dyn Fn(ConnIo, SocketAddr) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>>;
 
 /// Build the HTTP service once; each call serves one connection to its end.
 pub async fn service(
@@ -240,8 +247,11 @@ pub async fn service(
         .route("/ws", web::get().to(secop_ws))
         .route("/echo", web::get().to(echo))
         .default_service(web::to(not_found));
-    let factory = HttpService::<TcpStream, _, _>::build()
+    let factory = HttpService::<ConnIo, _, _>::build()
         .client_request_timeout(client_timeout)
+        .on_connect_ext(|io: &ConnIo, ext| {
+            ext.insert(ConnHolder(io.holder().clone()));
+        })
         .h1(map_config(app, |_| AppConfig::default()));
     let handler = Rc::new(
         factory
@@ -249,7 +259,7 @@ pub async fn service(
             .await
             .map_err(|_| "cannot build the HTTP service".to_owned())?,
     );
-    Ok(Rc::new(move |stream: TcpStream, peer: SocketAddr| {
+    Ok(Rc::new(move |stream: ConnIo, peer: SocketAddr| {
         let handler = handler.clone();
         Box::pin(async move {
             if let Err(e) = handler.call((stream, Some(peer))).await {

@@ -3,6 +3,7 @@
 mod access_rules;
 mod cli;
 mod config;
+mod conn_io;
 mod discovery;
 mod http;
 mod request_policy;
@@ -246,6 +247,10 @@ async fn run(
         limits,
         handshake_timeout,
         idle_timeout: (l.idle_timeout > 0.0).then(|| Duration::from_secs_f64(l.idle_timeout)),
+        first_request_timeout: (l.first_request_timeout > 0.0)
+            .then(|| Duration::from_secs_f64(l.first_request_timeout)),
+        // One budget for all connections of all nodes.
+        budget: secop_actors::input_budget::InputBudget::new(l.max_unfinished_input_bytes),
         access: Arc::new(loaded.access_rules(None)),
     };
     let stats = Arc::new(SlowClientStats::exported());
@@ -287,6 +292,7 @@ async fn run(
         ping_interval: Duration::from_secs_f64(ws.ping_interval),
         ping_timeout: Duration::from_secs_f64(ws.ping_timeout),
         limits,
+        write_timeout: Duration::from_secs_f64(l.write_timeout),
     };
 
     // The main node, then the extra nodes: each a node actor with its own listener.

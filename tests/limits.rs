@@ -131,14 +131,25 @@ fn pipelined_http_without_reading_is_bounded_and_dropped() {
     let (closed, got) = read_to_end_within(&mut s, Duration::from_secs(5));
     let text = String::from_utf8_lossy(&got);
     let answered = text.matches("HTTP/1.1 200").count();
-    assert!(closed, "the non-reading client was dropped ({answered} answered)");
+    assert!(
+        closed,
+        "the non-reading client was dropped ({answered} answered)"
+    );
     assert!(
         answered < 1000,
         "only what fits in the socket buffers was answered, not all 5000 ({answered})"
     );
     writer.join().ok();
-    assert!(c.ask("ping after").starts_with("pong after"), "others served");
-    assert!(counter(&metrics(&gw), "secop_gateway_slow_clients_disconnected_total") >= 1.0);
+    assert!(
+        c.ask("ping after").starts_with("pong after"),
+        "others served"
+    );
+    assert!(
+        counter(
+            &metrics(&gw),
+            "secop_gateway_slow_clients_disconnected_total"
+        ) >= 1.0
+    );
 }
 
 #[test]
@@ -166,7 +177,12 @@ fn websocket_client_that_stops_reading_is_dropped_after_the_write_timeout() {
     writer.join().ok();
     let mut other = ws_connect(&gw, TcpStream::connect(gw.addr).expect("connect"));
     assert!(other.ask("ping ws").starts_with("pong ws"), "others served");
-    assert!(counter(&metrics(&gw), "secop_gateway_slow_clients_disconnected_total") >= 1.0);
+    assert!(
+        counter(
+            &metrics(&gw),
+            "secop_gateway_slow_clients_disconnected_total"
+        ) >= 1.0
+    );
 }
 
 #[test]
@@ -190,10 +206,23 @@ fn websocket_ping_timeout_fires_while_sending_is_blocked() {
         "the ping timeout ended the session before the client read anything"
     );
     let (closed, _) = read_to_end_within(&mut s, Duration::from_secs(5));
-    assert!(closed, "a client that answers no ping is dropped, even if sends block");
+    assert!(
+        closed,
+        "a client that answers no ping is dropped, even if sends block"
+    );
     writer.join().ok();
     let mut c = gw.client();
-    assert!(c.ask("ping after").starts_with("pong after"), "others served");
+    assert!(
+        c.ask("ping after").starts_with("pong after"),
+        "others served"
+    );
+}
+
+/// The start of a SECoP line of about `n` bytes (a number too long to be valid).
+fn unfinished(n: usize) -> Vec<u8> {
+    let mut line = b"change T:target ".to_vec();
+    line.resize(n, b'7');
+    line
 }
 
 /// Budget 256 KiB; lines up to 200,000 bytes.
@@ -214,17 +243,20 @@ fn unfinished_lines_over_the_budget_close_the_largest_holder() {
     // in which the bytes arrive, the 150,000-byte holder is the largest when the
     // budget is crossed.
     let mut big = gw.client();
-    big.send_raw(&vec![b'x'; 150_000]);
+    big.send_raw(&unfinished(150_000));
     let mut second = gw.client();
-    second.send_raw(&vec![b'y'; 120_000]);
+    second.send_raw(&unfinished(120_000));
     assert!(big.closed_within(WAIT), "the largest holder was closed");
     assert!(
         !second.closed_within(Duration::from_millis(500)),
         "the other holder stays"
     );
-    // It finishes its line and is answered (an unknown action).
+    // It finishes its line and is answered.
     second.send_raw(b"\n");
-    assert!(second.line().starts_with("error_yyyy"), "second holder served");
+    assert!(
+        second.line().starts_with("error_change T:target"),
+        "second holder served"
+    );
     assert!(second.ask("ping b").starts_with("pong b"));
     assert!(normal.ask("ping c").starts_with("pong c"), "others served");
     let m = metrics(&gw);
@@ -250,12 +282,18 @@ fn unfinished_websocket_messages_count_against_the_same_budget() {
     w.write_all(&ws_frame(0x81, 99_000, &vec![b'z'; 95_000]))
         .expect("send");
     let mut line = gw.client();
-    line.send_raw(&vec![b'x'; 40_000]);
+    line.send_raw(&unfinished(40_000));
     let (closed, _) = read_to_end_within(&mut w, WAIT);
-    assert!(closed, "the WebSocket holding the largest unfinished message was closed");
-    assert!(!line.closed_within(Duration::from_millis(500)), "the line holder stays");
+    assert!(
+        closed,
+        "the WebSocket holding the largest unfinished message was closed"
+    );
+    assert!(
+        !line.closed_within(Duration::from_millis(500)),
+        "the line holder stays"
+    );
     line.send_raw(b"\n");
-    assert!(line.line().starts_with("error_xxxx"));
+    assert!(line.line().starts_with("error_change T:target"));
     let mut other = ws_connect(&gw, TcpStream::connect(gw.addr).expect("connect"));
     assert!(other.ask("ping ws").starts_with("pong ws"), "others served");
     assert_eq!(
