@@ -137,8 +137,9 @@ pub struct ListenConfig {
     /// Seconds from connect to the first complete request (a SECoP line, an HTTP
     /// request) before the connection is closed; 0 = never.
     pub first_request_timeout: f64,
-    /// Bytes of unfinished input (partial lines, partial WebSocket messages) all
-    /// connections together may hold; above it the largest holders are closed.
+    /// Bytes of memory all connections together may hold for unfinished input (partial
+    /// lines, partial WebSocket messages, which count twice); above it the largest
+    /// holders are closed.
     pub max_unfinished_input_bytes: usize,
     /// Host names (besides `localhost` and the listen address) that HTTP requests may
     /// use in their Host header; "*" allows any (not recommended: DNS rebinding).
@@ -406,9 +407,11 @@ fn budget_problems(l: &ListenConfig) -> Vec<String> {
     let b = l.max_unfinished_input_bytes;
     if !(65536..=1 << 40).contains(&b) {
         problems.push("listen.max_unfinished_input_bytes: must be between 65536 and 2^40".into());
-    } else if b < l.max_line_bytes || b < l.websocket.max_message_bytes {
+    } else if b < l.max_line_bytes || b / 2 < l.websocket.max_message_bytes {
+        // A WebSocket message is charged twice (actix buffers a frame in a buffer
+        // that grows by doubling).
         problems.push(
-            "listen.max_unfinished_input_bytes: must be at least max_line_bytes and websocket.max_message_bytes"
+            "listen.max_unfinished_input_bytes: must be at least max_line_bytes and twice websocket.max_message_bytes"
                 .into(),
         );
     }
@@ -769,7 +772,7 @@ mod tests {
             assert!(e.contains(key), "{listen}: {e}");
         }
         let ok = "first_request_timeout = 0\nmax_unfinished_input_bytes = 65536\n\
-                  max_line_bytes = 65536\nwebsocket.max_message_bytes = 65536";
+                  max_line_bytes = 65536\nwebsocket.max_message_bytes = 32768";
         assert!(load_text(&format!("{base}[listen]\n{ok}\n")).is_ok());
     }
 

@@ -6,7 +6,7 @@
 //! method, Origin, access rule and WebSocket handshake are checked before a handler
 //! runs, so no page that a browser opens elsewhere can read or drive the node.
 
-use crate::conn_io::ConnIo;
+use crate::conn_io::{ConnIo, Upgraded};
 use crate::request_policy::RequestPolicy;
 use crate::websocket::{self, WsSettings};
 use actix::Addr;
@@ -130,6 +130,7 @@ async fn secop_ws(
     };
     match websocket::accept(&req, body, state.ws.max_message_bytes, holder_of(&req)).await {
         Ok((response, accepted)) => {
+            mark_upgraded(&req);
             let client = ClientInfo {
                 address: peer,
                 transport: SessionTransport::WebSocket,
@@ -154,6 +155,7 @@ async fn echo(req: HttpRequest, body: web::Payload, state: web::Data<HttpState>)
     }
     match websocket::accept(&req, body, state.ws.max_message_bytes, holder_of(&req)).await {
         Ok((response, accepted)) => {
+            mark_upgraded(&req);
             websocket::start_echo(accepted, state.ws.clone());
             response
         }
@@ -161,12 +163,20 @@ async fn echo(req: HttpRequest, body: web::Payload, state: web::Data<HttpState>)
     }
 }
 
-/// The budget holder (and kill switch) of the connection a request came on.
+/// The budget holder (and kill switch) of the connection a request came on, and its
+/// switch to WebSocket.
 #[derive(Clone)]
-struct ConnHolder(Arc<Holder>);
+struct ConnHolder(Arc<Holder>, Upgraded);
 
 fn holder_of(req: &HttpRequest) -> Option<Arc<Holder>> {
     req.conn_data::<ConnHolder>().map(|h| h.0.clone())
+}
+
+/// Mark the connection as a WebSocket from now on (its frames are read as they come).
+fn mark_upgraded(req: &HttpRequest) {
+    if let Some(h) = req.conn_data::<ConnHolder>() {
+        h.1.set();
+    }
 }
 
 async fn not_found() -> HttpResponse {
@@ -250,7 +260,7 @@ pub async fn service(
     let factory = HttpService::<ConnIo, _, _>::build()
         .client_request_timeout(client_timeout)
         .on_connect_ext(|io: &ConnIo, ext| {
-            ext.insert(ConnHolder(io.holder().clone()));
+            ext.insert(ConnHolder(io.holder().clone(), io.upgraded().clone()));
         })
         .h1(map_config(app, |_| AppConfig::default()));
     let handler = Rc::new(

@@ -80,6 +80,12 @@ impl Stream for GuardedPayload {
         if self.stopped {
             return Poll::Ready(None);
         }
+        if self.holder.as_ref().is_some_and(|h| h.is_closed()) {
+            // Over the input budget: actix is given nothing more (the connection is
+            // being dropped).
+            self.stopped = true;
+            return Poll::Ready(Some(Err(PayloadError::Overflow)));
+        }
         if self.failing {
             // Hand actix nothing more: what it decoded so far is still delivered, then
             // the reader sees the error and closes with the guard's code.
@@ -90,8 +96,9 @@ impl Stream for GuardedPayload {
             Poll::Ready(Some(Ok(bytes))) => {
                 let violation = self.guard.borrow_mut().inspect_at(&bytes);
                 if let Some(holder) = &self.holder {
-                    // Once per chunk read: the message so far, as the headers announce it.
-                    holder.charge(self.guard.borrow().unfinished());
+                    // Once per chunk read: the message so far. Twice its bytes: actix's
+                    // decoder buffers a frame in a buffer that grows by doubling.
+                    holder.charge(self.guard.borrow().unfinished().saturating_mul(2));
                 }
                 match violation {
                     None => Poll::Ready(Some(Ok(bytes))),

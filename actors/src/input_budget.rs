@@ -194,9 +194,16 @@ impl Drop for Holder {
     }
 }
 
-/// The line codec, charging its buffer to a [`Holder`]: once per read (when the
-/// codec asks for more bytes, the buffer holds only the unfinished line), and marking
-/// the holder as having spoken at its first complete line.
+/// A read buffer this large is given back once it is empty (a big line came and
+/// went), so that an idle connection holds no more than a small one.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// The line codec, charging its buffer to a [`Holder`] once per read (when the codec
+/// asks for more bytes, the buffer holds only the unfinished line). What is charged
+/// is the buffer's capacity, the memory it really takes (it grows by doubling); an
+/// empty buffer charges nothing and a large empty one is given back. The holder is
+/// marked as having spoken at the first complete line, and once it is closed the
+/// stream ends with an error at the next read.
 #[derive(Debug)]
 pub struct BudgetedLines {
     inner: LineCodec,
@@ -214,18 +221,42 @@ impl Decoder for BudgetedLines {
     type Error = std::io::Error;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Inbound>, Self::Error> {
-        let item = self.inner.decode(buf)?;
-        match &item {
-            None => self.holder.charge(buf.len()),
-            Some(_) => self.holder.spoke(),
+        if !self.holder.is_closed() {
+            let item = self.inner.decode(buf)?;
+            match &item {
+                None => self.charge(buf),
+                Some(_) => self.holder.spoke(),
+            }
+            if !self.holder.is_closed() {
+                return Ok(item);
+            }
         }
-        Ok(item)
+        // Closed (perhaps by this very charge): the memory goes at once, and the
+        // session ends.
+        *buf = BytesMut::new();
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "over the unfinished-input budget",
+        ))
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Inbound>, Self::Error> {
         let item = self.inner.decode_eof(buf)?;
-        self.holder.charge(buf.len());
+        self.charge(buf);
         Ok(item)
+    }
+}
+
+impl BudgetedLines {
+    fn charge(&self, buf: &mut BytesMut) {
+        if buf.is_empty() {
+            if buf.capacity() > KEEP_CAPACITY {
+                *buf = BytesMut::new();
+            }
+            self.holder.charge(0);
+        } else {
+            self.holder.charge(buf.capacity());
+        }
     }
 }
 
@@ -278,10 +309,23 @@ mod tests {
         assert!(codec.decode(&mut buf).unwrap().is_some());
         assert!(holder.has_spoken());
         assert!(codec.decode(&mut buf).unwrap().is_none());
-        assert_eq!(budget.total(), 4);
+        assert_eq!(budget.total(), buf.capacity(), "the buffer's memory");
+        assert!(budget.total() >= 4);
         buf.extend_from_slice(b"ial\n");
         assert!(codec.decode(&mut buf).unwrap().is_some());
         assert!(codec.decode(&mut buf).unwrap().is_none());
         assert_eq!(budget.total(), 0);
+        // a big line came and went: its buffer is given back
+        buf.extend_from_slice(&[b'x'; 200_000]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(budget.total() >= 200_000);
+        buf.extend_from_slice(b"\n");
+        assert!(codec.decode(&mut buf).unwrap().is_some());
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert_eq!(budget.total(), 0);
+        assert!(buf.capacity() <= KEEP_CAPACITY);
+        // once closed, the stream ends
+        holder.close();
+        assert!(codec.decode(&mut buf).is_err());
     }
 }

@@ -10,6 +10,7 @@
 //! secop-bench --addr 127.0.0.1:10767 latency --op read --connections 1 --duration 5
 //! ```
 
+mod attack;
 mod conn;
 mod connections;
 mod ctx;
@@ -74,6 +75,9 @@ enum Scenario {
     Connections(connections::Args),
     /// sequential describe round trips
     Describe(describe::Args),
+    /// a hostile client (pipelined HTTP, WebSocket non-readers, unfinished lines or
+    /// messages, silent connections) while a well-behaved client measures latency
+    Attack(attack::Args),
 }
 
 fn main() -> ExitCode {
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
             Scenario::SlowConsumer(a) => fanout::run_slow(c, a).await,
             Scenario::Connections(a) => connections::run(c, a).await,
             Scenario::Describe(a) => describe::run(c, a).await,
+            Scenario::Attack(a) => attack::run(c, a).await,
         }
     });
     let mut report = report;
