@@ -116,7 +116,8 @@ pub struct ListenConfig {
     pub address: String,
     /// Longest accepted request line in bytes; longer lines get `ProtocolError`.
     pub max_line_bytes: usize,
-    /// Simultaneous client connections; further connections are closed at once.
+    /// Simultaneous client connections; at the limit the oldest connection silent for
+    /// over 2 s makes room, else further connections are closed at once.
     pub max_connections: usize,
     /// Seconds a client may leave written data unread before it is disconnected.
     pub write_timeout: f64,

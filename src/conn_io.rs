@@ -219,7 +219,9 @@ impl AsyncWrite for ConnIo {
         this.check(cx)?;
         match Pin::new(&mut this.io).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => {
+                // A response: the connection completed a request.
                 this.first_deadline = None;
+                this.holder.spoke();
                 this.progress += n;
                 if n == buf.len() || this.progress >= PROGRESS {
                     this.write_deadline = None;

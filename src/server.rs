@@ -19,11 +19,11 @@ use secop_actors::outbox::{CloseReason, Outbox, OutboxLimits, SlowClientStats};
 use secop_actors::session::SessionActor;
 use secop_actors::writer::write_stream;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::FramedRead;
@@ -87,6 +87,31 @@ fn refuse(peer: SocketAddr, reason: &'static str) {
     tracing::debug!(%peer, reason, "connection refused");
 }
 
+/// How long a connection may stay silent before a new one, at the connection limit,
+/// may take its place.
+const EVICTABLE_AFTER: Duration = Duration::from_secs(2);
+
+/// Close the oldest connection that has been open for [`EVICTABLE_AFTER`] without
+/// completing a request (`silent` is in accept order). True if one was closed.
+fn evict_oldest_silent(silent: &mut VecDeque<Weak<Holder>>) -> bool {
+    while let Some(front) = silent.front() {
+        match front.upgrade() {
+            Some(h) if !h.has_spoken() && !h.is_closed() => {
+                if h.age() < EVICTABLE_AFTER {
+                    return false;
+                }
+                h.close();
+                silent.pop_front();
+                return true;
+            }
+            _ => {
+                silent.pop_front();
+            }
+        }
+    }
+    false
+}
+
 /// The earlier of two optional timeouts.
 fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     match (a, b) {
@@ -105,6 +130,7 @@ pub async fn serve(
 ) {
     let open = Arc::new(AtomicUsize::new(0));
     let per_address: PerAddress = Rc::default();
+    let silent: Rc<RefCell<VecDeque<Weak<Holder>>>> = Rc::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
@@ -122,18 +148,24 @@ pub async fn serve(
             refuse(peer, "access_denied");
             continue;
         }
-        if open.load(Ordering::Relaxed) >= settings.max_connections {
-            tracing::warn!(%peer, limit = settings.max_connections, "connection limit reached; closing new connection");
-            drop(stream);
-            refuse(peer, "connection_limit");
-            continue;
-        }
         let limit = settings.access.connection_limit(address);
         let held = per_address.borrow().get(&address).copied().unwrap_or(0);
         if held >= limit {
             drop(stream);
             refuse(peer, "address_limit");
             continue;
+        }
+        if open.load(Ordering::Relaxed) >= settings.max_connections {
+            // Full: the oldest connection that has not spoken yet (for a while) makes
+            // room; only if there is none is the new one turned away.
+            if evict_oldest_silent(&mut silent.borrow_mut()) {
+                count_refused("evicted");
+            } else {
+                tracing::warn!(%peer, limit = settings.max_connections, "connection limit reached; closing new connection");
+                drop(stream);
+                refuse(peer, "connection_limit");
+                continue;
+            }
         }
         *per_address.borrow_mut().entry(address).or_insert(0) += 1;
         open.fetch_add(1, Ordering::Relaxed);
@@ -151,6 +183,14 @@ pub async fn serve(
         let accepted = tokio::time::Instant::now();
         let first_request_by = settings.first_request_timeout.map(|t| accepted + t);
         let holder = settings.budget.holder();
+        {
+            let mut silent = silent.borrow_mut();
+            // (spoken and closed ones leave from the front as they are met)
+            if silent.len() >= 2 * settings.max_connections {
+                silent.retain(|h| h.upgrade().is_some_and(|h| !h.has_spoken() && !h.is_closed()));
+            }
+            silent.push_back(Arc::downgrade(&holder));
+        }
         actix::spawn(async move {
             // Silent connections wait for their first byte no longer than for their
             // first request.
@@ -160,7 +200,13 @@ pub async fn serve(
                 settings.first_request_timeout,
             )
             .unwrap_or(settings.handshake_timeout);
-            let detected = sniff::detect(&stream, first_line, first_byte).await;
+            let detected = tokio::select! {
+                d = sniff::detect(&stream, first_line, first_byte) => d,
+                _ = holder.closed() => {
+                    tracing::debug!(%peer, "silent connection evicted to make room");
+                    return;
+                }
+            };
             match detected {
                 Ok(Detected::Secop) => {
                     let Some(access) = settings.access.grant(address, Transport::Tcp).access()
@@ -223,7 +269,7 @@ async fn watch(
     };
     tokio::select! {
         _ = holder.closed() => {
-            tracing::debug!("SECoP connection closed: over the unfinished-input budget");
+            tracing::debug!("SECoP connection closed: over the unfinished-input budget, or evicted");
         }
         _ = first => {
             count_refused("first_request_timeout");

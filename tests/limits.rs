@@ -334,3 +334,50 @@ fn connections_without_a_first_request_are_closed() {
         "counted"
     );
 }
+
+#[test]
+fn at_the_connection_limit_the_oldest_silent_connection_makes_room() {
+    let gw = Gateway::start(&config("max_connections = 4\nfirst_request_timeout = 60"));
+    let mut talker = gw.client();
+    assert!(talker.ask("*IDN?").starts_with("ISSE"));
+    let mut oldest = gw.client();
+    let mut partial = gw.client();
+    partial.send_raw(b"read T:val");
+    let mut young = gw.client();
+    // Silent for longer than the grace of 2 s: the oldest of them may be evicted.
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut newcomer = gw.client();
+    assert!(
+        newcomer.ask("*IDN?").starts_with("ISSE"),
+        "a new client gets a slot"
+    );
+    assert!(oldest.closed_within(WAIT), "the oldest silent connection made room");
+    let mut second = gw.client();
+    assert!(second.ask("ping x").starts_with("pong x"));
+    assert!(
+        partial.closed_within(WAIT),
+        "then the one that sent part of a line and stalled"
+    );
+    // The clients that spoke are never evicted; young is next in line.
+    assert!(talker.ask("ping t").starts_with("pong t"));
+    assert!(newcomer.ask("ping n").starts_with("pong n"));
+    let mut third = gw.client();
+    assert!(third.ask("ping y").starts_with("pong y"));
+    assert!(young.closed_within(WAIT));
+    // Now everybody has spoken: the next one is turned away.
+    let mut fourth = gw.client();
+    assert!(fourth.closed_within(WAIT), "no silent connection left to evict");
+    assert!(talker.ask("ping t").starts_with("pong t"));
+    let m = metrics_when_full(&gw, &mut talker);
+    assert_eq!(
+        counter(&m, "secop_gateway_connections_refused_total{reason=\"evicted\"}"),
+        3.0
+    );
+}
+
+/// The metrics page when every slot is taken: free one first.
+fn metrics_when_full(gw: &Gateway, spare: &mut Client) -> String {
+    spare.stream.shutdown(std::net::Shutdown::Both).ok();
+    std::thread::sleep(Duration::from_millis(300));
+    metrics(gw)
+}

@@ -25,6 +25,7 @@ use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio_util::codec::Decoder;
 
 /// The shared budget; see the module documentation.
@@ -65,6 +66,7 @@ impl InputBudget {
             closed: AtomicBool::new(false),
             spoke: AtomicBool::new(false),
             waker: AtomicWaker::new(),
+            born: Instant::now(),
         });
         self.lock().insert(id, Arc::downgrade(&holder));
         holder
@@ -114,6 +116,7 @@ pub struct Holder {
     /// The connection completed a request (a line, an HTTP request).
     spoke: AtomicBool,
     waker: AtomicWaker,
+    born: Instant,
 }
 
 impl Holder {
@@ -178,6 +181,11 @@ impl Holder {
 
     pub fn has_spoken(&self) -> bool {
         self.spoke.load(Ordering::Relaxed)
+    }
+
+    /// Time since the connection was accepted.
+    pub fn age(&self) -> Duration {
+        self.born.elapsed()
     }
 
     pub fn held(&self) -> usize {
