@@ -104,6 +104,10 @@ pub async fn start(loaded: config::Loaded) -> Result<Running, AppError> {
         limits,
         handshake_timeout,
         idle_timeout: (l.idle_timeout > 0.0).then(|| seconds(l.idle_timeout)),
+        first_request_timeout: (l.first_request_timeout > 0.0)
+            .then(|| seconds(l.first_request_timeout)),
+        // One budget for all connections of all nodes.
+        budget: secop_actors::input_budget::InputBudget::new(l.max_unfinished_input_bytes),
         access: Arc::new(loaded.access_rules(None)),
     };
     let stats = Arc::new(SlowClientStats::exported());
@@ -146,6 +150,7 @@ pub async fn start(loaded: config::Loaded) -> Result<Running, AppError> {
         ping_interval: seconds(ws.ping_interval),
         ping_timeout: seconds(ws.ping_timeout),
         limits,
+        write_timeout: seconds(l.write_timeout),
     };
 
     // The main node, then the extra nodes: each a node actor with its own listener.

@@ -120,7 +120,8 @@ pub struct ListenConfig {
     pub address: String,
     /// Longest accepted request line in bytes; longer lines get `ProtocolError`.
     pub max_line_bytes: usize,
-    /// Simultaneous client connections; further connections are closed at once.
+    /// Simultaneous client connections; at the limit the oldest connection silent for
+    /// over 2 s makes room, else further connections are closed at once.
     pub max_connections: usize,
     /// Seconds a client may leave written data unread before it is disconnected.
     pub write_timeout: f64,
@@ -138,6 +139,13 @@ pub struct ListenConfig {
     pub idle_timeout: f64,
     /// Connections one client address may hold (an access rule may set its own).
     pub max_connections_per_address: usize,
+    /// Seconds from connect to the first complete request (a SECoP line, an HTTP
+    /// request) before the connection is closed; 0 = never.
+    pub first_request_timeout: f64,
+    /// Bytes of memory all connections together may hold for unfinished input (partial
+    /// lines, partial WebSocket messages, which count twice); above it the largest
+    /// holders are closed.
+    pub max_unfinished_input_bytes: usize,
     /// Host names (besides `localhost` and the listen address) that HTTP requests may
     /// use in their Host header; "*" allows any (not recommended: DNS rebinding).
     pub allowed_hosts: Vec<String>,
@@ -185,6 +193,8 @@ impl Default for ListenConfig {
             handshake_timeout: 10.0,
             idle_timeout: 0.0,
             max_connections_per_address: 64,
+            first_request_timeout: 30.0,
+            max_unfinished_input_bytes: 64 * 1024 * 1024,
             allowed_hosts: Vec::new(),
             websocket: WebSocketConfig::default(),
         }
@@ -720,6 +730,30 @@ fn clash(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
+/// Range checks of the connection budget: the first-request timeout and the
+/// unfinished-input budget.
+fn budget_problems(l: &ListenConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    let t = l.first_request_timeout;
+    if !(t == 0.0 || (0.1..=3600.0).contains(&t)) {
+        problems.push(
+            "listen.first_request_timeout: must be 0 (off) or between 0.1 and 3600 seconds".into(),
+        );
+    }
+    let b = l.max_unfinished_input_bytes;
+    if !(65536..=1 << 40).contains(&b) {
+        problems.push("listen.max_unfinished_input_bytes: must be between 65536 and 2^40".into());
+    } else if b < l.max_line_bytes || b / 2 < l.websocket.max_message_bytes {
+        // A WebSocket message is charged twice (actix buffers a frame in a buffer
+        // that grows by doubling).
+        problems.push(
+            "listen.max_unfinished_input_bytes: must be at least max_line_bytes and twice websocket.max_message_bytes"
+                .into(),
+        );
+    }
+    problems
+}
+
 impl Loaded {
     /// Everything `run` would find wrong, with every value in its documented range
     /// (docs/configuration.md); each message names file (or environment variable), key
@@ -799,6 +833,9 @@ impl Loaded {
         }
         problems.check(TIMEOUT.check("listen.handshake_timeout", l.handshake_timeout));
         problems.check(TIMEOUT.check_or_zero("listen.idle_timeout", l.idle_timeout));
+        for p in budget_problems(l) {
+            problems.push(p);
+        }
         problems.count(
             "listen.max_connections_per_address",
             l.max_connections_per_address,
@@ -1214,6 +1251,42 @@ mod tests {
     fn embedded_default_is_valid() {
         let loaded = load(None, None).unwrap();
         assert!(loaded.config.modules.len() >= 4);
+    }
+
+    #[test]
+    fn connection_budget_defaults_and_ranges() {
+        let l = ListenConfig::default();
+        assert_eq!(l.first_request_timeout, 30.0);
+        assert_eq!(l.max_unfinished_input_bytes, 64 << 20);
+        assert!(budget_problems(&l).is_empty());
+        let base = "[node]\nequipment_id='x'\ndescription='d'\n[[module]]\nname='T'\ndriver='sim_pressure'\n";
+        for (listen, key) in [
+            ("first_request_timeout = -1", "listen.first_request_timeout"),
+            (
+                "first_request_timeout = 0.01",
+                "listen.first_request_timeout",
+            ),
+            (
+                "first_request_timeout = 7200",
+                "listen.first_request_timeout",
+            ),
+            (
+                "max_unfinished_input_bytes = 1000",
+                "listen.max_unfinished_input_bytes",
+            ),
+            (
+                "max_unfinished_input_bytes = 1048575",
+                "listen.max_unfinished_input_bytes: must be at least",
+            ),
+        ] {
+            let e = load_text(&format!("{base}[listen]\n{listen}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{listen}: {e}");
+        }
+        let ok = "first_request_timeout = 0\nmax_unfinished_input_bytes = 65536\n\
+                  max_line_bytes = 65536\nwebsocket.max_message_bytes = 32768";
+        assert!(load_text(&format!("{base}[listen]\n{ok}\n")).is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! method, Origin, access rule and WebSocket handshake are checked before a handler
 //! runs, so no page that a browser opens elsewhere can read or drive the node.
 
+use crate::conn_io::{ConnIo, Upgraded};
 use crate::request_policy::RequestPolicy;
 use crate::websocket::{self, WsSettings};
 use actix::Addr;
@@ -14,13 +15,13 @@ use actix_service::{map_config, Service, ServiceFactory};
 use actix_web::dev::AppConfig;
 use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse};
+use secop_actors::input_budget::Holder;
 use secop_actors::node::{ClientInfo, GetDescription, GetSnapshot, NodeActor, SessionTransport};
 use secop_actors::outbox::SlowClientStats;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// Everything the HTTP handlers need.
 pub struct HttpState {
@@ -168,8 +169,9 @@ async fn secop_ws(
     let Some(access) = state.policy.websocket_access(peer) else {
         return HttpResponse::Forbidden().body("access denied\n");
     };
-    match websocket::accept(&req, body, state.ws.max_message_bytes).await {
-        Ok((response, session, stream, guard)) => {
+    match websocket::accept(&req, body, state.ws.max_message_bytes, holder_of(&req)).await {
+        Ok((response, accepted)) => {
+            mark_upgraded(&req);
             let client = ClientInfo {
                 address: peer,
                 transport: SessionTransport::WebSocket,
@@ -177,9 +179,7 @@ async fn secop_ws(
             };
             websocket::start_secop_session(
                 state.node.clone(),
-                session,
-                stream,
-                guard,
+                accepted,
                 state.ws.clone(),
                 state.stats.clone(),
                 client,
@@ -194,12 +194,29 @@ async fn echo(req: HttpRequest, body: web::Payload, state: web::Data<HttpState>)
     if !state.echo_endpoint {
         return not_found().await;
     }
-    match websocket::accept(&req, body, state.ws.max_message_bytes).await {
-        Ok((response, session, stream, guard)) => {
-            websocket::start_echo(session, stream, guard, state.ws.clone());
+    match websocket::accept(&req, body, state.ws.max_message_bytes, holder_of(&req)).await {
+        Ok((response, accepted)) => {
+            mark_upgraded(&req);
+            websocket::start_echo(accepted, state.ws.clone());
             response
         }
         Err(e) => e.error_response(),
+    }
+}
+
+/// The budget holder (and kill switch) of the connection a request came on, and its
+/// switch to WebSocket.
+#[derive(Clone)]
+struct ConnHolder(Arc<Holder>, Upgraded);
+
+fn holder_of(req: &HttpRequest) -> Option<Arc<Holder>> {
+    req.conn_data::<ConnHolder>().map(|h| h.0.clone())
+}
+
+/// Mark the connection as a WebSocket from now on (its frames are read as they come).
+fn mark_upgraded(req: &HttpRequest) {
+    if let Some(h) = req.conn_data::<ConnHolder>() {
+        h.1.set();
     }
 }
 
@@ -263,7 +280,7 @@ async fn status_page(state: &HttpState) -> HttpResponse {
 
 /// An HTTP/1.1 service that serves one accepted connection at a time (per call).
 pub type ConnectionService =
-    Rc<dyn Fn(TcpStream, SocketAddr) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>>;
+    Rc<dyn Fn(ConnIo, SocketAddr) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>>;
 
 /// The HTTP service could not be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -286,11 +303,14 @@ pub async fn service(
         .route("/ws", web::get().to(secop_ws))
         .route("/echo", web::get().to(echo))
         .default_service(web::to(not_found));
-    let factory = HttpService::<TcpStream, _, _>::build()
+    let factory = HttpService::<ConnIo, _, _>::build()
         .client_request_timeout(client_timeout)
+        .on_connect_ext(|io: &ConnIo, ext| {
+            ext.insert(ConnHolder(io.holder().clone(), io.upgraded().clone()));
+        })
         .h1(map_config(app, |_| AppConfig::default()));
     let handler = Rc::new(factory.new_service(()).await.map_err(|_| ServiceError)?);
-    Ok(Rc::new(move |stream: TcpStream, peer: SocketAddr| {
+    Ok(Rc::new(move |stream: ConnIo, peer: SocketAddr| {
         let handler = handler.clone();
         Box::pin(async move {
             if let Err(e) = handler.call((stream, Some(peer))).await {

@@ -6,6 +6,7 @@
 pub mod access_rules;
 pub mod app;
 pub mod config;
+pub mod conn_io;
 pub mod discovery;
 pub mod http;
 pub mod request_policy;

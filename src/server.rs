@@ -3,21 +3,27 @@
 //! byte, sniffs each connection (an HTTP request line is HTTP, anything else SECoP),
 //! wires SECoP connections to a session actor and a writer task, hands HTTP
 //! connections to actix-web, and shuts down gracefully on SIGINT/SIGTERM.
+//!
+//! Every connection gets a [`Holder`] of the shared unfinished-input budget at accept
+//! (its kill switch too), and must complete a first request (a SECoP line, an HTTP
+//! request) within `first_request_timeout`.
 
 use crate::access_rules::{AccessRules, Transport};
+use crate::conn_io::ConnIo;
 use actix::prelude::*;
+use secop_actors::input_budget::{BudgetedLines, Holder, InputBudget};
 use secop_actors::line_codec::LineCodec;
 use secop_actors::metrics::ConnectionMetric;
 use secop_actors::node::{ClientInfo, NodeActor, SessionTransport};
-use secop_actors::outbox::{Outbox, OutboxLimits, SlowClientStats};
+use secop_actors::outbox::{CloseReason, Outbox, OutboxLimits, SlowClientStats};
 use secop_actors::session::SessionActor;
 use secop_actors::writer::write_stream;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::FramedRead;
@@ -34,6 +40,10 @@ pub struct ListenerSettings {
     pub limits: OutboxLimits,
     pub handshake_timeout: Duration,
     pub idle_timeout: Option<Duration>,
+    /// From accept to the first complete request (None: no limit).
+    pub first_request_timeout: Option<Duration>,
+    /// Unfinished input of all connections of all nodes.
+    pub budget: Arc<InputBudget>,
     /// The node's access rules (they also hold the per-address connection limits).
     pub access: Arc<AccessRules>,
 }
@@ -63,13 +73,51 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// Count a connection closed at once, and say why.
-fn refuse(peer: SocketAddr, reason: &'static str) {
+/// Count a connection closed before its first request, by reason.
+pub fn count_refused(reason: &'static str) {
     secop_actors::metrics::metrics()
         .connections_refused
         .with_label_values(&[reason])
         .inc();
+}
+
+/// Count a connection closed at once, and say why.
+fn refuse(peer: SocketAddr, reason: &'static str) {
+    count_refused(reason);
     tracing::debug!(%peer, reason, "connection refused");
+}
+
+/// How long a connection may stay silent before a new one, at the connection limit,
+/// may take its place.
+const EVICTABLE_AFTER: Duration = Duration::from_secs(2);
+
+/// Close the oldest connection that has been open for [`EVICTABLE_AFTER`] without
+/// completing a request (`silent` is in accept order). True if one was closed.
+fn evict_oldest_silent(silent: &mut VecDeque<Weak<Holder>>) -> bool {
+    while let Some(front) = silent.front() {
+        match front.upgrade() {
+            Some(h) if !h.has_spoken() && !h.is_closed() => {
+                if h.age() < EVICTABLE_AFTER {
+                    return false;
+                }
+                h.close();
+                silent.pop_front();
+                return true;
+            }
+            _ => {
+                silent.pop_front();
+            }
+        }
+    }
+    false
+}
+
+/// The earlier of two optional timeouts.
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Accept connections until the future is dropped.
@@ -82,6 +130,7 @@ pub async fn serve(
 ) {
     let open = Arc::new(AtomicUsize::new(0));
     let per_address: PerAddress = Rc::default();
+    let silent: Rc<RefCell<VecDeque<Weak<Holder>>>> = Rc::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
@@ -99,18 +148,24 @@ pub async fn serve(
             refuse(peer, "access_denied");
             continue;
         }
-        if open.load(Ordering::Relaxed) >= settings.max_connections {
-            tracing::warn!(%peer, limit = settings.max_connections, "connection limit reached; closing new connection");
-            drop(stream);
-            refuse(peer, "connection_limit");
-            continue;
-        }
         let limit = settings.access.connection_limit(address);
         let held = per_address.borrow().get(&address).copied().unwrap_or(0);
         if held >= limit {
             drop(stream);
             refuse(peer, "address_limit");
             continue;
+        }
+        if open.load(Ordering::Relaxed) >= settings.max_connections {
+            // Full: the oldest connection that has not spoken yet (for a while) makes
+            // room; only if there is none is the new one turned away.
+            if evict_oldest_silent(&mut silent.borrow_mut()) {
+                count_refused("evicted");
+            } else {
+                tracing::warn!(%peer, limit = settings.max_connections, "connection limit reached; closing new connection");
+                drop(stream);
+                refuse(peer, "connection_limit");
+                continue;
+            }
         }
         *per_address.borrow_mut().entry(address).or_insert(0) += 1;
         open.fetch_add(1, Ordering::Relaxed);
@@ -125,9 +180,36 @@ pub async fn serve(
         let settings = settings.clone();
         let stats = stats.clone();
         let http = http.clone();
+        let accepted = tokio::time::Instant::now();
+        let first_request_by = settings.first_request_timeout.map(|t| accepted + t);
+        let holder = settings.budget.holder();
+        {
+            let mut silent = silent.borrow_mut();
+            // (spoken and closed ones leave from the front as they are met)
+            if silent.len() >= 2 * settings.max_connections {
+                silent.retain(|h| {
+                    h.upgrade()
+                        .is_some_and(|h| !h.has_spoken() && !h.is_closed())
+                });
+            }
+            silent.push_back(Arc::downgrade(&holder));
+        }
         actix::spawn(async move {
-            let detected =
-                sniff::detect(&stream, settings.handshake_timeout, settings.idle_timeout).await;
+            // Silent connections wait for their first byte no longer than for their
+            // first request.
+            let first_byte = earliest(settings.idle_timeout, settings.first_request_timeout);
+            let first_line = earliest(
+                Some(settings.handshake_timeout),
+                settings.first_request_timeout,
+            )
+            .unwrap_or(settings.handshake_timeout);
+            let detected = tokio::select! {
+                d = sniff::detect(&stream, first_line, first_byte) => d,
+                _ = holder.closed() => {
+                    tracing::debug!(%peer, "silent connection evicted to make room");
+                    return;
+                }
+            };
             match detected {
                 Ok(Detected::Secop) => {
                     let Some(access) = settings.access.grant(address, Transport::Tcp).access()
@@ -140,14 +222,21 @@ pub async fn serve(
                         transport: SessionTransport::Tcp,
                         access,
                     };
-                    start_session(stream, client, &node, &settings, &stats, guard)
+                    let session = Session {
+                        client,
+                        holder,
+                        first_request_by,
+                    };
+                    start_session(stream, session, &node, &settings, &stats, guard)
                 }
                 Ok(Detected::Http) => {
                     let _ = stream.set_nodelay(true);
-                    http(stream, peer).await;
+                    let io = ConnIo::new(stream, holder, settings.write_timeout, first_request_by);
+                    http(io, peer).await;
                     drop(guard);
                 }
                 Ok(Detected::TimedOut) => {
+                    count_refused("first_request_timeout");
                     tracing::debug!(%peer, "connection dropped: no complete first request in time")
                 }
                 Ok(Detected::Closed) | Err(_) => {}
@@ -156,14 +245,57 @@ pub async fn serve(
     }
 }
 
+/// A SECoP connection about to become a session.
+struct Session {
+    client: ClientInfo,
+    holder: Arc<Holder>,
+    first_request_by: Option<tokio::time::Instant>,
+}
+
+/// Close the session when its holder is closed (over the input budget), or when it
+/// has not completed a line by its deadline. Never returns otherwise.
+async fn watch(
+    holder: Arc<Holder>,
+    first_request_by: Option<tokio::time::Instant>,
+    outbox: Arc<Outbox>,
+) {
+    let first = async {
+        match first_request_by {
+            Some(t) => {
+                tokio::time::sleep_until(t).await;
+                if holder.has_spoken() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = holder.closed() => {
+            tracing::debug!("SECoP connection closed: over the unfinished-input budget, or evicted");
+        }
+        _ = first => {
+            count_refused("first_request_timeout");
+            tracing::debug!("SECoP connection without a complete first line in time; dropped");
+        }
+    }
+    outbox.close(CloseReason::Refused);
+    std::future::pending::<()>().await
+}
+
 fn start_session(
     stream: TcpStream,
-    client: ClientInfo,
+    session: Session,
     node: &Addr<NodeActor>,
     settings: &ListenerSettings,
     stats: &Arc<SlowClientStats>,
     guard: ConnectionGuard,
 ) {
+    let Session {
+        client,
+        holder,
+        first_request_by,
+    } = session;
     // Replies are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
@@ -174,12 +306,18 @@ fn start_session(
     let timeout = settings.write_timeout;
     let writer_outbox = outbox.clone();
     let connection = ConnectionMetric::open("tcp");
+    let watched = outbox.clone();
+    let watched_holder = holder.clone();
     actix::spawn(async move {
-        write_stream(write, writer_outbox, timeout).await;
+        tokio::select! {
+            _ = write_stream(write, writer_outbox, timeout) => {}
+            _ = watch(watched_holder, first_request_by, watched) => {}
+        }
         drop(connection);
         drop(guard);
     });
-    let frames = FramedRead::new(read, LineCodec::new(settings.max_line_bytes));
+    let codec = BudgetedLines::new(LineCodec::new(settings.max_line_bytes), holder);
+    let frames = FramedRead::new(read, codec);
     let node = node.clone();
     SessionActor::start(node, outbox, client, frames);
 }

@@ -6,6 +6,12 @@
 //! invalid UTF-8, 1009 too big, 1003 binary data on the SECoP endpoint). The same
 //! reader serves the echo endpoint that the Autobahn suite tests, so the suite
 //! exercises exactly the code that SECoP clients use.
+//!
+//! Nothing here waits on the client without a bound: a send that blocks (the client
+//! does not read) is given up after `write_timeout` (close 1008, or the connection is
+//! dropped), pings and pongs are never awaited, so the ping deadline is checked
+//! whatever the sending side does, and the bytes of an unfinished message are charged
+//! to the connection's share of the input budget as they arrive.
 
 use crate::ws_guard::{FrameGuard, Violation};
 use actix::prelude::*;
@@ -15,11 +21,12 @@ use actix_ws::{CloseCode, CloseReason, Item, Message, MessageStream, ProtocolErr
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::{FutureExt, Stream};
+use secop_actors::input_budget::Holder;
 use secop_actors::line_codec::Inbound;
 use secop_actors::node::{ClientInfo, NodeActor};
 use secop_actors::outbox::{CloseReason as OutboxClose, Outbox, OutboxLimits, SlowClientStats};
 use secop_actors::session::SessionActor;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -33,6 +40,8 @@ pub struct WsSettings {
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
     pub limits: OutboxLimits,
+    /// How long a send may wait for the client to read (`listen.write_timeout`).
+    pub write_timeout: Duration,
 }
 
 /// A complete message from the client.
@@ -57,6 +66,8 @@ pub enum ReadEnd {
 struct GuardedPayload {
     inner: actix_http::Payload,
     guard: Rc<RefCell<FrameGuard>>,
+    /// The connection's share of the unfinished-input budget.
+    holder: Option<Arc<Holder>>,
     /// Set once a violation was seen: the error is returned after the good bytes.
     failing: bool,
     stopped: bool,
@@ -69,6 +80,12 @@ impl Stream for GuardedPayload {
         if self.stopped {
             return Poll::Ready(None);
         }
+        if self.holder.as_ref().is_some_and(|h| h.is_closed()) {
+            // Over the input budget: actix is given nothing more (the connection is
+            // being dropped).
+            self.stopped = true;
+            return Poll::Ready(Some(Err(PayloadError::Overflow)));
+        }
         if self.failing {
             // Hand actix nothing more: what it decoded so far is still delivered, then
             // the reader sees the error and closes with the guard's code.
@@ -78,6 +95,11 @@ impl Stream for GuardedPayload {
         match Pin::new(&mut self.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(bytes))) => {
                 let violation = self.guard.borrow_mut().inspect_at(&bytes);
+                if let Some(holder) = &self.holder {
+                    // Once per chunk read: the message so far. Twice its bytes: actix's
+                    // decoder buffers a frame in a buffer that grows by doubling.
+                    holder.charge(self.guard.borrow().unfinished().saturating_mul(2));
+                }
                 match violation {
                     None => Poll::Ready(Some(Ok(bytes))),
                     Some((_, 0)) => {
@@ -96,24 +118,27 @@ impl Stream for GuardedPayload {
     }
 }
 
+/// An accepted WebSocket: what the reader and writer tasks need.
+pub struct Accepted {
+    pub session: Session,
+    pub stream: MessageStream,
+    pub guard: Rc<RefCell<FrameGuard>>,
+    /// The connection's budget holder and kill switch (absent only in tests).
+    pub holder: Option<Arc<Holder>>,
+}
+
 /// Accept the upgrade with the frame guard in front of actix's decoder.
 pub async fn accept(
     req: &HttpRequest,
     body: web::Payload,
     max_message: usize,
-) -> Result<
-    (
-        HttpResponse,
-        Session,
-        MessageStream,
-        Rc<RefCell<FrameGuard>>,
-    ),
-    actix_web::Error,
-> {
+    holder: Option<Arc<Holder>>,
+) -> Result<(HttpResponse, Accepted), actix_web::Error> {
     let guard = Rc::new(RefCell::new(FrameGuard::new(max_message)));
     let guarded = GuardedPayload {
         inner: body.into_inner(),
         guard: guard.clone(),
+        holder: holder.clone(),
         failing: false,
         stopped: false,
     };
@@ -126,7 +151,15 @@ pub async fn accept(
     // The guard enforces the real limit from the frame headers; actix's own limits
     // are set just above it so they never fire first.
     let stream = stream.max_frame_size(max_message.saturating_add(1));
-    Ok((response, session, stream, guard))
+    Ok((
+        response,
+        Accepted {
+            session,
+            stream,
+            guard,
+            holder,
+        },
+    ))
 }
 
 /// Assembles fragments and validates text as it arrives (fail fast on bad UTF-8).
@@ -178,41 +211,86 @@ fn close_code_for(error: &ProtocolError, guard: &FrameGuard) -> u16 {
 /// Read client messages until the connection ends, answering pings and the close
 /// handshake, pinging the client and dropping it when it stops answering.
 /// `deliver` gets each complete message; returning `Err(code)` closes with that code.
-pub async fn read_messages<F>(
+///
+/// The ping deadline runs beside the reading, not inside it: while a message waits to
+/// be delivered (the session takes no input because its client reads nothing) or a
+/// send waits for room, the deadline still fires.
+pub async fn read_messages<F>(accepted: Accepted, settings: &WsSettings, deliver: F) -> ReadEnd
+where
+    F: AsyncFnMut(WsMessage) -> Result<(), u16>,
+{
+    let Accepted {
+        stream,
+        session,
+        guard,
+        holder,
+    } = accepted;
+    let last_heard = Cell::new(Instant::now());
+    let pinger = ping_until_silent(session.clone(), &last_heard, settings);
+    let reader = read_loop(
+        stream,
+        session.clone(),
+        guard,
+        settings,
+        deliver,
+        &last_heard,
+    );
+    tokio::select! {
+        end = reader => end,
+        () = pinger => {
+            tracing::debug!("WebSocket peer stopped answering pings; dropping it");
+            // A close frame if there is room for it; the connection goes anyway.
+            let _ = session
+                .close(Some(close_reason(1001, "ping timeout")))
+                .now_or_never();
+            if let Some(holder) = holder {
+                drop_later(holder);
+            }
+            ReadEnd::Gone
+        }
+    }
+}
+
+/// Ping every `ping_interval`; return when nothing was heard for `ping_timeout`.
+async fn ping_until_silent(
+    mut session: Session,
+    last_heard: &Cell<Instant>,
+    settings: &WsSettings,
+) {
+    let mut ticker = tokio::time::interval(settings.ping_interval);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        if last_heard.get().elapsed() > settings.ping_timeout {
+            return;
+        }
+        // Never wait to send a ping: while the client reads nothing, a ping that does
+        // not fit is skipped. Once the session is closed, the reader ends it.
+        if let Some(Err(_)) = session.ping(b"secop-gateway").now_or_never() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn read_loop<F>(
     mut stream: MessageStream,
     mut session: Session,
     guard: Rc<RefCell<FrameGuard>>,
     settings: &WsSettings,
     mut deliver: F,
+    last_heard: &Cell<Instant>,
 ) -> ReadEnd
 where
     F: AsyncFnMut(WsMessage) -> Result<(), u16>,
 {
     let mut assembly: Option<Assembly> = None;
-    let mut ticker = tokio::time::interval(settings.ping_interval);
-    ticker.tick().await;
-    let mut last_heard = Instant::now();
     loop {
-        let item = tokio::select! {
-            item = stream.recv() => item,
-            _ = ticker.tick() => {
-                if last_heard.elapsed() > settings.ping_timeout {
-                    tracing::debug!("WebSocket peer stopped answering pings; dropping it");
-                    let _ = session.close(Some(close_reason(1001, "ping timeout"))).await;
-                    return ReadEnd::Gone;
-                }
-                if session.ping(b"secop-gateway").await.is_err() {
-                    return ReadEnd::Gone;
-                }
-                continue;
-            }
-        };
-        let message = match item {
+        let message = match stream.recv().await {
             None => {
                 // The payload ended: either the peer went away, or the guard stopped it.
                 let code = guard.borrow().violation().map(Violation::close_code);
                 return match code {
-                    Some(code) => close(session, code, "").await,
+                    Some(code) => close(session, code, "", settings).await,
                     None => ReadEnd::Gone,
                 };
             }
@@ -230,11 +308,11 @@ where
                 }
                 let code = close_code_for(&error, &guard.borrow());
                 tracing::debug!("WebSocket protocol error: {error}; closing with {code}");
-                return close(session, code, "").await;
+                return close(session, code, "", settings).await;
             }
             Some(Ok(message)) => message,
         };
-        last_heard = Instant::now();
+        last_heard.set(Instant::now());
         if let Err(end) = handle(message, &mut assembly, &mut session, settings, &mut deliver).await
         {
             return end;
@@ -242,9 +320,19 @@ where
     }
 }
 
-async fn close(session: Session, code: u16, text: &str) -> ReadEnd {
-    let _ = session.close(Some(close_reason(code, text))).await;
+/// Send a close frame, waiting at most `write_timeout` for room to queue it.
+async fn close(session: Session, code: u16, text: &str, settings: &WsSettings) -> ReadEnd {
+    let closing = session.close(Some(close_reason(code, text)));
+    let _ = tokio::time::timeout(settings.write_timeout, closing).await;
     ReadEnd::Closed(code)
+}
+
+/// Drop the connection after a moment (time for a queued close frame to leave).
+fn drop_later(holder: Arc<Holder>) {
+    actix::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        holder.close();
+    });
 }
 
 /// Handle one decoded frame. `Err` ends the connection.
@@ -261,13 +349,13 @@ where
     let complete = match message {
         Message::Text(text) => {
             if assembly.is_some() {
-                return Err(close(session.clone(), 1002, "").await);
+                return Err(close(session.clone(), 1002, "", settings).await);
             }
             WsMessage::Text(text.to_string())
         }
         Message::Binary(bytes) => {
             if assembly.is_some() {
-                return Err(close(session.clone(), 1002, "").await);
+                return Err(close(session.clone(), 1002, "", settings).await);
             }
             WsMessage::Binary(bytes)
         }
@@ -280,7 +368,7 @@ where
             };
             if first {
                 if assembly.is_some() {
-                    return Err(close(session.clone(), 1002, "").await);
+                    return Err(close(session.clone(), 1002, "", settings).await);
                 }
                 *assembly = Some(Assembly {
                     text,
@@ -289,13 +377,13 @@ where
                 });
             }
             let Some(a) = assembly.as_mut() else {
-                return Err(close(session.clone(), 1002, "").await);
+                return Err(close(session.clone(), 1002, "", settings).await);
             };
             if let Err(code) = a.push(&bytes, last) {
-                return Err(close(session.clone(), code, "").await);
+                return Err(close(session.clone(), code, "", settings).await);
             }
             if a.data.len() > settings.max_message_bytes {
-                return Err(close(session.clone(), 1009, "").await);
+                return Err(close(session.clone(), 1009, "", settings).await);
             }
             if !last {
                 return Ok(());
@@ -306,16 +394,17 @@ where
             if a.text {
                 match String::from_utf8(a.data.to_vec()) {
                     Ok(s) => WsMessage::Text(s),
-                    Err(_) => return Err(close(session.clone(), 1007, "").await),
+                    Err(_) => return Err(close(session.clone(), 1007, "", settings).await),
                 }
             } else {
                 WsMessage::Binary(a.data.freeze())
             }
         }
         Message::Ping(bytes) => {
-            return match session.pong(&bytes).await {
-                Ok(()) => Ok(()),
-                Err(_) => Err(ReadEnd::Gone),
+            // Never wait: a client that pings and reads nothing gets no pong.
+            return match session.pong(&bytes).now_or_never() {
+                Some(Err(_)) => Err(ReadEnd::Gone),
+                Some(Ok(())) | None => Ok(()),
             };
         }
         Message::Pong(_) | Message::Nop => return Ok(()),
@@ -325,22 +414,21 @@ where
                 code: r.code,
                 description: None,
             });
-            let _ = session.clone().close(reply).await;
+            let closing = session.clone().close(reply);
+            let _ = tokio::time::timeout(settings.write_timeout, closing).await;
             return Err(ReadEnd::ClientClosed);
         }
     };
     match deliver(complete).await {
         Ok(()) => Ok(()),
-        Err(code) => Err(close(session.clone(), code, "").await),
+        Err(code) => Err(close(session.clone(), code, "", settings).await),
     }
 }
 
 /// Run a SECoP session over an accepted WebSocket.
 pub fn start_secop_session(
     node: Addr<NodeActor>,
-    session: Session,
-    stream: MessageStream,
-    guard: Rc<RefCell<FrameGuard>>,
+    accepted: Accepted,
     settings: WsSettings,
     stats: Arc<SlowClientStats>,
     client: ClientInfo,
@@ -354,7 +442,9 @@ pub fn start_secop_session(
     SessionActor::start(node, actor_outbox, client, inbound);
     // Writer: each queued line becomes one TEXT frame, without its LF.
     let writer_outbox = outbox.clone();
-    let mut writer_session = session.clone();
+    let mut writer_session = accepted.session.clone();
+    let writer_holder = accepted.holder.clone();
+    let write_timeout = settings.write_timeout;
     actix::spawn(async move {
         loop {
             match writer_outbox.next_batch(64 * 1024).await {
@@ -366,9 +456,24 @@ pub fn start_secop_session(
                         let text = ByteString::try_from(line.clone()).unwrap_or_else(|_| {
                             ByteString::from(String::from_utf8_lossy(&line).into_owned())
                         });
-                        if writer_session.text(text).await.is_err() {
-                            writer_outbox.close(OutboxClose::Finished);
-                            return;
+                        match tokio::time::timeout(write_timeout, writer_session.text(text)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => {
+                                writer_outbox.close(OutboxClose::Finished);
+                                return;
+                            }
+                            Err(_) => {
+                                // The client has read nothing for write_timeout.
+                                tracing::warn!(timeout = ?write_timeout, "WebSocket client stopped reading; closing its session");
+                                writer_outbox.close_slow();
+                                let _ = writer_session
+                                    .close(Some(close_reason(1008, "client too slow")))
+                                    .now_or_never();
+                                if let Some(holder) = writer_holder {
+                                    drop_later(holder);
+                                }
+                                return;
+                            }
                         }
                     }
                     writer_outbox.written();
@@ -383,7 +488,8 @@ pub fn start_secop_session(
                         OutboxClose::Finished => None,
                     };
                     if let Some(code) = code {
-                        let _ = writer_session.close(Some(code)).await;
+                        let closing = writer_session.close(Some(code));
+                        let _ = tokio::time::timeout(write_timeout, closing).await;
                     }
                     return;
                 }
@@ -393,30 +499,23 @@ pub fn start_secop_session(
     // Reader: TEXT frames become SECoP lines for the session actor.
     let connection = secop_actors::metrics::ConnectionMetric::open("ws");
     actix::spawn(async move {
-        let end = read_messages(
-            stream,
-            session,
-            guard,
-            &settings,
-            async |message| match message {
-                WsMessage::Text(text) => {
-                    // One message per frame; a trailing LF (or CRLF) is allowed. Several
-                    // lines in one frame are taken one by one.
-                    let text = text.strip_suffix('\n').unwrap_or(&text);
-                    for line in text.split('\n') {
-                        let line = Bytes::copy_from_slice(
-                            line.strip_suffix('\r').unwrap_or(line).as_bytes(),
-                        );
-                        if tx.send(Ok(Inbound::Line(line))).await.is_err() {
-                            return Err(1001);
-                        }
+        let end = read_messages(accepted, &settings, async |message| match message {
+            WsMessage::Text(text) => {
+                // One message per frame; a trailing LF (or CRLF) is allowed. Several
+                // lines in one frame are taken one by one.
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                for line in text.split('\n') {
+                    let line =
+                        Bytes::copy_from_slice(line.strip_suffix('\r').unwrap_or(line).as_bytes());
+                    if tx.send(Ok(Inbound::Line(line))).await.is_err() {
+                        return Err(1001);
                     }
-                    Ok(())
                 }
-                // SECoP travels in TEXT frames (RFC-107); binary data is refused.
-                WsMessage::Binary(_) => Err(1003),
-            },
-        )
+                Ok(())
+            }
+            // SECoP travels in TEXT frames (RFC-107); binary data is refused.
+            WsMessage::Binary(_) => Err(1003),
+        })
         .await;
         tracing::debug!(?end, "WebSocket session ended");
         outbox.close(OutboxClose::Finished);
@@ -425,21 +524,23 @@ pub fn start_secop_session(
 }
 
 /// The Autobahn echo endpoint: same reader, messages sent straight back.
-pub fn start_echo(
-    session: Session,
-    stream: MessageStream,
-    guard: Rc<RefCell<FrameGuard>>,
-    settings: WsSettings,
-) {
+pub fn start_echo(accepted: Accepted, settings: WsSettings) {
     actix::spawn(async move {
-        let sender = session.clone();
-        let _ = read_messages(stream, session, guard, &settings, async |message| {
+        let sender = accepted.session.clone();
+        let write_timeout = settings.write_timeout;
+        let _ = read_messages(accepted, &settings, async |message| {
             let mut s = sender.clone();
-            let sent = match message {
-                WsMessage::Text(t) => s.text(t).await,
-                WsMessage::Binary(b) => s.binary(b).await,
+            let sent = async {
+                match message {
+                    WsMessage::Text(t) => s.text(t).await,
+                    WsMessage::Binary(b) => s.binary(b).await,
+                }
             };
-            sent.map_err(|_| 1001)
+            match tokio::time::timeout(write_timeout, sent).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(1001),
+                Err(_) => Err(1008),
+            }
         })
         .await;
     });

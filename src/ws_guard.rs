@@ -46,7 +46,11 @@ pub struct FrameGuard {
     /// Bytes of the fragmented message in progress.
     message: u64,
     in_fragmented: bool,
-    /// Opcode and mask key of the current frame.
+    /// Payload bytes of the data message in progress received so far (its earlier
+    /// fragments and the current frame): what the connection holds unfinished.
+    received: u64,
+    /// FIN bit, opcode and mask key of the current frame.
+    fin: bool,
     opcode: u8,
     mask: [u8; 4],
     close_payload: Vec<u8>,
@@ -61,6 +65,8 @@ impl FrameGuard {
             header: Vec::with_capacity(14),
             message: 0,
             in_fragmented: false,
+            received: 0,
+            fin: false,
             opcode: 0,
             mask: [0; 4],
             close_payload: Vec::new(),
@@ -70,6 +76,11 @@ impl FrameGuard {
 
     pub fn violation(&self) -> Option<Violation> {
         self.violation
+    }
+
+    /// Bytes of the data message in progress that have arrived (0 between messages).
+    pub fn unfinished(&self) -> usize {
+        usize::try_from(self.received).unwrap_or(usize::MAX)
     }
 
     /// Look at the next bytes from the client; returns the first violation seen.
@@ -119,6 +130,8 @@ impl FrameGuard {
                     let take = (left.min(bytes.len() as u64)) as usize;
                     if self.opcode == 0x8 {
                         self.close_payload.extend_from_slice(&bytes[..take]);
+                    } else if self.opcode & 0x8 == 0 {
+                        self.received += take as u64;
                     }
                     bytes = &bytes[take..];
                     let left = left - take as u64;
@@ -177,6 +190,7 @@ impl FrameGuard {
             }
         }
         self.opcode = opcode;
+        self.fin = fin;
         self.close_payload.clear();
         self.state = State::Payload { left: len };
         if len == 0 {
@@ -185,6 +199,9 @@ impl FrameGuard {
     }
 
     fn end_frame(&mut self) {
+        if self.opcode & 0x8 == 0 && self.fin {
+            self.received = 0;
+        }
         if self.opcode == 0x8 {
             let payload: Vec<u8> = self
                 .close_payload
@@ -309,6 +326,26 @@ mod tests {
             Some(Violation::Protocol),
             "before the mask key"
         );
+    }
+
+    #[test]
+    fn unfinished_message_bytes_are_known() {
+        let mut g = FrameGuard::new(100_000);
+        let first = frame(0x01, &[b'a'; 600]);
+        assert_eq!(g.inspect(&first[..300]), None);
+        assert_eq!(g.unfinished(), 300 - 8, "payload after the 8-byte header");
+        assert_eq!(g.inspect(&first[300..]), None);
+        assert_eq!(g.unfinished(), 600, "a fragment ended, the message did not");
+        assert_eq!(g.inspect(&frame(0x89, b"ping")), None);
+        assert_eq!(
+            g.unfinished(),
+            600,
+            "control frames in between do not count"
+        );
+        assert_eq!(g.inspect(&frame(0x80, &[b'b'; 400])), None);
+        assert_eq!(g.unfinished(), 0, "the message is complete");
+        assert_eq!(g.inspect(&frame(0x81, b"whole")), None);
+        assert_eq!(g.unfinished(), 0);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! secop-bench --addr 127.0.0.1:10767 latency --op read --connections 1 --duration 5
 //! ```
 
+mod attack;
 mod conn;
 mod connections;
 mod ctx;
@@ -77,6 +78,9 @@ enum Scenario {
     Describe(describe::Args),
     /// a long run: activated clients, T ramping, periodic reconnects; RSS and fds sampled
     Soak(soak::Args),
+    /// a hostile client (pipelined HTTP, WebSocket non-readers, unfinished lines or
+    /// messages, silent connections) while a well-behaved client measures latency
+    Attack(attack::Args),
 }
 
 fn main() -> ExitCode {
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
             Scenario::Connections(a) => connections::run(c, a).await,
             Scenario::Describe(a) => describe::run(c, a).await,
             Scenario::Soak(a) => soak::run(c, a).await,
+            Scenario::Attack(a) => attack::run(c, a).await,
         }
     });
     let mut report = report;

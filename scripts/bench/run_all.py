@@ -10,7 +10,8 @@ What it does:
      --release),
   2. raises RLIMIT_NOFILE to the hard limit (inherited by both servers and the client),
   3. for each scenario starts a fresh server on 127.0.0.1 (the gateway with
-     scripts/bench/gateway_bench.toml; frappy-core with scripts/bench/frappy_bench_cfg.py
+     scripts/bench/gateway_bench.toml, or gateway_attack.toml (every limit at its
+     default) for the `attack_*` scenarios; frappy-core with scripts/bench/frappy_bench_cfg.py
      through scripts/bench/frappy_server.py, which binds 127.0.0.1 only and opens no UDP
      socket; `describe` uses a generated 1000-module node for both), runs secop-bench
      against it and stops it,
@@ -42,7 +43,8 @@ FRAPPY_VERSION = '0.20.9'
 # -- scenarios ------------------------------------------------------------------------
 # (key, title, secop-bench arguments (after the global ones), node, servers, client threads
 #  [, CPUs to pin server and client to [, keep the CPUs awake]])
-# node: 'bench' (T, p, ps) or 'big' (1000 modules); servers: 'both' or 'gateway'.
+# node: 'bench' (T, p, ps), 'big' (1000 modules) or 'attack' (T, p, ps with the default
+# limits); servers: 'both' or 'gateway'.
 # "Awake": a busy loop at nice 19 per CPU runs alongside, so that an idle vCPU does not
 # halt between two messages (see BENCHMARKS.md, "Machine and conditions"); it yields
 # to any real work.
@@ -82,6 +84,8 @@ def scenarios(smoke):
              ['connections', '-k', '200', '-b', '100', '--hold', '0.2'], 'bench', 'both', 2),
             ('describe_1000', 'describe, 1000 modules',
              ['describe', '-n', '3', '--warmup', '1', '--expect-modules', '1000'], 'big', 'both', 1),
+            ('attack_http_pipeline', 'attack: pipelined HTTP, nothing read, C=10',
+             ['attack', '--kind', 'http-pipeline', '-c', '10', '-d', '2'], 'attack', 'gateway', 2),
         ]
     return [
         ('pipelined', 'pipelined read, C=10 N=1000',
@@ -125,7 +129,25 @@ def scenarios(smoke):
          ['connections', '-k', '10000', '-b', '1000', '--hold', '2'], 'bench', 'both', 2),
         ('describe_1000', 'describe, 1000 modules',
          ['describe', '-n', '50', '--expect-modules', '1000'], 'big', 'both', 1),
-    ]
+    ] + ATTACKS
+
+
+# Attacks at the default limits (gateway_attack.toml), each against a fresh gateway,
+# while a well-behaved client on 127.0.0.2 reads: the attacks measured before the
+# limits existed. 40 s: past write_timeout and first_request_timeout (30 s each).
+ATTACKS = [
+    ('attack_http_pipeline', 'attack: 60 x 20,000 pipelined GET /metrics, nothing read',
+     ['attack', '--kind', 'http-pipeline', '-d', '40'], 'attack', 'gateway', 2),
+    ('attack_ws_non_reader', 'attack: 100 WebSocket clients that read nothing',
+     ['attack', '--kind', 'ws-non-reader', '-d', '40'], 'attack', 'gateway', 2),
+    ('attack_unfinished_lines', 'attack: 300 unfinished lines of 1 MiB',
+     ['attack', '--kind', 'unfinished-lines', '-d', '15'], 'attack', 'gateway', 2),
+    ('attack_ws_unfinished', 'attack: 60 unfinished WebSocket messages of 16 MiB',
+     ['attack', '--kind', 'ws-unfinished', '-d', '15'], 'attack', 'gateway', 2),
+    ('attack_silent', 'attack: 1024 silent connections',
+     ['attack', '--kind', 'silent', '-d', '40'], 'attack', 'gateway', 2),
+]
+ATTACK_KEYS = [a[0] for a in ATTACKS]
 
 
 # Scenarios whose figure varies a lot between runs (frappy's pipelined rate swings
@@ -201,7 +223,14 @@ FIGURES = [
     ('describe_1000', 'rtt_p99_us', 'lower', 'p99 us'),
     ('describe_1000', 'describing_bytes', 'info', 'bytes'),
     ('describe_1000', 'server_rss_peak_kib', 'lower', 'server peak RSS KiB (1000 modules)'),
-]
+] + [fig for key in ['attack_http_pipeline', 'attack_ws_non_reader', 'attack_unfinished_lines',
+                     'attack_ws_unfinished', 'attack_silent']
+     for fig in [(key, 'server_rss_before_kib', 'info', 'server RSS before KiB'),
+                 (key, 'server_rss_peak_during_kib', 'lower', 'server peak RSS KiB'),
+                 (key, 'read_rtt_p50_us', 'lower', 'read p50 us (127.0.0.2)'),
+                 (key, 'read_rtt_p99_us', 'lower', 'read p99 us (127.0.0.2)'),
+                 (key, 'fresh_connections_failed', 'lower', 'fresh connections refused'),
+                 (key, 'attack_closed_by_server', 'info', 'attacking connections closed')]]
 
 
 # -- helpers --------------------------------------------------------------------------
@@ -550,6 +579,10 @@ def targets(results):
         add(f'zero refused in a burst of {mm.get("first_burst_size")} connects', f'{v} failed', v == 0)
     v = m('gateway', 'describe_1000', 'rtt_p50_us')
     add('describe of 1000 modules <= 5 ms p50', fmt(v) + ' us', v <= 5000 if v is not None else None)
+    for key in ATTACK_KEYS:
+        rss, p99 = m('gateway', key, 'server_rss_peak_during_kib'), m('gateway', key, 'read_rtt_p99_us')
+        add(f'{key}: RSS < 256 MiB', fmt(rss) + ' KiB', rss < 256 * 1024 if rss is not None else None)
+        add(f'{key}: read p99 < 20 ms', fmt(p99) + ' us', p99 < 20000 if p99 is not None else None)
     return out
 
 
@@ -650,6 +683,7 @@ def main():
     configs = {
         ('gateway', 'bench'): HERE / 'gateway_bench.toml',
         ('gateway', 'big'): work / 'gateway_1000.toml',
+        ('gateway', 'attack'): HERE / 'gateway_attack.toml',
         ('frappy', 'bench'): HERE / 'frappy_bench_cfg.py',
         ('frappy', 'big'): work / 'frappy_1000_cfg.py',
     }

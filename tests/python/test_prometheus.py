@@ -67,6 +67,7 @@ METRIC_TYPES = {
     'secop_gateway_updates_coalesced_total': ('counter', set()),
     'secop_gateway_events_dropped_total': ('counter', set()),
     'secop_gateway_slow_clients_disconnected_total': ('counter', set()),
+    'secop_gateway_input_budget_closed_total': ('counter', set()),
     'secop_gateway_outbox_queued_bytes': ('histogram', set()),
     'secop_gateway_requests_total': ('counter', {'node', 'action'}),
     'secop_gateway_request_duration_seconds': ('histogram', {'node', 'action'}),
