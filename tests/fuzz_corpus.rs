@@ -1,4 +1,4 @@
-//! The gateway's fuzz corpus on stable Rust: every file of `fuzz/corpus/{sniff,config}`
+//! The gateway's fuzz corpus on stable Rust: every file of `fuzz/corpus/{sniff,config,ws_frames}`
 //! goes through the same checks as the fuzz targets (`fuzz/checks/gateway.rs`), then a
 //! bounded, seeded randomized pass of mutations. See RELIABILITY.md.
 
@@ -47,4 +47,14 @@ fn config_corpus() {
 fn config_randomized() {
     // Loading a config builds every description: fewer cases, still a few seconds.
     randomized("config", 12, 600, checks::config);
+}
+
+#[test]
+fn ws_frames_corpus() {
+    replay("ws_frames", checks::ws_frames);
+}
+
+#[test]
+fn ws_frames_randomized() {
+    randomized("ws_frames", 13, 3000, checks::ws_frames);
 }

@@ -5,6 +5,7 @@
 //! or breaks one of the invariants asserted here.
 
 use secop_gateway::sniff::{classify, Verdict};
+use secop_gateway::ws_guard::FrameGuard;
 
 /// The sniffer decides on the first line of a connection: its verdict never changes
 /// as more bytes arrive, and "HTTP" always means a request line ending in `HTTP/d.d`.
@@ -49,5 +50,38 @@ pub fn config(data: &[u8]) {
             }
         }
         Err(error) => assert!(!error.to_string().is_empty()),
+    }
+}
+
+/// The WebSocket frame guard over client bytes: the first input byte sets the message
+/// limit, the second the chunk sizes. Chunking never changes the verdict, a verdict
+/// sticks, and without one the unfinished message is within the limit.
+pub fn ws_frames(data: &[u8]) {
+    let (limit, chunk, stream) = match data {
+        [a, b, rest @ ..] => (usize::from(*a) * 16 + 1, usize::from(*b) % 17 + 1, rest),
+        _ => return,
+    };
+    let mut whole = FrameGuard::new(limit);
+    let first = whole.inspect_at(stream).map(|(v, _)| v);
+    let mut chunked = FrameGuard::new(limit);
+    let mut seen = None;
+    for piece in stream.chunks(chunk) {
+        if let Some((v, at)) = chunked.inspect_at(piece) {
+            assert!(at <= piece.len());
+            if let Some(earlier) = seen {
+                assert_eq!(v, earlier, "a verdict sticks");
+            }
+            seen = Some(v);
+        }
+    }
+    assert_eq!(first, chunked.violation(), "chunking changed the verdict");
+    assert_eq!(first, seen);
+    if first.is_none() {
+        assert_eq!(whole.unfinished(), chunked.unfinished());
+        assert!(
+            whole.unfinished() <= limit,
+            "{} > {limit}",
+            whole.unfinished()
+        );
     }
 }
