@@ -18,9 +18,9 @@
 //!   WebSocket ping timeout) can close it at any time, whatever state actix is in.
 //!
 //! Dropping means: every further read, write and flush fails, so the dispatcher ends
-//! and the socket is closed.
+//! and the socket is closed with a reset (unread data is not kept in kernel buffers).
 
-use secop_actors::input_budget::Holder;
+use secop_actors::input_budget::{Holder, READ_PER_TURN};
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
@@ -74,6 +74,8 @@ pub struct ConnIo {
     /// LF CR.
     scan: u8,
     upgraded: Upgraded,
+    /// Bytes read since the socket last had nothing (see [`READ_PER_TURN`]).
+    read_in_turn: usize,
     /// Until the first byte of a response is written.
     first_deadline: Option<Pin<Box<Sleep>>>,
     /// Why the connection was dropped, once it was.
@@ -99,6 +101,7 @@ impl ConnIo {
             stash_at: 0,
             scan: 0,
             upgraded: Upgraded::default(),
+            read_in_turn: 0,
             first_deadline: first_request_by.map(|t| Box::pin(tokio::time::sleep_until(t))),
             failed: None,
         }
@@ -146,8 +149,12 @@ impl ConnIo {
         }
     }
 
+    /// Drop the connection: every further call fails, and the close is abortive (a
+    /// reset), so that what the client did not read leaves the kernel's buffers at
+    /// once instead of waiting there behind a FIN that cannot be sent.
     fn fail(&mut self, kind: io::ErrorKind) -> io::Error {
         self.failed = Some(kind);
+        let _ = self.io.set_zero_linger();
         io::Error::from(kind)
     }
 
@@ -187,7 +194,20 @@ impl AsyncRead for ConnIo {
             return Poll::Pending;
         }
         if this.upgraded.get() && this.stash.is_empty() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
+            // A WebSocket: at most READ_PER_TURN bytes in a row, then the others run.
+            if this.read_in_turn >= READ_PER_TURN {
+                this.read_in_turn = 0;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let before = buf.filled().len();
+            let read = Pin::new(&mut this.io).poll_read(cx, buf);
+            match read {
+                Poll::Ready(Ok(())) => this.read_in_turn += buf.filled().len() - before,
+                Poll::Pending => this.read_in_turn = 0,
+                Poll::Ready(Err(_)) => {}
+            }
+            return read;
         }
         if this.awaiting_response && !this.upgraded.get() {
             // Woken when the response has been written.

@@ -351,7 +351,10 @@ fn at_the_connection_limit_the_oldest_silent_connection_makes_room() {
         newcomer.ask("*IDN?").starts_with("ISSE"),
         "a new client gets a slot"
     );
-    assert!(oldest.closed_within(WAIT), "the oldest silent connection made room");
+    assert!(
+        oldest.closed_within(WAIT),
+        "the oldest silent connection made room"
+    );
     let mut second = gw.client();
     assert!(second.ask("ping x").starts_with("pong x"));
     assert!(
@@ -366,11 +369,17 @@ fn at_the_connection_limit_the_oldest_silent_connection_makes_room() {
     assert!(young.closed_within(WAIT));
     // Now everybody has spoken: the next one is turned away.
     let mut fourth = gw.client();
-    assert!(fourth.closed_within(WAIT), "no silent connection left to evict");
+    assert!(
+        fourth.closed_within(WAIT),
+        "no silent connection left to evict"
+    );
     assert!(talker.ask("ping t").starts_with("pong t"));
     let m = metrics_when_full(&gw, &mut talker);
     assert_eq!(
-        counter(&m, "secop_gateway_connections_refused_total{reason=\"evicted\"}"),
+        counter(
+            &m,
+            "secop_gateway_connections_refused_total{reason=\"evicted\"}"
+        ),
         3.0
     );
 }

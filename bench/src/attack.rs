@@ -292,7 +292,12 @@ async fn attacker(
 /// The source address of attacker `i`.
 fn attacker_source(i: usize, per_address: usize) -> IpAddr {
     let n = i / per_address.max(1);
-    IpAddr::V4(Ipv4Addr::new(127, 0, 1 + (n / 250) as u8, 1 + (n % 250) as u8))
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        0,
+        1 + (n / 250) as u8,
+        1 + (n % 250) as u8,
+    ))
 }
 
 /// Sequential `read` round trips from `source` until `end`; the RTTs in ns.
@@ -306,7 +311,8 @@ async fn probe(
     let stream = match connect_from(source, ctx.opts.addr, false).await {
         Ok(s) => s,
         Err(e) => {
-            ctx.counters.fail(format!("probe connect from {source}: {e}"));
+            ctx.counters
+                .fail(format!("probe connect from {source}: {e}"));
             return Vec::new();
         }
     };
