@@ -91,7 +91,7 @@ impl InputBudget {
             .filter(|(held, h)| *held > 0 && !h.is_closed())
             .collect();
         // The lock is released here: dropping a holder takes it.
-        by_size.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        by_size.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
         for (held, holder) in &by_size {
             if self.total() <= self.limit {
                 break;
@@ -387,7 +387,7 @@ mod tests {
     fn lines_are_charged_per_read() {
         let budget = InputBudget::new(1 << 20);
         let holder = budget.holder();
-        let mut codec = BudgetedLines::new(LineCodec::new(1000), holder.clone());
+        let mut codec = BudgetedLines::new(LineCodec::new(1 << 20), holder.clone());
         let mut buf = BytesMut::from(&b"ping\npart"[..]);
         assert!(codec.decode(&mut buf).unwrap().is_some());
         assert!(holder.has_spoken());
