@@ -14,6 +14,9 @@
 //!   its WebSocket messages, holds nothing for long.
 //! - **First request.** A connection that has not been answered anything by its
 //!   deadline (no complete request) is dropped.
+//! - **Input budget.** The bytes of an unfinished request head count against the
+//!   budget of unfinished input (a WebSocket message, once upgraded, is charged by the
+//!   WebSocket reader).
 //! - **Kill switch.** The connection's [`Holder`] (the unfinished-input budget, the
 //!   WebSocket ping timeout) can close it at any time, whatever state actix is in.
 //!
@@ -73,6 +76,9 @@ pub struct ConnIo {
     /// Where the search for the end of a head stands: 0 in a line, 1 after LF, 2 after
     /// LF CR.
     scan: u8,
+    /// Bytes of the unfinished request head handed over so far (charged to the
+    /// holder: actix buffers them until the head is complete).
+    head_bytes: usize,
     upgraded: Upgraded,
     /// Bytes read since the socket last had nothing (see [`READ_PER_TURN`]).
     read_in_turn: usize,
@@ -100,6 +106,7 @@ impl ConnIo {
             stash: Vec::new(),
             stash_at: 0,
             scan: 0,
+            head_bytes: 0,
             upgraded: Upgraded::default(),
             read_in_turn: 0,
             first_deadline: first_request_by.map(|t| Box::pin(tokio::time::sleep_until(t))),
@@ -142,6 +149,18 @@ impl ConnIo {
             }
         }
         buf.put_slice(&avail[..take]);
+        if !self.upgraded.get() {
+            // Once per read: an unfinished head counts against the input budget.
+            let before = self.head_bytes;
+            self.head_bytes = if self.awaiting_response {
+                0
+            } else {
+                self.head_bytes + take
+            };
+            if self.head_bytes != before {
+                self.holder.charge(self.head_bytes);
+            }
+        }
         self.stash_at += take;
         if self.stash_at == self.stash.len() {
             self.stash.clear();
