@@ -14,13 +14,16 @@
 //!   its WebSocket messages, holds nothing for long.
 //! - **First request.** A connection that has not been answered anything by its
 //!   deadline (no complete request) is dropped.
+//! - **Input budget.** The bytes of an unfinished request head count against the
+//!   budget of unfinished input (a WebSocket message, once upgraded, is charged by the
+//!   WebSocket reader).
 //! - **Kill switch.** The connection's [`Holder`] (the unfinished-input budget, the
 //!   WebSocket ping timeout) can close it at any time, whatever state actix is in.
 //!
 //! Dropping means: every further read, write and flush fails, so the dispatcher ends
-//! and the socket is closed.
+//! and the socket is closed with a reset (unread data is not kept in kernel buffers).
 
-use secop_actors::input_budget::Holder;
+use secop_actors::input_budget::{Holder, READ_PER_TURN};
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
@@ -73,7 +76,12 @@ pub struct ConnIo {
     /// Where the search for the end of a head stands: 0 in a line, 1 after LF, 2 after
     /// LF CR.
     scan: u8,
+    /// Bytes of the unfinished request head handed over so far (charged to the
+    /// holder: actix buffers them until the head is complete).
+    head_bytes: usize,
     upgraded: Upgraded,
+    /// Bytes read since the socket last had nothing (see [`READ_PER_TURN`]).
+    read_in_turn: usize,
     /// Until the first byte of a response is written.
     first_deadline: Option<Pin<Box<Sleep>>>,
     /// Why the connection was dropped, once it was.
@@ -98,7 +106,9 @@ impl ConnIo {
             stash: Vec::new(),
             stash_at: 0,
             scan: 0,
+            head_bytes: 0,
             upgraded: Upgraded::default(),
+            read_in_turn: 0,
             first_deadline: first_request_by.map(|t| Box::pin(tokio::time::sleep_until(t))),
             failed: None,
         }
@@ -139,6 +149,18 @@ impl ConnIo {
             }
         }
         buf.put_slice(&avail[..take]);
+        if !self.upgraded.get() {
+            // Once per read: an unfinished head counts against the input budget.
+            let before = self.head_bytes;
+            self.head_bytes = if self.awaiting_response {
+                0
+            } else {
+                self.head_bytes + take
+            };
+            if self.head_bytes != before {
+                self.holder.charge(self.head_bytes);
+            }
+        }
         self.stash_at += take;
         if self.stash_at == self.stash.len() {
             self.stash.clear();
@@ -146,8 +168,12 @@ impl ConnIo {
         }
     }
 
+    /// Drop the connection: every further call fails, and the close is abortive (a
+    /// reset), so that what the client did not read leaves the kernel's buffers at
+    /// once instead of waiting there behind a FIN that cannot be sent.
     fn fail(&mut self, kind: io::ErrorKind) -> io::Error {
         self.failed = Some(kind);
+        let _ = self.io.set_zero_linger();
         io::Error::from(kind)
     }
 
@@ -187,7 +213,20 @@ impl AsyncRead for ConnIo {
             return Poll::Pending;
         }
         if this.upgraded.get() && this.stash.is_empty() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
+            // A WebSocket: at most READ_PER_TURN bytes in a row, then the others run.
+            if this.read_in_turn >= READ_PER_TURN {
+                this.read_in_turn = 0;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let before = buf.filled().len();
+            let read = Pin::new(&mut this.io).poll_read(cx, buf);
+            match read {
+                Poll::Ready(Ok(())) => this.read_in_turn += buf.filled().len() - before,
+                Poll::Pending => this.read_in_turn = 0,
+                Poll::Ready(Err(_)) => {}
+            }
+            return read;
         }
         if this.awaiting_response && !this.upgraded.get() {
             // Woken when the response has been written.

@@ -11,7 +11,7 @@
 use crate::access_rules::{AccessRules, Transport};
 use crate::conn_io::ConnIo;
 use actix::prelude::*;
-use secop_actors::input_budget::{BudgetedLines, Holder, InputBudget};
+use secop_actors::input_budget::{BudgetedLines, BudgetedStream, FairRead, Holder, InputBudget};
 use secop_actors::line_codec::LineCodec;
 use secop_actors::metrics::ConnectionMetric;
 use secop_actors::node::{ClientInfo, NodeActor, SessionTransport};
@@ -252,34 +252,21 @@ struct Session {
     first_request_by: Option<tokio::time::Instant>,
 }
 
-/// Close the session when its holder is closed (over the input budget), or when it
-/// has not completed a line by its deadline. Never returns otherwise.
-async fn watch(
+/// Close the session when it has not completed a line by its deadline. Never
+/// returns. (A closed holder ends the session through its [`BudgetedStream`].)
+async fn first_request_deadline(
     holder: Arc<Holder>,
     first_request_by: Option<tokio::time::Instant>,
     outbox: Arc<Outbox>,
 ) {
-    let first = async {
-        match first_request_by {
-            Some(t) => {
-                tokio::time::sleep_until(t).await;
-                if holder.has_spoken() {
-                    std::future::pending::<()>().await;
-                }
-            }
-            None => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = holder.closed() => {
-            tracing::debug!("SECoP connection closed: over the unfinished-input budget, or evicted");
-        }
-        _ = first => {
+    if let Some(t) = first_request_by {
+        tokio::time::sleep_until(t).await;
+        if !holder.has_spoken() && !holder.is_closed() {
             count_refused("first_request_timeout");
             tracing::debug!("SECoP connection without a complete first line in time; dropped");
+            outbox.close(CloseReason::Refused);
         }
     }
-    outbox.close(CloseReason::Refused);
     std::future::pending::<()>().await
 }
 
@@ -311,13 +298,13 @@ fn start_session(
     actix::spawn(async move {
         tokio::select! {
             _ = write_stream(write, writer_outbox, timeout) => {}
-            _ = watch(watched_holder, first_request_by, watched) => {}
+            _ = first_request_deadline(watched_holder, first_request_by, watched) => {}
         }
         drop(connection);
         drop(guard);
     });
-    let codec = BudgetedLines::new(LineCodec::new(settings.max_line_bytes), holder);
-    let frames = FramedRead::new(read, codec);
+    let codec = BudgetedLines::new(LineCodec::new(settings.max_line_bytes), holder.clone());
+    let frames = BudgetedStream::new(FramedRead::new(FairRead::new(read), codec), holder);
     let node = node.clone();
     SessionActor::start(node, outbox, client, frames);
 }

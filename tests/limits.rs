@@ -390,3 +390,30 @@ fn metrics_when_full(gw: &Gateway, spare: &mut Client) -> String {
     std::thread::sleep(Duration::from_millis(300));
     metrics(gw)
 }
+
+#[test]
+fn an_unfinished_http_request_head_counts_against_the_budget() {
+    let config = FAST_CONFIG.replace(
+        "max_line_bytes = 65536",
+        "max_line_bytes = 32768\nmax_unfinished_input_bytes = 65536\n\
+         websocket.max_message_bytes = 16384",
+    );
+    let gw = Gateway::start(&config);
+    let mut head = TcpStream::connect(gw.addr).expect("connect");
+    let mut bytes = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ".to_vec();
+    bytes.resize(70_000, b'a');
+    head.write_all(&bytes).expect("send");
+    // Well before the handshake timeout (10 s).
+    let (closed, got) = read_to_end_within(&mut head, WAIT);
+    assert!(closed, "the holder of the unfinished head was closed");
+    assert!(got.is_empty(), "without an answer");
+    let mut c = gw.client();
+    assert!(
+        c.ask("ping after").starts_with("pong after"),
+        "others served"
+    );
+    assert_eq!(
+        counter(&metrics(&gw), "secop_gateway_input_budget_closed_total"),
+        1.0
+    );
+}

@@ -13,15 +13,18 @@
 //! message): an atomic swap and an atomic add or sub. The list of holders is only
 //! looked at when the budget is exceeded.
 //!
-//! A holder is also the connection's kill switch: whoever owns the connection waits
-//! for [`Holder::closed`] (the TCP session's writer task, the HTTP connection's I/O
-//! wrapper) and drops the connection when it fires.
+//! A holder is also the connection's kill switch: whoever owns the connection's input
+//! waits for [`Holder::closed`] (the TCP session's [`BudgetedStream`], the HTTP
+//! connection's I/O wrapper) and drops it, buffers and all, when it fires. One task
+//! at a time waits on a holder.
 
 use crate::line_codec::{Inbound, LineCodec};
 use bytes::BytesMut;
 use futures_util::task::AtomicWaker;
+use futures_util::Stream;
 use std::collections::HashMap;
 use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
@@ -88,7 +91,7 @@ impl InputBudget {
             .filter(|(held, h)| *held > 0 && !h.is_closed())
             .collect();
         // The lock is released here: dropping a holder takes it.
-        by_size.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
+        by_size.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
         for (held, holder) in &by_size {
             if self.total() <= self.limit {
                 break;
@@ -265,6 +268,78 @@ impl BudgetedLines {
         } else {
             self.holder.charge(buf.capacity());
         }
+    }
+}
+
+/// A stream of inbound items that ends as soon as its holder is closed, dropping the
+/// stream it wraps (the socket's read half and its buffer) at once: the memory goes
+/// back when the session's task is next woken, which the close does.
+pub struct BudgetedStream<S> {
+    inner: Option<S>,
+    holder: Arc<Holder>,
+}
+
+impl<S> BudgetedStream<S> {
+    pub fn new(inner: S, holder: Arc<Holder>) -> Self {
+        BudgetedStream {
+            inner: Some(inner),
+            holder,
+        }
+    }
+}
+
+impl<S: Stream + Unpin> Stream for BudgetedStream<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        if self.holder.poll_closed(cx).is_ready() {
+            self.inner = None;
+            return Poll::Ready(None);
+        }
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_next(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+/// Bytes a connection may read in one turn before it lets the others run.
+pub const READ_PER_TURN: usize = 64 * 1024;
+
+/// A reader that takes at most [`READ_PER_TURN`] bytes in a row: then it yields (wakes
+/// itself and returns `Pending`), so that one connection flooding the port cannot keep
+/// the event loop from everybody else, and memory is charged and released in small
+/// steps.
+pub struct FairRead<R> {
+    inner: R,
+    read: usize,
+}
+
+impl<R> FairRead<R> {
+    pub fn new(inner: R) -> Self {
+        FairRead { inner, read: 0 }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FairRead<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.read >= READ_PER_TURN {
+            self.read = 0;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match r {
+            Poll::Ready(Ok(())) => self.read += buf.filled().len() - before,
+            Poll::Pending => self.read = 0,
+            Poll::Ready(Err(_)) => {}
+        }
+        r
     }
 }
 

@@ -34,6 +34,9 @@ pub async fn write_stream(
                 }
                 Err(_) => {
                     tracing::warn!(timeout = ?write_timeout, "client stopped reading; closing its session");
+                    // A reset on close: what it did not read leaves the kernel's buffers
+                    // at once (a FIN would wait behind it for good).
+                    let _ = socket.as_ref().as_ref().set_zero_linger();
                     outbox.close_slow();
                     break;
                 }
