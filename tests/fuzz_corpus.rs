@@ -7,26 +7,7 @@ mod checks;
 #[path = "../fuzz/checks/random.rs"]
 mod random;
 
-use random::{corpus, mutate, Checking, Rng};
-
-fn replay(target: &str, check: fn(&[u8])) {
-    for (path, bytes) in corpus(target) {
-        let _guard = Checking(&path.to_string_lossy(), &bytes);
-        check(&bytes);
-    }
-}
-
-fn randomized(target: &str, seed: u64, cases: usize, check: fn(&[u8])) {
-    let files = corpus(target);
-    let mut rng = Rng::new(seed);
-    for case in 0..cases {
-        let (_, a) = rng.pick(&files);
-        let (_, b) = rng.pick(&files);
-        let input = mutate(&mut rng, a, b);
-        let _guard = Checking(&format!("{target} case {case} (seed {seed})"), &input);
-        check(&input);
-    }
-}
+use random::{randomized, replay};
 
 #[test]
 fn sniff_corpus() {

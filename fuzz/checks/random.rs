@@ -172,3 +172,26 @@ pub fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
     }
     data
 }
+
+/// Run `check` over every corpus file of `target` (the stable replay of the seeds and
+/// regression inputs).
+pub fn replay(target: &str, check: fn(&[u8])) {
+    for (path, bytes) in corpus(target) {
+        let _guard = Checking(&path.to_string_lossy(), &bytes);
+        check(&bytes);
+    }
+}
+
+/// Run `check` over `cases` mutations of the corpus of `target`, reproducible from
+/// `seed`.
+pub fn randomized(target: &str, seed: u64, cases: usize, check: fn(&[u8])) {
+    let files = corpus(target);
+    let mut rng = Rng::new(seed);
+    for case in 0..cases {
+        let (_, a) = rng.pick(&files);
+        let (_, b) = rng.pick(&files);
+        let input = mutate(&mut rng, a, b);
+        let _guard = Checking(&format!("{target} case {case} (seed {seed})"), &input);
+        check(&input);
+    }
+}

@@ -8,29 +8,14 @@ mod checks;
 #[path = "../../fuzz/checks/random.rs"]
 mod random;
 
-use random::{corpus, mutate, Checking, Rng};
+use random::{replay, Checking, Rng};
 use serde_json::{json, Map, Value};
 
 /// Mutations per target and run: a few seconds in a debug build.
 const CASES: usize = 3000;
 
-fn replay(target: &str, check: fn(&[u8])) {
-    for (path, bytes) in corpus(target) {
-        let _guard = Checking(&path.to_string_lossy(), &bytes);
-        check(&bytes);
-    }
-}
-
 fn randomized(target: &str, seed: u64, check: fn(&[u8])) {
-    let files = corpus(target);
-    let mut rng = Rng::new(seed);
-    for case in 0..CASES {
-        let (_, a) = rng.pick(&files);
-        let (_, b) = rng.pick(&files);
-        let input = mutate(&mut rng, a, b);
-        let _guard = Checking(&format!("{target} case {case} (seed {seed})"), &input);
-        check(&input);
-    }
+    random::randomized(target, seed, CASES, check);
 }
 
 #[test]
