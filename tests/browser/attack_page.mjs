@@ -280,7 +280,13 @@ async function main() {
   } finally {
     if (context) await context.close().catch(() => {});
     if (server) server.close();
-    fs.rmSync(userDataDir, { recursive: true, force: true });
+    // Chromium's helper processes may still write into the profile as it closes:
+    // retry, and never let the clean-up of a temporary folder fail the check.
+    try {
+      fs.rmSync(userDataDir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+    } catch (e) {
+      console.error(`could not remove ${userDataDir}: ${e}`);
+    }
   }
   console.log(JSON.stringify(result, null, 2));
   process.exit(result.broken ? 2 : 0);
