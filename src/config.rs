@@ -336,31 +336,15 @@ impl ModuleEntry {
     }
 
     pub fn driver_config(&self) -> ModuleConfig {
-        // The config crate does not keep the order of table keys; sorting makes the
-        // description identical from run to run.
-        let properties = match sorted(Value::Object(self.properties.clone())) {
-            Value::Object(map) => map,
-            _ => Map::new(),
-        };
+        // The config crate keeps the order of table keys (feature `preserve_order`):
+        // the description lists properties, members and keys as the file does, the
+        // same from run to run.
         ModuleConfig {
             name: self.name.clone(),
             description: self.description.clone(),
-            properties,
+            properties: self.properties.clone(),
             settings: self.settings.clone(),
         }
-    }
-}
-
-/// The value with the keys of every object in alphabetical order.
-fn sorted(value: Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
-        }
-        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
-        other => other,
     }
 }
 

@@ -390,3 +390,46 @@ fn a_port_clash_is_reported_once() {
         "no colour codes when stderr is no terminal: {err}"
     );
 }
+
+/// Descriptions keep the order of the config file and are byte-identical from start to
+/// start: EPICS bridges build enum choices in description order, so a shuffled order
+/// shifts archived enum indices after a restart.
+#[test]
+fn descriptions_keep_config_order_and_are_identical_across_starts() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir.join("examples"))
+        .expect("config/examples")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("toml"))
+        .collect();
+    files.push(dir.join("gateway.toml"));
+    let ordered = scratch(
+        "ordered.toml",
+        "[node]\nequipment_id='x'\ndescription='d'\n[[module]]\nname='T'\ndriver='sim_pressure'\n\
+         [module.properties]\n_zeta = 1\ngroup = 'g'\n_alpha = 2\n_mid = { z = 1, a = 2 }\n",
+    );
+    files.push(ordered.clone());
+    let describe = |path: &std::path::Path| {
+        let out = gateway()
+            .arg("check-config")
+            .arg("--config")
+            .arg(path)
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{}", path.display());
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    for path in &files {
+        let first = describe(path);
+        for _ in 0..3 {
+            assert_eq!(describe(path), first, "{}: order changed", path.display());
+        }
+    }
+    let lakeshore = describe(&dir.join("examples/lakeshore336-serial.toml"));
+    let at = |name: &str| lakeshore.find(&format!("\"{name}\"")).expect(name);
+    assert!(at("off") < at("low") && at("low") < at("medium") && at("medium") < at("high"));
+    let text = describe(&ordered);
+    let at = |name: &str| text.find(&format!("\"{name}\"")).expect(name);
+    assert!(at("_zeta") < at("group") && at("group") < at("_alpha") && at("_alpha") < at("_mid"));
+    assert!(at("z") < at("a"), "nested keys in file order too");
+}
