@@ -154,6 +154,12 @@ fn from_bytes(bytes: &[u8], order: Order) -> Vec<u16> {
     words
 }
 
+/// The f64 that prints as the f32's shortest round-trip decimal: an f32 widened as is
+/// carries its binary error into the JSON (123.456f32 is 123.45600128173828 as an f64).
+fn shortest_f64(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
 /// The raw number (or string) held in `regs`.
 pub fn decode(regs: &[u16], kind: RegType, order: Order) -> Result<Value, CodecError> {
     if regs.len() != usize::from(kind.registers()) {
@@ -171,7 +177,7 @@ pub fn decode(regs: &[u16], kind: RegType, order: Order) -> Result<Value, CodecE
         RegType::I32 => Value::from(i32::from_be_bytes(be(&b)?)),
         RegType::U64 => Value::from(u64::from_be_bytes(be(&b)?)),
         RegType::I64 => Value::from(i64::from_be_bytes(be(&b)?)),
-        RegType::F32 => secop_proto::json::number(f64::from(f32::from_be_bytes(be(&b)?)))
+        RegType::F32 => secop_proto::json::number(shortest_f64(f32::from_be_bytes(be(&b)?)))
             .ok_or(CodecError::NotFinite)?,
         RegType::F64 => {
             secop_proto::json::number(f64::from_be_bytes(be(&b)?)).ok_or(CodecError::NotFinite)?
@@ -262,6 +268,26 @@ mod tests {
         big_words: false,
         big_bytes: false,
     };
+
+    /// An f32 register reaches clients as the shortest decimal that reads back as the
+    /// same f32 (123.456, not 123.45600128173828).
+    #[test]
+    fn f32_is_its_shortest_decimal() {
+        for x in [123.456f32, 0.1, 1e-7, 3.4028235e38, -2.5, 0.0] {
+            let regs = [(x.to_bits() >> 16) as u16, x.to_bits() as u16];
+            let v = decode(&regs, RegType::F32, BIG).unwrap();
+            assert_eq!(
+                v.to_string(),
+                serde_json::to_string(&x.to_string().parse::<f64>().unwrap()).unwrap()
+            );
+            assert_eq!(v.as_f64().map(|f| f as f32), Some(x));
+        }
+        let regs = [
+            (123.456f32.to_bits() >> 16) as u16,
+            123.456f32.to_bits() as u16,
+        ];
+        assert_eq!(decode(&regs, RegType::F32, BIG).unwrap(), json!(123.456));
+    }
 
     #[test]
     fn known_images() {
