@@ -8,6 +8,8 @@
 //! second command into the instrument.
 
 pub mod line_safety;
+
+use line_safety::Quoted;
 pub mod template;
 
 use crate::builder::ModuleBuilder;
@@ -278,7 +280,8 @@ impl AsciiBackend {
             if let Some(expect) = &self.identify_expect {
                 if !expect.is_match(&reply) {
                     let reason = format!(
-                        "unexpected identification {reply:?} (expected /{}/)",
+                        "unexpected identification {} (expected /{}/)",
+                        Quoted(&reply),
                         expect.as_str()
                     );
                     self.link.drop_connection(&reason);
@@ -421,15 +424,15 @@ fn link_error(e: LinkError) -> SecopError {
 /// Why a reply line gives no value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 enum ReplyError {
-    #[error("reply {reply:?} does not match /{pattern}/")]
+    #[error("reply {} does not match /{pattern}/", Quoted(reply))]
     NoMatch { reply: String, pattern: String },
     /// `expected` is e.g. "a number".
-    #[error("{text:?} is not {expected}")]
+    #[error("{} is not {expected}", Quoted(text))]
     Not {
         text: String,
         expected: &'static str,
     },
-    #[error("{text:?} is not JSON: {reason}")]
+    #[error("{} is not JSON: {reason}", Quoted(text))]
     NotJson { text: String, reason: String },
 }
 
@@ -437,7 +440,7 @@ fn parse_reply(param: &Param, reply: &str) -> Result<Value, SecopError> {
     let text = extract(param.reply.as_ref(), reply)
         .map_err(|e| SecopError::hardware(format!("{}: {e}", param.name)))?;
     convert(&param.datainfo, text.trim(), param.scale, param.offset)
-        .map_err(|e| SecopError::hardware(format!("{}: reply {reply:?}: {e}", param.name)))
+        .map_err(|e| SecopError::hardware(format!("{}: reply {}: {e}", param.name, Quoted(reply))))
 }
 
 fn extract<'a>(pattern: Option<&Regex>, reply: &'a str) -> Result<&'a str, ReplyError> {
@@ -826,7 +829,9 @@ impl Backend for AsciiBackend {
         if let (Some(reply), Some(re)) = (reply, &self.modules[m].params[p].reply) {
             if !re.is_match(&reply) {
                 return Err(SecopError::hardware(format!(
-                    "{parameter}: the device answered {reply:?} to {line:?}"
+                    "{parameter}: the device answered {} to {}",
+                    Quoted(&reply),
+                    Quoted(&line)
                 )));
             }
         }
@@ -929,6 +934,22 @@ impl AsciiBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A garbled reply (lossily decoded: U+FFFD) reaches error and status texts as
+    /// ASCII, so that clients do not drop the message.
+    #[test]
+    fn garbled_replies_give_ascii_error_texts() {
+        let e = ReplyError::NoMatch {
+            reply: "\u{fffd}0".into(),
+            pattern: "^T=(.*)$".into(),
+        };
+        assert!(e.to_string().is_ascii(), "{e}");
+        let e = ReplyError::Not {
+            text: "1\u{fffd}".into(),
+            expected: "a number",
+        };
+        assert!(e.to_string().is_ascii(), "{e}");
+    }
     use serde_json::json;
 
     #[test]
