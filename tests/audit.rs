@@ -146,17 +146,7 @@ fn a_flood_of_changes_stalls_nobody_and_drops_are_counted() {
         }
     }
     writer.join().expect("writer");
-    let metrics = || {
-        let mut s = TcpStream::connect(gw.addr).expect("connect");
-        http_exchange(
-            &mut s,
-            format!(
-                "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-                gw.addr
-            )
-            .as_bytes(),
-        )
-    };
+    let metrics = || metrics(&gw);
     let sum = |text: &str, prefix: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with(prefix))

@@ -70,46 +70,10 @@ fn read_to_end_within(stream: &mut TcpStream, timeout: Duration) -> (bool, Vec<u
     }
 }
 
-fn metrics(gw: &Gateway) -> String {
-    let mut s = TcpStream::connect(gw.addr).expect("connect");
-    let host = gw.addr;
-    http_exchange(
-        &mut s,
-        format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-}
-
 const WS_OPEN: &str = "secop_gateway_connections_open{transport=\"ws\"}";
 
-fn counter(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// A masked client frame: `first` is the first header byte (FIN and opcode), the
-/// announced length `len` may exceed the payload given.
-fn ws_frame(first: u8, len: usize, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x11u8, 0x22, 0x33, 0x44];
-    let mut frame = vec![first];
-    match len {
-        n if n < 126 => frame.push(0x80 | n as u8),
-        n if n < 65536 => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
-}
-
 fn text_frame(text: &str) -> Vec<u8> {
-    ws_frame(0x81, text.len(), text.as_bytes())
+    masked_frame(0x81, text.len(), text.as_bytes())
 }
 
 fn ws_connect(gw: &Gateway, stream: TcpStream) -> WsClient {
@@ -281,7 +245,7 @@ fn unfinished_websocket_messages_count_against_the_same_budget() {
     // WebSocket message is the largest holder however the bytes interleave.
     let ws = ws_connect(&gw, TcpStream::connect(gw.addr).expect("connect"));
     let mut w = ws.stream;
-    w.write_all(&ws_frame(0x81, 130_000, &vec![b'z'; 125_000]))
+    w.write_all(&masked_frame(0x81, 130_000, &vec![b'z'; 125_000]))
         .expect("send");
     let mut line = gw.client();
     line.send_raw(&unfinished(20_000));

@@ -21,22 +21,6 @@ fn target(gw: &Gateway) -> f64 {
         .expect("T:target is a number")
 }
 
-fn metrics(gw: &Gateway) -> String {
-    let mut s = TcpStream::connect(gw.addr).expect("connect");
-    let host = gw.addr;
-    http_exchange(
-        &mut s,
-        format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-}
-
-/// The value of an unlabelled counter (or 0 when it has no series yet).
-fn counter(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[test]
 fn any_http_method_with_a_secop_body_is_http_and_changes_nothing() {
     let gw = Gateway::start(FAST_CONFIG);

@@ -377,6 +377,47 @@ pub fn http_exchange(stream: &mut TcpStream, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A masked client frame: `first` is the first header byte (FIN and opcode); the
+/// announced length `len` may exceed the payload given.
+pub fn masked_frame(first: u8, len: usize, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut frame = vec![first];
+    match len {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n < 65536 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// The gateway's /metrics page (the whole HTTP response).
+pub fn metrics(gw: &Gateway) -> String {
+    let mut addr = gw.addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip([127, 0, 0, 1].into());
+    }
+    let mut s = TcpStream::connect(addr).expect("connect");
+    http_exchange(
+        &mut s,
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+/// The value of the series `series` (name with labels) on a metrics page, 0 if absent.
+pub fn counter(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A minimal WebSocket client (RFC 6455) over an existing TCP connection: enough to
 /// speak SECoP in TEXT frames in tests that need a source address or raw headers.
 pub struct WsClient {
@@ -403,22 +444,7 @@ impl WsClient {
 
     /// Send one TEXT frame (masked, as a client must).
     pub fn send(&mut self, text: &str) {
-        let payload = text.as_bytes();
-        let mask = [0x11u8, 0x22, 0x33, 0x44];
-        let mut frame = vec![0x81u8];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n < 65536 => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let frame = masked_frame(0x81, text.len(), text.as_bytes());
         self.stream.write_all(&frame).expect("send frame");
     }
 
