@@ -18,25 +18,9 @@ use serde::Deserialize;
 use std::fmt;
 use std::net::IpAddr;
 
-/// How a client reaches the node. `http` is every HTTP request that is not a WebSocket
+/// How a client reaches the node; `http` is every HTTP request that is not a WebSocket
 /// upgrade (status page, metrics, health).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    Tcp,
-    Websocket,
-    Http,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::Websocket => "websocket",
-            Transport::Http => "http",
-        }
-    }
-}
+pub use secop_actors::node::SessionTransport as Transport;
 
 /// What a matching rule grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -198,7 +182,7 @@ impl AccessRules {
     /// Whether every transport is denied to `address`: such a client is closed as soon
     /// as it connects, before a byte is read.
     pub fn denies_everything(&self, address: IpAddr) -> bool {
-        [Transport::Tcp, Transport::Websocket, Transport::Http]
+        [Transport::Tcp, Transport::WebSocket, Transport::Http]
             .into_iter()
             .all(|t| self.grant(address, t) == Grant::Deny)
     }
@@ -268,7 +252,7 @@ mod tests {
                 ),
                 rule(
                     &["127.0.0.0/8"],
-                    Some(vec![Transport::Websocket]),
+                    Some(vec![Transport::WebSocket]),
                     Grant::Full,
                 ),
                 rule(&["::1"], None, Grant::Deny),
@@ -281,7 +265,7 @@ mod tests {
             Grant::ReadOnly
         );
         assert_eq!(
-            rules.grant(ip("127.0.0.3"), Transport::Websocket),
+            rules.grant(ip("127.0.0.3"), Transport::WebSocket),
             Grant::Full
         );
         assert_eq!(rules.grant(ip("127.0.0.3"), Transport::Http), Grant::Deny);
@@ -300,7 +284,7 @@ mod tests {
     fn default_rules_keep_loopback_and_protect_the_rest() {
         let rules = AccessRules::new(AccessRules::default_rules(), 64);
         assert_eq!(rules.grant(ip("127.0.0.1"), Transport::Tcp), Grant::Full);
-        assert_eq!(rules.grant(ip("::1"), Transport::Websocket), Grant::Full);
+        assert_eq!(rules.grant(ip("::1"), Transport::WebSocket), Grant::Full);
         assert_eq!(
             rules.grant(ip("192.168.1.7"), Transport::Tcp),
             Grant::ReadOnly

@@ -222,7 +222,7 @@ impl RequestPolicy {
     pub fn websocket_access(&self, peer: Option<SocketAddr>) -> Option<Access> {
         match (&self.access, peer) {
             (None, _) => Some(Access::Full),
-            (Some(rules), Some(peer)) => rules.grant(peer.ip(), Transport::Websocket).access(),
+            (Some(rules), Some(peer)) => rules.grant(peer.ip(), Transport::WebSocket).access(),
             (Some(_), None) => None,
         }
     }
@@ -280,7 +280,7 @@ impl RequestPolicy {
         let upgrade = is_websocket_upgrade(req);
         if let Some(rules) = &self.access {
             let transport = if upgrade {
-                Transport::Websocket
+                Transport::WebSocket
             } else {
                 Transport::Http
             };

@@ -23,12 +23,15 @@ pub enum Access {
     ReadOnly,
 }
 
-/// The framing a session arrived over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a client reaches a node: the framing a session arrived over, or plain HTTP.
+/// Also what an access rule names in config (`"tcp"`, `"websocket"`, `"http"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SessionTransport {
     Tcp,
     WebSocket,
-    /// Plain HTTP: never a session, but audit records of refused HTTP requests carry it.
+    /// Plain HTTP (status page, metrics, health): never a session, but access rules
+    /// and the audit records of refused HTTP requests name it.
     Http,
 }
 
