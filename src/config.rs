@@ -305,6 +305,8 @@ pub struct ModuleEntry {
     pub drive: Option<Value>,
     /// On a Modbus link: the unit id (default: the link's).
     pub unit_id: Option<u8>,
+    /// On a link: seconds between polls of this module (default: the link's).
+    pub pollinterval: Option<f64>,
     pub description: Option<String>,
     /// Extra module properties: group, visibility, meaning, custom `_name` keys.
     #[serde(default)]
@@ -331,6 +333,9 @@ impl ModuleEntry {
         }
         if let Some(u) = self.unit_id {
             spec.insert("unit_id".into(), Value::from(u));
+        }
+        if let Some(p) = self.pollinterval {
+            spec.insert("pollinterval".into(), Value::from(p));
         }
         Value::Object(spec)
     }
@@ -922,12 +927,13 @@ impl Loaded {
                 (Some(driver), None) => {
                     let link_keys = m.class.is_some()
                         || m.unit_id.is_some()
+                        || m.pollinterval.is_some()
                         || !m.parameter.is_empty()
                         || !m.command.is_empty()
                         || m.drive.is_some();
                     if link_keys {
                         problems.push(format!(
-                            "{key}: class, parameter, command and drive belong to modules on a link, not to driver {driver:?}"
+                            "{key}: class, parameter, command, drive, unit_id and pollinterval belong to modules on a link, not to driver {driver:?} (simulators take settings.pollinterval)"
                         ));
                     }
                     match secop_drivers::describe(driver, &m.driver_config()) {

@@ -42,6 +42,24 @@ impl Effects {
     }
 }
 
+/// How one exchange on the wire ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Timeout,
+    Error,
+    Garbled,
+}
+
+/// What happened on the wire since the last `take_wire_stats`: one entry per exchange
+/// (a query and its reply, a command line, a Modbus request), and the reads answered
+/// from the `max_age` cache without touching the wire.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WireStats {
+    pub exchanges: Vec<(Outcome, Duration)>,
+    pub cache_hits: u64,
+}
+
 /// The I/O side of a device. Implemented by the simulators and, later, by serial,
 /// Modbus and remote-node drivers.
 ///
@@ -50,8 +68,14 @@ impl Effects {
 pub trait Backend: 'static {
     /// The modules this device serves.
     fn modules(&self) -> Vec<ModuleDescription>;
-    /// Time between two poll cycles (may change when a client sets `pollinterval`).
+    /// Time until the next poll cycle (may change when a client sets `pollinterval`).
     fn poll_interval(&self) -> Duration;
+    /// The shortest time a poll cycle is meant to take at most: a cycle that takes
+    /// longer overran (`poll_overruns_total`). The same as `poll_interval` for
+    /// backends that poll everything every cycle.
+    fn nominal_poll_interval(&self) -> Duration {
+        self.poll_interval()
+    }
     /// How many transactions one poll cycle has. Each runs on its own, so client
     /// requests queued meanwhile are served between them: polls never starve clients.
     fn poll_items(&mut self) -> usize {
@@ -66,6 +90,11 @@ pub trait Backend: 'static {
     /// Reconnects since the last call (the `device_reconnects_total` metric).
     fn take_reconnects(&mut self) -> u64 {
         0
+    }
+    /// What happened on the wire since the last call; `None` for backends whose calls
+    /// are their transactions (simulators, remote nodes).
+    fn take_wire_stats(&mut self) -> Option<WireStats> {
+        None
     }
     async fn read(&mut self, module: &str, parameter: &str) -> Result<Value, SecopError>;
     async fn change(
@@ -227,14 +256,15 @@ impl<B: Backend> DeviceActor<B> {
                 }
                 let mut b = backend.lock().await;
                 let link = (b.link_up(), b.take_reconnects());
-                (values, b.poll_interval(), started.elapsed(), link)
+                let intervals = (b.poll_interval(), b.nominal_poll_interval());
+                (values, intervals, started.elapsed(), link)
             };
-            ctx.spawn(cycle.into_actor(act).map(|(values, interval, took, link), act, ctx| {
+            ctx.spawn(cycle.into_actor(act).map(|(values, (interval, nominal), took, link), act, ctx| {
                 act.report_link(link);
                 act.metrics.poll_cycle.observe(took.as_secs_f64());
-                if took > interval {
+                if took > nominal {
                     act.metrics.poll_overruns.inc();
-                    tracing::warn!(device = %act.name, ?took, ?interval, "poll cycle overran its interval");
+                    tracing::warn!(device = %act.name, ?took, interval = ?nominal, "poll cycle overran its interval");
                 }
                 // A poll cycle is a transaction too: it proves (or disproves) the link.
                 let outcome = if values.is_empty() || values.iter().any(|(_, _, v)| v.is_ok()) {

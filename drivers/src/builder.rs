@@ -145,3 +145,24 @@ impl ModuleBuilder {
         self.desc
     }
 }
+
+/// The datainfo of every `pollinterval` parameter (`limits::POLLINTERVAL`, written as
+/// the description has always shown it).
+pub fn pollinterval_datainfo() -> Value {
+    serde_json::json!({"type": "double", "min": 0.1, "max": 3600, "unit": "s"})
+}
+
+/// A client's `pollinterval` change, checked against `limits::POLLINTERVAL`.
+pub fn pollinterval(value: &Value) -> Result<f64, secop_proto::SecopError> {
+    let x = value
+        .as_f64()
+        .ok_or_else(|| secop_proto::SecopError::wrong_type("expected a number"))?;
+    let range = crate::limits::POLLINTERVAL;
+    if !(range.min..=range.max).contains(&x) {
+        return Err(secop_proto::SecopError::range(format!(
+            "pollinterval must be within [{}, {}] s",
+            range.min, range.max
+        )));
+    }
+    Ok(x)
+}

@@ -242,8 +242,8 @@ pub fn standard_accessibles(
 ) -> Result<crate::builder::ModuleBuilder, ConfigError> {
     builder.status(STATUS_CODES).writable(
         "pollinterval",
-        "polling interval of the link (shared by its modules)",
-        crate::sim::pollinterval_datainfo(),
+        "polling interval of the module",
+        crate::builder::pollinterval_datainfo(),
     )
 }
 

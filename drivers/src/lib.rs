@@ -5,14 +5,18 @@
 //! it will be with real links.
 
 pub mod ascii;
+pub mod backoff;
 pub mod builder;
+pub mod configured;
 pub mod drive;
 pub mod error;
+pub mod fit;
 pub mod limits;
 pub mod link;
 pub mod modbus;
 pub mod remote;
 pub mod sim;
+pub mod transport;
 
 pub use error::ConfigError;
 use secop_actors::device::DeviceHandle;
@@ -94,30 +98,35 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<
     })
 }
 
-/// The backend of a link (`[[link]]` plus the `[[module]]`s that name it), started
+/// The device of a link (`[[link]]` plus the `[[module]]`s that name it), started
 /// or just described. `modules` pairs each module's common config with its
-/// link-specific part (`class`, `unit_id`, `parameter`, `command`, `drive`).
+/// link-specific part (`class`, `unit_id`, `parameter`, `command`, `drive`,
+/// `pollinterval`).
 fn with_link_backend<R>(
     link: &link::LinkConfig,
     modules: &[(ModuleConfig, Value)],
     use_backend: impl FnOnce(LinkBackend) -> R,
 ) -> Result<R, ConfigError> {
-    let backend = match link.protocol.as_str() {
-        "ascii" => LinkBackend::Ascii(ascii::AsciiBackend::build(link, &specs(modules)?)?),
-        "modbus" => LinkBackend::Modbus(modbus::ModbusBackend::build(link, &specs(modules)?)?),
-        other => {
-            return Err(ConfigError::invalid(
-                "protocol",
-                format!("{other:?} is not supported (use \"ascii\" or \"modbus\")"),
-            ))
-        }
+    link.validate()?;
+    let parts = link.parts();
+    let backend = match link.protocol {
+        link::ProtocolKind::Ascii => LinkBackend::Ascii(ascii::build(
+            &parts,
+            link.ascii.as_ref(),
+            &specs(modules)?,
+        )?),
+        link::ProtocolKind::Modbus => LinkBackend::Modbus(modbus::build(
+            &parts,
+            link.modbus.as_ref(),
+            &specs(modules)?,
+        )?),
     };
     Ok(use_backend(backend))
 }
 
 enum LinkBackend {
-    Ascii(ascii::AsciiBackend),
-    Modbus(modbus::ModbusBackend),
+    Ascii(ascii::AsciiDevice),
+    Modbus(modbus::ModbusDevice),
 }
 
 /// The module descriptions of a link, without starting anything (`check-config`).

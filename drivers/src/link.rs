@@ -1,28 +1,42 @@
-//! Links: the physical connection of a device (serial line or TCP socket), and the
-//! reconnect policy around it.
-//!
-//! A link is owned by exactly one device actor, which runs one transaction at a time,
-//! so nothing here needs locking. Every read and write has a deadline; a timeout or
-//! an I/O error drops the connection (a late reply would otherwise be taken as the
-//! answer to the next question), and the next transaction reconnects after a capped
-//! exponential backoff.
+//! `[[link]]` in the config: where an instrument is (serial line or TCP socket), the
+//! protocol it speaks with that protocol's section, and the fault policy. This file
+//! only reads and checks the section and splits it into the parts that the transport
+//! ([`crate::transport`]), the shared core ([`crate::configured`]) and the protocol
+//! take; it holds no connection.
 
+use crate::configured::faults::FaultPolicy;
+use crate::configured::{CoreSettings, LinkParts};
 use crate::limits;
+use crate::transport::TransportSettings;
 use crate::ConfigError;
-use secop_actors::deadline;
 use serde::Deserialize;
-use std::io;
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_serial::SerialPort;
+
+/// The protocols a link can speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolKind {
+    /// Line-based instruments (`[link.ascii]`).
+    Ascii,
+    /// Modbus TCP or RTU (`[link.modbus]`).
+    Modbus,
+}
+
+impl ProtocolKind {
+    fn name(self) -> &'static str {
+        match self {
+            ProtocolKind::Ascii => "ascii",
+            ProtocolKind::Modbus => "modbus",
+        }
+    }
+}
 
 /// `[[link]]` in the config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkConfig {
     pub name: String,
-    /// `ascii` (line-based instruments).
-    pub protocol: String,
+    /// `ascii` or `modbus`; only that protocol's section may be given.
+    pub protocol: ProtocolKind,
     /// Serial device path, e.g. `/dev/ttyUSB0`.
     pub serial: Option<String>,
     #[serde(default = "default_baud")]
@@ -44,7 +58,8 @@ pub struct LinkConfig {
     pub reconnect_min: f64,
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max: f64,
-    /// Seconds between poll cycles (clients may change it via `pollinterval`).
+    /// Default seconds between polls of each module (a module may set its own;
+    /// clients change one module's via its `pollinterval`).
     #[serde(default = "default_pollinterval")]
     pub pollinterval: f64,
     /// Parameters with `poll = "slow"` are polled every this many cycles.
@@ -54,6 +69,17 @@ pub struct LinkConfig {
     /// (seconds); 0 always asks the device.
     #[serde(default)]
     pub max_age: f64,
+    /// Extra attempts for a read that timed out, did not parse or got a Modbus
+    /// exception (writes and commands are never repeated).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// A module's status turns ERROR after this many consecutive failed reads of
+    /// one of its parameters ...
+    #[serde(default = "default_error_after_failures")]
+    pub error_after_failures: u32,
+    /// ... that lasted at least this long (seconds).
+    #[serde(default)]
+    pub error_after_seconds: f64,
     /// Settings of the `ascii` protocol.
     pub ascii: Option<crate::ascii::AsciiLink>,
     /// Settings of the `modbus` protocol (TCP with `tcp`, RTU with `serial`).
@@ -86,6 +112,12 @@ fn default_pollinterval() -> f64 {
 }
 fn default_slow_factor() -> u32 {
     10
+}
+fn default_retries() -> u32 {
+    1
+}
+fn default_error_after_failures() -> u32 {
+    3
 }
 
 impl LinkConfig {
@@ -135,311 +167,62 @@ impl LinkConfig {
             "cycles",
         )?;
         limits::AGE.check("max_age", self.max_age)?;
+        limits::count("retries", u64::from(self.retries), 0, 10, "attempts")?;
+        limits::count(
+            "error_after_failures",
+            u64::from(self.error_after_failures),
+            1,
+            1000,
+            "failures",
+        )?;
+        limits::AGE.check("error_after_seconds", self.error_after_seconds)?;
+        let sections = [
+            (ProtocolKind::Ascii, self.ascii.is_some()),
+            (ProtocolKind::Modbus, self.modbus.is_some()),
+        ];
+        for (kind, given) in sections {
+            if given && kind != self.protocol {
+                return Err(ConfigError::invalid(
+                    kind.name(),
+                    format!(
+                        "[link.{}] belongs to protocol = {:?}, but this link has protocol = {:?}",
+                        kind.name(),
+                        kind.name(),
+                        self.protocol.name()
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
-    fn describe_target(&self) -> String {
-        match (&self.serial, &self.tcp) {
-            (Some(path), _) => path.clone(),
-            (_, Some(addr)) => format!("tcp://{addr}"),
-            _ => String::new(),
+    /// The parts the transport, the core and the protocol take (after
+    /// [`validate`](Self::validate)).
+    pub fn parts(&self) -> LinkParts {
+        LinkParts {
+            transport: TransportSettings {
+                name: self.name.clone(),
+                serial: self.serial.clone(),
+                baud: self.baud,
+                data_bits: self.data_bits,
+                parity: self.parity.clone(),
+                stop_bits: self.stop_bits,
+                tcp: self.tcp.clone(),
+                timeout: self.timeout,
+                reconnect_min: self.reconnect_min,
+                reconnect_max: self.reconnect_max,
+            },
+            core: CoreSettings {
+                policy: FaultPolicy {
+                    retries: self.retries,
+                    error_after_failures: self.error_after_failures,
+                    error_after_seconds: self.error_after_seconds,
+                },
+                slow_factor: self.slow_factor,
+                max_age: self.max_age,
+            },
+            pollinterval: self.pollinterval,
         }
     }
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
-
-/// An open transport.
-#[derive(Debug)]
-pub enum Stream {
-    Tcp(tokio::net::TcpStream),
-    Serial(tokio_serial::SerialStream),
-}
-
-impl Stream {
-    fn io(&mut self) -> &mut dyn Io {
-        match self {
-            Stream::Tcp(s) => s,
-            Stream::Serial(s) => s,
-        }
-    }
-}
-
-/// The state of one link: connection, buffer and backoff.
-pub struct Link {
-    config: LinkConfig,
-    stream: Option<Stream>,
-    up: bool,
-    buf: Vec<u8>,
-    backoff: Duration,
-    next_attempt: Instant,
-    last_error: Option<String>,
-    was_connected: bool,
-    reconnects: u64,
-}
-
-/// Longest line we accept from a device.
-const MAX_LINE: usize = 64 * 1024;
-
-impl Link {
-    pub fn new(config: LinkConfig) -> Link {
-        let backoff = limits::duration(config.reconnect_min);
-        Link {
-            config,
-            stream: None,
-            up: false,
-            buf: Vec::new(),
-            backoff,
-            next_attempt: Instant::now(),
-            last_error: None,
-            was_connected: false,
-            reconnects: 0,
-        }
-    }
-
-    /// The timeout of one transaction.
-    pub fn transaction_timeout(&self) -> Duration {
-        self.timeout()
-    }
-
-    pub fn config(&self) -> &LinkConfig {
-        &self.config
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.up
-    }
-
-    /// Why the link is down (for status texts and errors).
-    pub fn down_reason(&self) -> String {
-        self.last_error
-            .clone()
-            .unwrap_or_else(|| format!("not connected to {}", self.config.describe_target()))
-    }
-
-    pub fn take_reconnects(&mut self) -> u64 {
-        std::mem::take(&mut self.reconnects)
-    }
-
-    fn timeout(&self) -> Duration {
-        limits::duration(self.config.timeout)
-    }
-
-    /// Make sure a connection exists. Returns `Ok(true)` when it was just opened (the
-    /// caller identifies and initialises the instrument then).
-    pub async fn ensure(&mut self) -> Result<bool, LinkDown> {
-        if self.stream.is_some() {
-            return Ok(false);
-        }
-        let stream = self.connect_raw().await?;
-        self.stream = Some(stream);
-        self.buf.clear();
-        Ok(true)
-    }
-
-    /// Open the transport (if the backoff allows an attempt now) and hand it to a
-    /// caller that frames it itself (Modbus). The link counts as up until
-    /// [`drop_connection`](Self::drop_connection).
-    pub async fn connect_raw(&mut self) -> Result<Stream, LinkDown> {
-        if Instant::now() < self.next_attempt {
-            return Err(LinkDown::Waiting(self.down_reason()));
-        }
-        match tokio::time::timeout(self.timeout(), self.open()).await {
-            Ok(Ok(stream)) => {
-                tracing::info!(link = %self.config.name, target = %self.config.describe_target(), "link connected");
-                self.up = true;
-                self.backoff = limits::duration(self.config.reconnect_min);
-                if self.was_connected {
-                    self.reconnects += 1;
-                }
-                self.was_connected = true;
-                Ok(stream)
-            }
-            Ok(Err(e)) => Err(self.failed(LinkDown::Open {
-                target: self.config.describe_target(),
-                reason: e.to_string(),
-            })),
-            Err(_) => Err(self.failed(LinkDown::Timeout {
-                target: self.config.describe_target(),
-            })),
-        }
-    }
-
-    /// Record a failure to connect: schedule the next attempt with a doubled backoff.
-    fn failed(&mut self, down: LinkDown) -> LinkDown {
-        let reason = down.to_string();
-        tracing::warn!(link = %self.config.name, retry_in = ?self.backoff, "{reason}");
-        self.next_attempt = deadline::after(Instant::now(), self.backoff);
-        let max = limits::duration(self.config.reconnect_max);
-        self.backoff = (self.backoff * 2).min(max);
-        self.last_error = Some(reason);
-        down
-    }
-
-    /// Drop the connection after an I/O problem; the next transaction reconnects.
-    pub fn drop_connection(&mut self, reason: &str) {
-        self.stream = None;
-        if std::mem::take(&mut self.up) {
-            tracing::warn!(link = %self.config.name, "link lost: {reason}");
-        }
-        self.last_error = Some(reason.to_owned());
-        self.buf.clear();
-        // Reconnect at once the first time; repeated failures back off in ensure().
-        self.next_attempt = Instant::now();
-    }
-
-    async fn open(&self) -> io::Result<Stream> {
-        if let Some(addr) = &self.config.tcp {
-            let s = tokio::net::TcpStream::connect(addr).await?;
-            let _ = s.set_nodelay(true);
-            return Ok(Stream::Tcp(s));
-        }
-        let path = self.config.serial.clone().unwrap_or_default();
-        let parity = match self.config.parity.as_str() {
-            "odd" => tokio_serial::Parity::Odd,
-            "even" => tokio_serial::Parity::Even,
-            _ => tokio_serial::Parity::None,
-        };
-        let data_bits = match self.config.data_bits {
-            5 => tokio_serial::DataBits::Five,
-            6 => tokio_serial::DataBits::Six,
-            7 => tokio_serial::DataBits::Seven,
-            _ => tokio_serial::DataBits::Eight,
-        };
-        let stop_bits = match self.config.stop_bits {
-            2 => tokio_serial::StopBits::Two,
-            _ => tokio_serial::StopBits::One,
-        };
-        let builder = tokio_serial::new(path, self.config.baud)
-            .parity(parity)
-            .data_bits(data_bits)
-            .stop_bits(stop_bits)
-            .timeout(self.timeout());
-        let port = tokio_serial::SerialStream::open(&builder).map_err(io::Error::other)?;
-        // Input that waited in the driver from before we opened is stale.
-        let _ = port.clear(tokio_serial::ClearBuffer::All);
-        Ok(Stream::Serial(port))
-    }
-
-    /// Discard input that arrived outside a transaction (a late or unsolicited reply).
-    fn discard_stale(&mut self) {
-        self.buf.clear();
-        match &mut self.stream {
-            Some(Stream::Tcp(s)) => {
-                let mut chunk = [0u8; 4096];
-                while let Ok(n) = s.try_read(&mut chunk) {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            }
-            Some(Stream::Serial(s)) => {
-                let _ = s.clear(tokio_serial::ClearBuffer::Input);
-            }
-            None => {}
-        }
-    }
-
-    /// Send `line` + terminator; if `reply_terminator` is given, read one reply line.
-    /// `line` is written as it is: the ASCII backend has refused it before if it holds
-    /// a terminator, control or non-ASCII character ([`crate::ascii::line_safety`]).
-    pub async fn transact(
-        &mut self,
-        line: &str,
-        write_terminator: &str,
-        reply_terminator: Option<&str>,
-    ) -> Result<Option<String>, LinkError> {
-        self.discard_stale();
-        let deadline = deadline::after(Instant::now(), self.timeout());
-        let result = tokio::time::timeout_at(
-            deadline.into(),
-            self.exchange(line, write_terminator, reply_terminator),
-        )
-        .await;
-        match result {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => {
-                let reason = format!("I/O error on {}: {e}", self.config.describe_target());
-                self.drop_connection(&reason);
-                Err(LinkError::Io(reason))
-            }
-            Err(_) => {
-                let reason = format!("no reply to {line:?} within {} s", self.config.timeout);
-                // A late reply must not be taken as the answer to the next question.
-                self.drop_connection(&reason);
-                Err(LinkError::Timeout(reason))
-            }
-        }
-    }
-
-    async fn exchange(
-        &mut self,
-        line: &str,
-        write_terminator: &str,
-        reply_terminator: Option<&str>,
-    ) -> io::Result<Option<String>> {
-        let Some(stream) = self.stream.as_mut() else {
-            return Err(io::Error::new(io::ErrorKind::NotConnected, "not connected"));
-        };
-        let io = stream.io();
-        let mut out = Vec::with_capacity(line.len() + write_terminator.len());
-        out.extend_from_slice(line.as_bytes());
-        out.extend_from_slice(write_terminator.as_bytes());
-        io.write_all(&out).await?;
-        io.flush().await?;
-        let Some(term) = reply_terminator else {
-            return Ok(None);
-        };
-        let term = term.as_bytes();
-        loop {
-            if let Some(pos) = find(&self.buf, term) {
-                let line: Vec<u8> = self.buf.drain(..pos + term.len()).collect();
-                let text = String::from_utf8_lossy(&line[..pos]).into_owned();
-                return Ok(Some(text));
-            }
-            if self.buf.len() > MAX_LINE {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "reply line too long",
-                ));
-            }
-            let mut chunk = [0u8; 1024];
-            let n = io.read(&mut chunk).await?;
-            if n == 0 {
-                // The peer is gone: never spin on a zero-byte read.
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed by the device",
-                ));
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() {
-        return None;
-    }
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Why a link has no connection.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LinkDown {
-    /// Too early for the next attempt; the reason is the last failure's.
-    #[error("{0}")]
-    Waiting(String),
-    #[error("cannot open {target}: {reason}")]
-    Open { target: String, reason: String },
-    #[error("opening {target} timed out")]
-    Timeout { target: String },
-}
-
-/// A failed transaction.
-#[derive(Debug, Clone)]
-pub enum LinkError {
-    Timeout(String),
-    Io(String),
-}

@@ -1,30 +1,33 @@
 //! Line-based (ASCII) instruments defined in config: query and write templates per
-//! parameter, reply patterns, commands, and Drivable behaviour, over a serial line or
-//! a TCP socket. No Rust per instrument: a LakeShore, a Keithley or a home-made
-//! controller is a `[[link]]` and a few `[[module]]` sections.
+//! parameter, reply patterns, commands, over a serial line or a TCP socket. No Rust
+//! per instrument: a LakeShore, a Keithley or a home-made controller is a `[[link]]`
+//! and a few `[[module]]` sections.
+//!
+//! This file is only the protocol: how a parameter is queried and written and how a
+//! reply becomes a value. Parameter state, polling, the fault policy, status and
+//! Drivable logic are the shared core's ([`crate::configured`]); the line exchange,
+//! deadlines and reconnects are the transport's ([`crate::transport`]).
 //!
 //! Every line sent goes through [`line_safety`]: constant text when the config is
 //! loaded, formatted lines before they are written, so that no value can inject a
 //! second command into the instrument.
 
 pub mod line_safety;
-
-use line_safety::Quoted;
 pub mod template;
 
 use crate::builder::ModuleBuilder;
-use crate::drive::{
-    check_class_parameters, module_status, poll_period, standard_accessibles, Abilities, Drive,
-    DriveConfig,
+use crate::configured::{
+    ConfiguredDevice, LinkParts, ModuleSpec, ParamId, ParamSpec, Poll, Protocol, Reading,
+    Readings,
 };
-use crate::link::{Link, LinkConfig, LinkError};
+use crate::drive::{check_class_parameters, standard_accessibles, Abilities, DriveConfig};
+use crate::transport::{Failure, Transport};
 use crate::{ConfigError, ModuleConfig};
+use line_safety::Quoted;
 use regex::Regex;
-use secop_actors::device_actor::{Backend, Effects, Produced};
 use secop_proto::{DataInfo, Kind, ModuleDescription, SecopError};
 use serde::Deserialize;
 use serde_json::Value;
-use std::time::{Duration, Instant};
 use template::Template;
 
 /// `[link.ascii]`: line settings of an ASCII instrument.
@@ -61,6 +64,8 @@ pub struct AsciiModule {
     #[serde(default, rename = "command")]
     pub commands: Vec<AsciiCommand>,
     pub drive: Option<DriveConfig>,
+    /// Seconds between polls of this module (default: the link's `pollinterval`).
+    pub pollinterval: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,13 +123,7 @@ pub struct AsciiCommand {
     pub result: Option<Value>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Poll {
-    Normal,
-    Slow,
-    Never,
-}
-
+/// How one parameter is queried and written.
 struct Param {
     name: String,
     datainfo: DataInfo,
@@ -132,43 +131,265 @@ struct Param {
     reply: Option<Regex>,
     write: Option<Template>,
     write_reply: bool,
-    readback: bool,
     scale: f64,
     offset: f64,
-    poll: Poll,
-    deadband: f64,
-    /// Last value read and when, for max_age and the deadband.
-    last: Option<(Value, Instant)>,
-    last_error: Option<SecopError>,
 }
 
 struct Command {
     name: String,
     send: Template,
     reply: Option<Regex>,
+    result: Option<DataInfo>,
 }
 
 struct Module {
-    name: String,
     params: Vec<Param>,
     commands: Vec<Command>,
-    drive: Option<Drive>,
-    has_status: bool,
+    /// The line that stops a move (`drive.stop`).
+    stop: Option<String>,
 }
 
-/// The backend of an ASCII link: one per link, serving all its modules.
-pub struct AsciiBackend {
-    link: Link,
+/// The ASCII protocol of one link, serving all its modules.
+pub struct AsciiProtocol {
+    transport: Transport,
     ascii: AsciiLink,
     identify_expect: Option<Regex>,
     modules: Vec<Module>,
-    descriptions: Vec<ModuleDescription>,
-    pollinterval: f64,
-    cycle: u64,
-    /// (module, parameter) of each poll item of the current cycle.
-    plan: Vec<(usize, usize)>,
-    /// After a reconnect every parameter is polled again, the slow ones included.
-    repoll_all: bool,
+}
+
+/// A configured device on an ASCII link.
+pub type AsciiDevice = ConfiguredDevice<AsciiProtocol>;
+
+/// Build the device of an ASCII link from config; errors name the module and key.
+pub fn build(
+    link: &LinkParts,
+    ascii: Option<&AsciiLink>,
+    modules: &[(ModuleConfig, AsciiModule)],
+) -> Result<AsciiDevice, ConfigError> {
+    let ascii = ascii.cloned().unwrap_or(AsciiLink {
+        write_terminator: default_terminator(),
+        read_terminator: default_terminator(),
+        identify: None,
+        identify_expect: None,
+        init: Vec::new(),
+    });
+    if ascii.read_terminator.is_empty() {
+        return Err(ConfigError::invalid(
+            "ascii.read_terminator",
+            "must not be empty",
+        ));
+    }
+    let terminators = [
+        ascii.write_terminator.as_str(),
+        ascii.read_terminator.as_str(),
+    ];
+    if let Some(identify) = &ascii.identify {
+        constant_line(identify, "ascii.identify", &terminators)?;
+    }
+    for (i, command) in ascii.init.iter().enumerate() {
+        constant_line(command, &format!("ascii.init[{i}]"), &terminators)?;
+    }
+    let identify_expect = ascii
+        .identify_expect
+        .as_deref()
+        .map(|r| regex(r, "ascii.identify_expect"))
+        .transpose()?;
+    let mut runtime = Vec::new();
+    let mut specs = Vec::new();
+    let mut descriptions = Vec::new();
+    for (config, spec) in modules {
+        let (module, core, description) = build_module(config, spec, &terminators, link)
+            .map_err(|e| e.in_module(&config.name))?;
+        runtime.push(module);
+        specs.push(core);
+        descriptions.push(description);
+    }
+    let protocol = AsciiProtocol {
+        transport: Transport::new(link.transport.clone()),
+        identify_expect,
+        ascii,
+        modules: runtime,
+    };
+    Ok(ConfiguredDevice::new(protocol, link.core, specs, descriptions))
+}
+
+impl AsciiProtocol {
+    /// The link's terminators: no character of them may appear in a line.
+    fn terminators(&self) -> [&str; 2] {
+        [&self.ascii.write_terminator, &self.ascii.read_terminator]
+    }
+
+    /// Open the link if needed; identify and initialise a fresh session. The session
+    /// counts as proved (the link as connected) once the identification matched.
+    async fn connect(&mut self) -> Result<(), Failure> {
+        if !self.transport.ensure().await? {
+            return Ok(());
+        }
+        let wt = self.ascii.write_terminator.clone();
+        let rt = self.ascii.read_terminator.clone();
+        if let Some(query) = self.ascii.identify.clone() {
+            let reply = self
+                .transport
+                .transact(&query, &wt, Some(&rt))
+                .await?
+                .unwrap_or_default();
+            if let Some(expect) = &self.identify_expect {
+                if !expect.is_match(&reply) {
+                    let reason = format!(
+                        "unexpected identification {} (expected /{}/)",
+                        Quoted(&reply),
+                        expect.as_str()
+                    );
+                    self.transport.mark_garbled();
+                    self.transport.drop_connection(&reason);
+                    return Err(Failure::garbled(SecopError::communication_failed(reason)));
+                }
+            }
+            self.transport.proved();
+        }
+        for command in self.ascii.init.clone() {
+            self.transport.transact(&command, &wt, None).await?;
+        }
+        Ok(())
+    }
+
+    /// The only way a line reaches the instrument: checked by [`line_safety`] (again,
+    /// for lines rendered before), then written with the write terminator; with
+    /// `reply`, one reply line is read. Any reply proves the session.
+    async fn line(&mut self, line: &str, reply: bool) -> Result<Option<String>, Failure> {
+        line_safety::refuse_unsafe(line, &self.terminators()).map_err(Failure::unsent)?;
+        self.connect().await?;
+        let wt = self.ascii.write_terminator.clone();
+        let rt = self.ascii.read_terminator.clone();
+        let answer = self
+            .transport
+            .transact(line, &wt, reply.then_some(rt.as_str()))
+            .await?;
+        if answer.is_some() {
+            self.transport.proved();
+        }
+        Ok(answer)
+    }
+
+    /// `template` filled with `value`, refused (nothing sent) if the line must not be
+    /// sent.
+    fn render(&self, template: &Template, value: &Value) -> Result<String, Failure> {
+        template
+            .render_line(value, &self.terminators())
+            .map_err(Failure::unsent)
+    }
+
+    async fn run_command(
+        &mut self,
+        m: usize,
+        c: usize,
+        argument: &Value,
+    ) -> Result<Value, Failure> {
+        let line = self.render(&self.modules[m].commands[c].send, argument)?;
+        let wants_reply = self.modules[m].commands[c].reply.is_some();
+        let reply = self.line(&line, wants_reply).await?;
+        let command = &self.modules[m].commands[c];
+        let (Some(reply), Some(re)) = (reply, &command.reply) else {
+            return Ok(Value::Null);
+        };
+        let result = extract(Some(re), &reply)
+            .map_err(|e| SecopError::hardware(format!("{}: {e}", command.name)))
+            .and_then(|text| command_result(command.result.as_ref(), text, &reply));
+        result.map_err(|e| {
+            self.transport.mark_garbled();
+            Failure::garbled(e)
+        })
+    }
+}
+
+/// A command's reply as a value of its result datainfo.
+fn command_result(result: Option<&DataInfo>, text: &str, raw: &str) -> Result<Value, SecopError> {
+    let Some(datainfo) = result else {
+        return Ok(Value::from(text));
+    };
+    let value = convert(datainfo, text.trim(), 1.0, 0.0)
+        .map_err(|e| SecopError::hardware(format!("reply {}: {e}", Quoted(raw))))?;
+    crate::fit::device_value(datainfo, value, raw)
+}
+
+impl Protocol for AsciiProtocol {
+    fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    fn transport_mut(&mut self) -> &mut Transport {
+        &mut self.transport
+    }
+
+    /// One query per transaction.
+    fn plan(&self, due: &[ParamId]) -> Vec<Vec<ParamId>> {
+        due.iter().map(|&id| vec![id]).collect()
+    }
+
+    async fn read(&mut self, ids: &[ParamId]) -> Result<Readings, Failure> {
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let Some(query) = self.modules[id.module].params[id.param].query.clone() else {
+                out.push((id, Err(SecopError::read_failed("this parameter has no query"))));
+                continue;
+            };
+            let reply = self.line(&query, true).await?.unwrap_or_default();
+            let param = &self.modules[id.module].params[id.param];
+            let value = parse_reply(param, &reply).map(|value| Reading { value, raw: reply });
+            out.push((id, value));
+        }
+        Ok(out)
+    }
+
+    async fn write(&mut self, id: ParamId, value: &Value) -> Result<(), Failure> {
+        let param = &self.modules[id.module].params[id.param];
+        let Some(template) = param.write.clone() else {
+            return Err(Failure::unsent(SecopError::read_only(format!(
+                "{} is read-only",
+                param.name
+            ))));
+        };
+        let raw = raw_for_write(param, value);
+        // Refused before connecting: nothing is sent for a value that cannot be.
+        let line = self.render(&template, &raw)?;
+        let wants_reply = param.write_reply;
+        let reply = self.line(&line, wants_reply).await?;
+        let param = &self.modules[id.module].params[id.param];
+        if let (Some(reply), Some(re)) = (reply, &param.reply) {
+            if !re.is_match(&reply) {
+                let error = SecopError::hardware(format!(
+                    "{}: the device answered {} to {}",
+                    param.name,
+                    Quoted(&reply),
+                    Quoted(&line)
+                ));
+                self.transport.mark_garbled();
+                return Err(Failure::garbled(error));
+            }
+        }
+        Ok(())
+    }
+
+    async fn command(
+        &mut self,
+        module: usize,
+        command: &str,
+        argument: &Value,
+    ) -> Option<Result<Value, Failure>> {
+        let configured = self.modules[module]
+            .commands
+            .iter()
+            .position(|c| c.name == command);
+        if let Some(c) = configured {
+            return Some(self.run_command(module, c, argument).await);
+        }
+        if command == "stop" {
+            if let Some(stop) = self.modules[module].stop.clone() {
+                return Some(self.line(&stop, false).await.map(|_| Value::Null));
+            }
+        }
+        None
+    }
 }
 
 fn regex(text: &str, key: &str) -> Result<Regex, ConfigError> {
@@ -201,226 +422,6 @@ fn template(text: &str, key: &str, terminators: &[&str]) -> Result<Template, Con
     Ok(template)
 }
 
-impl AsciiBackend {
-    /// Build from config; errors name the module and key.
-    pub fn build(
-        link: &LinkConfig,
-        modules: &[(ModuleConfig, AsciiModule)],
-    ) -> Result<AsciiBackend, ConfigError> {
-        link.validate()?;
-        let ascii = link.ascii.clone().unwrap_or(AsciiLink {
-            write_terminator: default_terminator(),
-            read_terminator: default_terminator(),
-            identify: None,
-            identify_expect: None,
-            init: Vec::new(),
-        });
-        if ascii.read_terminator.is_empty() {
-            return Err(ConfigError::invalid(
-                "ascii.read_terminator",
-                "must not be empty",
-            ));
-        }
-        let terminators = [
-            ascii.write_terminator.as_str(),
-            ascii.read_terminator.as_str(),
-        ];
-        if let Some(identify) = &ascii.identify {
-            constant_line(identify, "ascii.identify", &terminators)?;
-        }
-        for (i, command) in ascii.init.iter().enumerate() {
-            constant_line(command, &format!("ascii.init[{i}]"), &terminators)?;
-        }
-        let identify_expect = ascii
-            .identify_expect
-            .as_deref()
-            .map(|r| regex(r, "ascii.identify_expect"))
-            .transpose()?;
-        let mut runtime = Vec::new();
-        let mut descriptions = Vec::new();
-        for (config, spec) in modules {
-            let (module, description) =
-                build_module(config, spec, &terminators).map_err(|e| e.in_module(&config.name))?;
-            runtime.push(module);
-            descriptions.push(description);
-        }
-        Ok(AsciiBackend {
-            link: Link::new(link.clone()),
-            identify_expect,
-            ascii,
-            modules: runtime,
-            descriptions,
-            pollinterval: link.pollinterval,
-            cycle: 0,
-            plan: Vec::new(),
-            repoll_all: true,
-        })
-    }
-
-    fn any_busy(&self) -> bool {
-        self.modules
-            .iter()
-            .any(|m| m.drive.as_ref().is_some_and(Drive::is_busy))
-    }
-
-    /// Connect if needed; identify and initialise a fresh connection.
-    async fn connect(&mut self) -> Result<(), SecopError> {
-        let fresh = self
-            .link
-            .ensure()
-            .await
-            .map_err(|e| SecopError::communication_failed(format!("link down: {e}")))?;
-        if !fresh {
-            return Ok(());
-        }
-        self.repoll_all = true;
-        let rt = self.ascii.read_terminator.clone();
-        if let Some(query) = self.ascii.identify.clone() {
-            let reply = self.transact(&query, Some(&rt)).await?.unwrap_or_default();
-            if let Some(expect) = &self.identify_expect {
-                if !expect.is_match(&reply) {
-                    let reason = format!(
-                        "unexpected identification {} (expected /{}/)",
-                        Quoted(&reply),
-                        expect.as_str()
-                    );
-                    self.link.drop_connection(&reason);
-                    return Err(SecopError::communication_failed(reason));
-                }
-            }
-        }
-        for command in self.ascii.init.clone() {
-            self.transact(&command, None).await?;
-        }
-        Ok(())
-    }
-
-    /// The link's terminators: no character of them may appear in a line.
-    fn terminators(&self) -> [&str; 2] {
-        [&self.ascii.write_terminator, &self.ascii.read_terminator]
-    }
-
-    /// `template` filled with `value`, refused if the line must not be sent.
-    fn render(&self, template: &Template, value: &Value) -> Result<String, SecopError> {
-        template.render_line(value, &self.terminators())
-    }
-
-    /// The only way a line reaches the instrument: checked by [`line_safety`] (again,
-    /// for lines rendered before), then written with the write terminator.
-    async fn transact(
-        &mut self,
-        line: &str,
-        reply_terminator: Option<&str>,
-    ) -> Result<Option<String>, SecopError> {
-        line_safety::refuse_unsafe(line, &self.terminators())?;
-        let wt = self.ascii.write_terminator.clone();
-        self.link
-            .transact(line, &wt, reply_terminator)
-            .await
-            .map_err(link_error)
-    }
-
-    /// Query one parameter from the device.
-    async fn query(&mut self, m: usize, p: usize) -> Result<Value, SecopError> {
-        self.connect().await?;
-        let Some(query) = self.modules[m].params[p].query.clone() else {
-            return self.modules[m].params[p]
-                .last
-                .as_ref()
-                .map(|(v, _)| v.clone())
-                .ok_or_else(|| {
-                    SecopError::read_failed("this parameter has no query and was never set")
-                });
-        };
-        let rt = self.ascii.read_terminator.clone();
-        let reply = self.transact(&query, Some(&rt)).await?.unwrap_or_default();
-        let param = &mut self.modules[m].params[p];
-        let value = parse_reply(param, &reply);
-        match &value {
-            Ok(v) => {
-                // Within the deadband the old value stands, so no update is sent.
-                let keep_old = match (&param.last, v.as_f64()) {
-                    (Some((old, _)), Some(new)) if param.deadband > 0.0 => old
-                        .as_f64()
-                        .is_some_and(|o| (o - new).abs() < param.deadband),
-                    _ => false,
-                };
-                let stored = if keep_old {
-                    param
-                        .last
-                        .as_ref()
-                        .map(|(o, _)| o.clone())
-                        .unwrap_or_else(|| v.clone())
-                } else {
-                    v.clone()
-                };
-                param.last = Some((stored.clone(), Instant::now()));
-                param.last_error = None;
-                Ok(stored)
-            }
-            Err(e) => {
-                param.last_error = Some(e.clone());
-                value
-            }
-        }
-    }
-
-    /// The status of a module, derived from the link, the last errors and the drive.
-    fn status(&self, m: usize) -> Value {
-        let module = &self.modules[m];
-        let down = (!self.link.is_up()).then(|| self.link.down_reason());
-        let error = module.params.iter().find_map(|p| p.last_error.as_ref());
-        module_status(down, error, module.drive.as_ref())
-    }
-
-    /// Advance the drive state of module `m` after a new value.
-    fn update_drive(&mut self, m: usize) {
-        let Some(drive) = &self.modules[m].drive else {
-            return;
-        };
-        let flag = drive
-            .config
-            .done_parameter
-            .as_deref()
-            .and_then(|p| self.param_value(m, p));
-        let value = self.param_value(m, "value").and_then(|v| v.as_f64());
-        let target = self.param_value(m, "target").and_then(|v| v.as_f64());
-        if let Some(drive) = self.modules[m].drive.as_mut() {
-            drive.observe(value, target, flag.as_ref());
-        }
-    }
-
-    fn param_value(&self, m: usize, name: &str) -> Option<Value> {
-        self.modules[m]
-            .params
-            .iter()
-            .find(|p| p.name == name)
-            .and_then(|p| p.last.as_ref().map(|(v, _)| v.clone()))
-    }
-
-    fn find(&self, module: &str, accessible: &str) -> Option<(usize, usize)> {
-        let m = self.modules.iter().position(|x| x.name == module)?;
-        let p = self.modules[m]
-            .params
-            .iter()
-            .position(|x| x.name == accessible)?;
-        Some((m, p))
-    }
-
-    fn status_of(&self, module: &str) -> Option<Value> {
-        let m = self.modules.iter().position(|x| x.name == module)?;
-        self.modules[m].has_status.then(|| self.status(m))
-    }
-}
-
-fn link_error(e: LinkError) -> SecopError {
-    match e {
-        LinkError::Timeout(t) => SecopError::timeout(t),
-        LinkError::Io(t) => SecopError::communication_failed(t),
-    }
-}
-
-/// Turn a reply line into a value of the parameter's type.
 /// Why a reply line gives no value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 enum ReplyError {
@@ -515,7 +516,8 @@ fn build_module(
     config: &ModuleConfig,
     spec: &AsciiModule,
     terminators: &[&str],
-) -> Result<(Module, ModuleDescription), ConfigError> {
+    link: &LinkParts,
+) -> Result<(Module, ModuleSpec, ModuleDescription), ConfigError> {
     let classes: &[&str] = match spec.class.as_str() {
         "Readable" => &["Readable"],
         "Writable" => &["Writable"],
@@ -531,6 +533,7 @@ fn build_module(
     let has_status = spec.class != "Communicator";
     let mut builder = ModuleBuilder::new(config, "", classes);
     let mut params = Vec::new();
+    let mut core = Vec::new();
     for (i, p) in spec.parameters.iter().enumerate() {
         let key = format!("parameter[{i}] ({:?})", p.name);
         if p.name == "status" || p.name == "pollinterval" {
@@ -554,17 +557,7 @@ fn build_module(
             .as_deref()
             .map(|t| template(t, &format!("{key}.write"), terminators))
             .transpose()?;
-        let poll = match p.poll.as_str() {
-            "normal" => Poll::Normal,
-            "slow" => Poll::Slow,
-            "never" => Poll::Never,
-            other => {
-                return Err(ConfigError::invalid(
-                    format!("{key}.poll"),
-                    format!("{other:?} is not normal, slow or never"),
-                ))
-            }
-        };
+        let poll = Poll::parse(&format!("{key}.poll"), &p.poll)?;
         if p.query.is_none() && write.is_none() {
             return Err(ConfigError::invalid(
                 key,
@@ -589,6 +582,15 @@ fn build_module(
                 write.is_some(),
             )
             .map_err(|e| ConfigError::at(&key, e))?;
+        core.push(ParamSpec {
+            name: p.name.clone(),
+            datainfo: datainfo.clone(),
+            readable: p.query.is_some(),
+            writable: write.is_some(),
+            readback: p.readback && p.query.is_some(),
+            poll,
+            deadband: p.deadband,
+        });
         params.push(Param {
             name: p.name.clone(),
             datainfo,
@@ -596,13 +598,8 @@ fn build_module(
             reply,
             write,
             write_reply: p.write_reply,
-            readback: p.readback && p.query.is_some(),
             scale: p.scale,
             offset: p.offset,
-            poll,
-            deadband: p.deadband,
-            last: None,
-            last_error: None,
         });
     }
     if has_status {
@@ -627,10 +624,18 @@ fn build_module(
         builder = builder
             .command(&c.name, &description, c.argument.clone(), c.result.clone())
             .map_err(|e| ConfigError::at(&key, e))?;
+        let result = c
+            .result
+            .as_ref()
+            .map(|r| {
+                DataInfo::from_json(r).map_err(|e| ConfigError::at(format!("{key}.result"), e))
+            })
+            .transpose()?;
         commands.push(Command {
             name: c.name.clone(),
             send,
             reply,
+            result,
         });
     }
     let drive = match (&spec.drive, spec.class.as_str()) {
@@ -651,7 +656,7 @@ fn build_module(
             if !commands.iter().any(|c| c.name == "stop") {
                 builder = builder.command("stop", "stop the move", None, None)?;
             }
-            Some(Drive::new(d.clone()))
+            Some(d.clone())
         }
         (None, "Drivable") => {
             return Err(ConfigError::invalid(
@@ -682,258 +687,31 @@ fn build_module(
     if config.description.is_none() {
         description.description = format!("{} on an ASCII link", spec.class);
     }
+    let pollinterval = spec.pollinterval.unwrap_or(link.pollinterval);
+    crate::limits::POLLINTERVAL.check("pollinterval", pollinterval)?;
+    let stop = drive.as_ref().and_then(|d| d.stop.clone());
     Ok((
         Module {
-            name: config.name.clone(),
             params,
             commands,
+            stop,
+        },
+        ModuleSpec {
+            name: config.name.clone(),
+            params: core,
             drive,
             has_status,
+            pollinterval,
         },
         description,
     ))
 }
 
-impl Backend for AsciiBackend {
-    fn modules(&self) -> Vec<ModuleDescription> {
-        self.descriptions.clone()
-    }
-
-    fn poll_interval(&self) -> Duration {
-        poll_period(self.pollinterval, self.any_busy())
-    }
-
-    fn poll_items(&mut self) -> usize {
-        let slow_factor = u64::from(self.link.config().slow_factor);
-        let slow_turn =
-            self.cycle.is_multiple_of(slow_factor) || std::mem::take(&mut self.repoll_all);
-        self.cycle += 1;
-        self.plan.clear();
-        for (m, module) in self.modules.iter().enumerate() {
-            for (p, param) in module.params.iter().enumerate() {
-                let due = match param.poll {
-                    Poll::Normal => true,
-                    Poll::Slow => slow_turn,
-                    Poll::Never => false,
-                };
-                if due && param.query.is_some() {
-                    self.plan.push((m, p));
-                }
-            }
-        }
-        // One extra item reports status and pollinterval, even while the link is down.
-        self.plan.len() + 1
-    }
-
-    async fn poll(&mut self, item: usize) -> Vec<Produced> {
-        let Some(&(m, p)) = self.plan.get(item) else {
-            // The last item: status and pollinterval of every module.
-            let mut out = Vec::new();
-            if !self.link.is_up() {
-                // Try to come back (the backoff decides whether this attempt is due).
-                let _ = self.connect().await;
-            }
-            for m in 0..self.modules.len() {
-                if self.modules[m].has_status {
-                    let name = self.modules[m].name.clone();
-                    out.push((name.clone(), "status".to_owned(), Ok(self.status(m))));
-                    out.push((
-                        name,
-                        "pollinterval".to_owned(),
-                        secop_proto::json::number(self.pollinterval)
-                            .ok_or_else(|| SecopError::internal("pollinterval")),
-                    ));
-                }
-            }
-            return out;
-        };
-        let name = self.modules[m].name.clone();
-        let pname = self.modules[m].params[p].name.clone();
-        let value = if self.link.is_up() || item == 0 {
-            self.query(m, p).await
-        } else {
-            Err(SecopError::communication_failed(format!(
-                "link down: {}",
-                self.link.down_reason()
-            )))
-        };
-        self.update_drive(m);
-        let mut out = vec![(name.clone(), pname, value)];
-        if self.modules[m].has_status {
-            out.push((name, "status".to_owned(), Ok(self.status(m))));
-        }
-        out
-    }
-
-    fn link_up(&self) -> bool {
-        self.link.is_up()
-    }
-
-    fn take_reconnects(&mut self) -> u64 {
-        self.link.take_reconnects()
-    }
-
-    async fn read(&mut self, module: &str, parameter: &str) -> Result<Value, SecopError> {
-        if parameter == "status" {
-            return self
-                .status_of(module)
-                .ok_or_else(|| SecopError::no_such_parameter(format!("{module} has no status")));
-        }
-        if parameter == "pollinterval" {
-            return secop_proto::json::number(self.pollinterval)
-                .ok_or_else(|| SecopError::internal("pollinterval"));
-        }
-        let (m, p) = self.find(module, parameter).ok_or_else(|| {
-            SecopError::no_such_parameter(format!("{module} has no parameter {parameter:?}"))
-        })?;
-        let max_age = self.link.config().max_age;
-        if max_age > 0.0 {
-            if let Some((v, at)) = &self.modules[m].params[p].last {
-                if at.elapsed().as_secs_f64() <= max_age {
-                    return Ok(v.clone());
-                }
-            }
-        }
-        self.query(m, p).await
-    }
-
-    async fn change(
-        &mut self,
-        module: &str,
-        parameter: &str,
-        value: Value,
-        fx: &mut Effects,
-    ) -> Result<Value, SecopError> {
-        if parameter == "pollinterval" {
-            self.pollinterval = crate::sim::pollinterval(&value)?;
-            return secop_proto::json::number(self.pollinterval)
-                .ok_or_else(|| SecopError::internal("pollinterval"));
-        }
-        let (m, p) = self.find(module, parameter).ok_or_else(|| {
-            SecopError::no_such_parameter(format!("{module} has no parameter {parameter:?}"))
-        })?;
-        let Some(template) = self.modules[m].params[p].write.clone() else {
-            return Err(SecopError::read_only(format!(
-                "{module}:{parameter} is read-only"
-            )));
-        };
-        let raw = raw_for_write(&self.modules[m].params[p], &value);
-        // Refused before connecting: nothing is sent for a value that cannot be.
-        let line = self.render(&template, &raw)?;
-        self.connect().await?;
-        let rt = self.ascii.read_terminator.clone();
-        let wants_reply = self.modules[m].params[p].write_reply;
-        let reply = self
-            .transact(&line, wants_reply.then_some(rt.as_str()))
-            .await?;
-        if let (Some(reply), Some(re)) = (reply, &self.modules[m].params[p].reply) {
-            if !re.is_match(&reply) {
-                return Err(SecopError::hardware(format!(
-                    "{parameter}: the device answered {} to {}",
-                    Quoted(&reply),
-                    Quoted(&line)
-                )));
-            }
-        }
-        let result = if self.modules[m].params[p].readback {
-            self.query(m, p).await?
-        } else {
-            self.modules[m].params[p].last = Some((value.clone(), Instant::now()));
-            value
-        };
-        if parameter == "target" {
-            if let Some(d) = self.modules[m].drive.as_mut() {
-                d.start();
-            }
-        }
-        if self.modules[m].has_status {
-            fx.push(module, "status", Ok(self.status(m)));
-        }
-        Ok(result)
-    }
-
-    async fn execute(
-        &mut self,
-        module: &str,
-        command: &str,
-        argument: Value,
-        fx: &mut Effects,
-    ) -> Result<Value, SecopError> {
-        let m = self
-            .modules
-            .iter()
-            .position(|x| x.name == module)
-            .ok_or_else(|| SecopError::no_such_module(module.to_owned()))?;
-        let configured = self.modules[m]
-            .commands
-            .iter()
-            .position(|c| c.name == command);
-        if command == "stop" && configured.is_none() && self.modules[m].drive.is_some() {
-            return self.stop(m, fx).await;
-        }
-        let c = configured.ok_or_else(|| {
-            SecopError::no_such_command(format!("{module} has no command {command:?}"))
-        })?;
-        let line = self.render(&self.modules[m].commands[c].send, &argument)?;
-        self.connect().await?;
-        let wants_reply = self.modules[m].commands[c].reply.is_some();
-        let rt = self.ascii.read_terminator.clone();
-        let reply = self
-            .transact(&line, wants_reply.then_some(rt.as_str()))
-            .await?;
-        match (reply, &self.modules[m].commands[c].reply) {
-            (Some(reply), Some(re)) => extract(Some(re), &reply)
-                .map(Value::from)
-                .map_err(|e| SecopError::hardware(format!("{command}: {e}"))),
-            _ => Ok(Value::Null),
-        }
-    }
-}
-
-impl AsciiBackend {
-    async fn stop(&mut self, m: usize, fx: &mut Effects) -> Result<Value, SecopError> {
-        let module = self.modules[m].name.clone();
-        let stop = self.modules[m]
-            .drive
-            .as_ref()
-            .and_then(|d| d.config.stop.clone());
-        match stop {
-            Some(cmd) => {
-                self.connect().await?;
-                self.transact(&cmd, None).await?;
-            }
-            None => {
-                // Without a stop command: hold where we are by making it the target.
-                let here = self.param_value(m, "value").unwrap_or(Value::Null);
-                if !here.is_null() {
-                    let target = self.modules[m]
-                        .params
-                        .iter()
-                        .position(|p| p.name == "target");
-                    if let Some(t) = target {
-                        if let Some(template) = self.modules[m].params[t].write.clone() {
-                            let raw = raw_for_write(&self.modules[m].params[t], &here);
-                            let line = self.render(&template, &raw)?;
-                            self.connect().await?;
-                            self.transact(&line, None).await?;
-                            self.modules[m].params[t].last = Some((here.clone(), Instant::now()));
-                            fx.push(&module, "target", Ok(here));
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(d) = self.modules[m].drive.as_mut() {
-            d.stop();
-        }
-        fx.push(&module, "status", Ok(self.status(m)));
-        Ok(Value::Null)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::link::LinkConfig;
+    use secop_actors::device_actor::{Backend, Effects};
 
     /// A garbled reply (lossily decoded: U+FFFD) reaches error and status texts as
     /// ASCII, so that clients do not drop the message.
@@ -976,7 +754,7 @@ mod tests {
 
     /// A link on `tcp` with one Writable module `X`: a string `_label` written with
     /// `LABEL {value}` and a `communicate` command that sends its argument as is.
-    fn label_link(tcp: &str, ascii: Value, extra: Value) -> Result<AsciiBackend, ConfigError> {
+    fn label_link(tcp: &str, ascii: Value, extra: Value) -> Result<AsciiDevice, ConfigError> {
         let mut link = json!({"name": "dev", "protocol": "ascii", "tcp": tcp, "timeout": 0.5});
         link["ascii"] = ascii;
         let link: LinkConfig = crate::from_json(link)?;
@@ -1011,7 +789,8 @@ mod tests {
             properties: Default::default(),
             settings: Value::Null,
         };
-        AsciiBackend::build(&link, &[(config, spec)])
+        link.validate()?;
+        build(&link.parts(), link.ascii.as_ref(), &[(config, spec)])
     }
 
     fn build_error(ascii: Value, extra: Value) -> String {
@@ -1171,7 +950,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.text.contains("character 0x0D (CR)"), "{e}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         assert_eq!(received(&log), "", "nothing may reach the instrument");
         // A clean value goes out as one line.
         backend

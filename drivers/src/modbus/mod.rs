@@ -17,14 +17,15 @@
 pub mod codec;
 
 use crate::builder::ModuleBuilder;
-use crate::drive::{
-    check_class_parameters, module_status, poll_period, standard_accessibles, Abilities, Drive,
-    DriveConfig,
+use crate::configured::{
+    ConfiguredDevice, LinkParts, ModuleSpec, ParamId, ParamSpec, Poll, Protocol, Reading,
+    Readings,
 };
-use crate::link::{Link, LinkConfig, Stream};
+use crate::drive::{check_class_parameters, standard_accessibles, Abilities, DriveConfig};
+use crate::transport::{Failure, Stream, Transport};
 use crate::{ConfigError, ModuleConfig};
 use codec::{CodecError, Order, RegType};
-use secop_actors::device_actor::{Backend, Effects, Produced};
+use secop_actors::device_actor::Outcome;
 use secop_proto::{DataInfo, Kind, ModuleDescription, SecopError};
 use serde::Deserialize;
 use serde_json::Value;
@@ -69,6 +70,8 @@ pub struct ModbusModule {
     #[serde(default, rename = "command")]
     pub commands: Vec<ModbusCommand>,
     pub drive: Option<DriveConfig>,
+    /// Seconds between polls of this module (default: the link's `pollinterval`).
+    pub pollinterval: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -185,11 +188,6 @@ struct Param {
     scale: f64,
     offset: f64,
     bit: Option<u8>,
-    writable: bool,
-    deadband: f64,
-    last: Option<Value>,
-    last_at: Option<Instant>,
-    last_error: Option<SecopError>,
 }
 
 struct Command {
@@ -202,10 +200,10 @@ struct Command {
 }
 
 struct Module {
-    name: String,
     params: Vec<Param>,
     commands: Vec<Command>,
-    drive: Option<Drive>,
+    /// The command that stops a move (`drive.stop`).
+    stop: Option<String>,
 }
 
 /// One coalesced read.
@@ -219,22 +217,19 @@ struct Block {
     members: Vec<(usize, usize)>,
 }
 
-/// The backend of a Modbus link.
-pub struct ModbusBackend {
-    link: Link,
+/// The Modbus protocol of one link (a TCP device, or the units on an RTU bus).
+pub struct ModbusProtocol {
+    transport: Transport,
     context: Option<Context>,
     rtu: bool,
     last_io: Instant,
     modules: Vec<Module>,
-    descriptions: Vec<ModuleDescription>,
-    normal_blocks: Vec<Block>,
-    slow_blocks: Vec<Block>,
-    plan: Vec<Block>,
-    cycle: u64,
-    pollinterval: f64,
-    /// After a reconnect every parameter is polled again, the slow ones included.
-    repoll_all: bool,
+    max_gap: u16,
+    max_block: u16,
 }
+
+/// A configured device on a Modbus link.
+pub type ModbusDevice = ConfiguredDevice<ModbusProtocol>;
 
 /// Coalesce single-parameter reads into blocks of at most `max_block` registers (2000
 /// coils) with gaps of at most `max_gap`.
@@ -278,69 +273,50 @@ fn exception_error(code: tokio_modbus::ExceptionCode, what: &str) -> SecopError 
     }
 }
 
-impl ModbusBackend {
-    pub fn build(
-        link: &LinkConfig,
-        modules: &[(ModuleConfig, ModbusModule)],
-    ) -> Result<ModbusBackend, ConfigError> {
-        link.validate()?;
-        let settings = link.modbus.clone().unwrap_or(ModbusLink {
-            unit_id: 1,
-            max_gap: default_max_gap(),
-            max_block: default_max_block(),
-        });
-        let (gap, block) = (settings.max_gap, settings.max_block);
-        crate::limits::count("modbus.max_block", block.into(), 1, 125, "registers")?;
-        crate::limits::count("modbus.max_gap", gap.into(), 0, 125, "registers")?;
-        let mut runtime = Vec::new();
-        let mut descriptions = Vec::new();
-        let (mut normal, mut slow) = (Vec::new(), Vec::new());
-        for (m, (config, spec)) in modules.iter().enumerate() {
-            let unit = spec.unit_id.unwrap_or(settings.unit_id);
-            let (module, description, polls) =
-                build_module(config, spec, unit).map_err(|e| e.in_module(&config.name))?;
-            for (p, poll) in polls.into_iter().enumerate() {
-                let param = &module.params[p];
-                let item = Block {
-                    unit: param.unit,
-                    table: param.table,
-                    start: param.address,
-                    count: param.kind.registers(),
-                    members: vec![(m, p)],
-                };
-                match poll.as_str() {
-                    "normal" => normal.push(item),
-                    "slow" => slow.push(item),
-                    _ => {}
-                }
-            }
-            runtime.push(module);
-            descriptions.push(description);
-        }
-        Ok(ModbusBackend {
-            link: Link::new(link.clone()),
-            context: None,
-            rtu: link.serial.is_some(),
-            last_io: Instant::now(),
-            modules: runtime,
-            descriptions,
-            normal_blocks: plan_blocks(normal, settings.max_gap, settings.max_block),
-            slow_blocks: plan_blocks(slow, settings.max_gap, settings.max_block),
-            plan: Vec::new(),
-            cycle: 0,
-            pollinterval: link.pollinterval,
-            repoll_all: true,
-        })
+/// Build the device of a Modbus link from config; errors name the module and key.
+pub fn build(
+    link: &LinkParts,
+    settings: Option<&ModbusLink>,
+    modules: &[(ModuleConfig, ModbusModule)],
+) -> Result<ModbusDevice, ConfigError> {
+    let settings = settings.cloned().unwrap_or(ModbusLink {
+        unit_id: 1,
+        max_gap: default_max_gap(),
+        max_block: default_max_block(),
+    });
+    let (gap, block) = (settings.max_gap, settings.max_block);
+    crate::limits::count("modbus.max_block", block.into(), 1, 125, "registers")?;
+    crate::limits::count("modbus.max_gap", gap.into(), 0, 125, "registers")?;
+    let mut runtime = Vec::new();
+    let mut specs = Vec::new();
+    let mut descriptions = Vec::new();
+    for (config, spec) in modules {
+        let unit = spec.unit_id.unwrap_or(settings.unit_id);
+        let (module, core, description) =
+            build_module(config, spec, unit, link).map_err(|e| e.in_module(&config.name))?;
+        runtime.push(module);
+        specs.push(core);
+        descriptions.push(description);
     }
+    let protocol = ModbusProtocol {
+        transport: Transport::new(link.transport.clone()),
+        context: None,
+        rtu: link.transport.serial.is_some(),
+        last_io: Instant::now(),
+        modules: runtime,
+        max_gap: gap,
+        max_block: block,
+    };
+    Ok(ConfiguredDevice::new(protocol, link.core, specs, descriptions))
+}
 
-    async fn context(&mut self) -> Result<&mut Context, SecopError> {
+impl ModbusProtocol {
+    async fn context(&mut self) -> Result<&mut Context, Failure> {
+        if !self.transport.is_open() {
+            self.context = None;
+        }
         if self.context.is_none() {
-            let stream = self
-                .link
-                .connect_raw()
-                .await
-                .map_err(|e| SecopError::communication_failed(format!("link down: {e}")))?;
-            self.repoll_all = true;
+            let stream = self.transport.open_session().await?;
             self.context = Some(match stream {
                 Stream::Tcp(s) => tokio_modbus::client::tcp::attach(s),
                 Stream::Serial(s) => tokio_modbus::client::rtu::attach(s),
@@ -348,7 +324,7 @@ impl ModbusBackend {
         }
         self.context
             .as_mut()
-            .ok_or_else(|| SecopError::internal("no Modbus context"))
+            .ok_or_else(|| Failure::unsent(SecopError::internal("no Modbus context")))
     }
 
     /// RTU needs 3.5 character times of silence between frames.
@@ -356,7 +332,7 @@ impl ModbusBackend {
         if !self.rtu {
             return;
         }
-        let baud = f64::from(self.link.config().baud.max(1));
+        let baud = f64::from(self.transport.settings().baud.max(1));
         let gap = if baud > 19200.0 {
             0.00175
         } else {
@@ -370,11 +346,16 @@ impl ModbusBackend {
 
     fn lost(&mut self, reason: &str) {
         self.context = None;
-        self.link.drop_connection(reason);
+        self.transport.drop_connection(reason);
     }
 
-    /// Run one Modbus call under the link's deadline.
-    async fn call<T, F>(&mut self, unit: u8, what: &str, f: F) -> Result<T, SecopError>
+    /// Run one Modbus request under the link's deadline, counted as one exchange.
+    ///
+    /// A timeout ends a TCP session (a late reply must not answer the next request).
+    /// On an RTU bus it does not: the bus is fine, one unit is silent, and
+    /// tokio-modbus clears its input before each request and refuses a reply whose
+    /// unit or function code differs, so a late reply cannot be taken for another's.
+    async fn call<T, F>(&mut self, unit: u8, what: &str, f: F) -> Result<T, Failure>
     where
         F: for<'c> FnOnce(
             &'c mut Context,
@@ -383,31 +364,53 @@ impl ModbusBackend {
         >,
     {
         self.inter_frame_gap().await;
-        let timeout = self.link.transaction_timeout();
+        let timeout = self.transport.timeout();
         let ctx = self.context().await?;
         ctx.set_slave(Slave(unit));
+        let started = Instant::now();
         let result = tokio::time::timeout(timeout, f(ctx)).await;
         self.last_io = Instant::now();
+        let took = started.elapsed();
+        let failed = |outcome, error| Failure {
+            outcome: Some(outcome),
+            error,
+        };
         match result {
-            Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(code))) => Err(exception_error(code, what)),
+            Ok(Ok(Ok(v))) => {
+                self.transport.record(Outcome::Ok, took);
+                self.transport.proved();
+                Ok(v)
+            }
+            Ok(Ok(Err(code))) => {
+                // An exception is an answer: the device is there.
+                self.transport.record(Outcome::Error, took);
+                self.transport.proved();
+                Err(failed(Outcome::Error, exception_error(code, what)))
+            }
             Ok(Err(e)) => {
+                self.transport.record(Outcome::Error, took);
                 let reason = format!("Modbus I/O error at {what}: {e}");
                 self.lost(&reason);
-                Err(SecopError::communication_failed(reason))
+                Err(failed(
+                    Outcome::Error,
+                    SecopError::communication_failed(reason),
+                ))
             }
             Err(_) => {
+                self.transport.record(Outcome::Timeout, took);
                 let reason = format!(
                     "no reply from unit {unit} at {what} within {} s",
                     timeout.as_secs_f64()
                 );
-                self.lost(&reason);
-                Err(SecopError::timeout(reason))
+                if !self.rtu {
+                    self.lost(&reason);
+                }
+                Err(failed(Outcome::Timeout, SecopError::timeout(reason)))
             }
         }
     }
 
-    async fn read_block(&mut self, b: &Block) -> Result<Vec<u16>, SecopError> {
+    async fn read_block(&mut self, b: &Block) -> Result<Vec<u16>, Failure> {
         let what = format!(
             "{} {}..{}",
             b.table.name(),
@@ -426,103 +429,37 @@ impl ModbusBackend {
                 }))
             })
             .await?;
-        block_registers(b, response)
-            .map_err(|e| SecopError::communication_failed(format!("{what}: {e}")))
+        block_registers(b, response).map_err(|e| {
+            self.transport.mark_garbled();
+            Failure::garbled(SecopError::communication_failed(format!("{what}: {e}")))
+        })
     }
 
-    /// Read a block and turn its registers into the values of its members.
-    async fn poll_block(&mut self, b: &Block) -> Vec<Produced> {
-        let regs = self.read_block(b).await;
-        let mut out = Vec::new();
-        for &(m, p) in &b.members {
-            let value = match &regs {
-                Ok(regs) => {
-                    let param = &self.modules[m].params[p];
-                    member_registers(regs, b.start, param.address, param.kind.registers())
-                        .map_err(|e| {
-                            SecopError::communication_failed(format!("{}: {e}", param.name))
-                        })
-                        .and_then(|slice| {
-                            to_value(param, slice)
-                                .map_err(|e| SecopError::hardware(format!("{}: {e}", param.name)))
-                        })
-                }
-                Err(e) => Err(e.clone()),
-            };
-            let param = &mut self.modules[m].params[p];
-            let value = match value {
-                Ok(v) => {
-                    // Within the deadband the old value stands, so no update is sent.
-                    let within = match (param.last.as_ref().and_then(Value::as_f64), v.as_f64()) {
-                        (Some(old), Some(new)) => {
-                            param.deadband > 0.0 && (old - new).abs() < param.deadband
-                        }
-                        _ => false,
-                    };
-                    let stored = match (&param.last, within) {
-                        (Some(old), true) => old.clone(),
-                        _ => v,
-                    };
-                    param.last = Some(stored.clone());
-                    param.last_at = Some(Instant::now());
-                    param.last_error = None;
-                    Ok(stored)
-                }
-                Err(e) => {
-                    param.last_error = Some(e.clone());
-                    Err(e)
-                }
-            };
-            let name = self.modules[m].name.clone();
-            out.push((name, self.modules[m].params[p].name.clone(), value));
-            self.update_drive(m);
-        }
-        out
+    fn param(&self, id: ParamId) -> &Param {
+        &self.modules[id.module].params[id.param]
     }
 
-    fn update_drive(&mut self, m: usize) {
-        let get = |name: &str| {
-            self.modules[m]
-                .params
-                .iter()
-                .find(|p| p.name == name)
-                .and_then(|p| p.last.clone())
-        };
-        let Some(drive) = &self.modules[m].drive else {
-            return;
-        };
-        let flag = drive.config.done_parameter.as_deref().and_then(get);
-        let value = get("value").and_then(|v| v.as_f64());
-        let target = get("target").and_then(|v| v.as_f64());
-        if let Some(drive) = self.modules[m].drive.as_mut() {
-            drive.observe(value, target, flag.as_ref());
-        }
-    }
-
-    fn status(&self, m: usize) -> Value {
-        let module = &self.modules[m];
-        let down = (!self.link.is_up()).then(|| self.link.down_reason());
-        let error = module.params.iter().find_map(|p| p.last_error.as_ref());
-        module_status(down, error, module.drive.as_ref())
-    }
-
-    fn find(&self, module: &str, parameter: &str) -> Result<(usize, usize), SecopError> {
-        let m = self
-            .modules
+    /// The block that reads exactly these parameters (one unit, one table).
+    fn block_of(&self, ids: &[ParamId]) -> Option<Block> {
+        let first = self.param(*ids.first()?);
+        let start = ids.iter().map(|&id| self.param(id).address).min()?;
+        let end = ids
             .iter()
-            .position(|x| x.name == module)
-            .ok_or_else(|| SecopError::no_such_module(module.to_owned()))?;
-        let p = self.modules[m]
-            .params
-            .iter()
-            .position(|x| x.name == parameter)
-            .ok_or_else(|| {
-                SecopError::no_such_parameter(format!("{module} has no parameter {parameter:?}"))
-            })?;
-        Ok((m, p))
+            .map(|&id| {
+                let p = self.param(id);
+                u32::from(p.address) + u32::from(p.kind.registers())
+            })
+            .max()?;
+        Some(Block {
+            unit: first.unit,
+            table: first.table,
+            start,
+            count: u16::try_from(end - u32::from(start)).ok()?,
+            members: ids.iter().map(|id| (id.module, id.param)).collect(),
+        })
     }
 
-    async fn write(
+    async fn write_raw(
         &mut self,
         unit: u8,
         table: Table,
@@ -530,7 +467,7 @@ impl ModbusBackend {
         kind: RegType,
         order: Order,
         raw: &Value,
-    ) -> Result<(), SecopError> {
+    ) -> Result<(), Failure> {
         let what = format!("{} {address}", table.name());
         match table {
             Table::Coil => {
@@ -544,8 +481,9 @@ impl ModbusBackend {
                 .await
             }
             Table::Holding => {
-                let regs = codec::encode(raw, kind, order)
-                    .map_err(|e| SecopError::range(format!("{what}: {e}")))?;
+                let regs = codec::encode(raw, kind, order).map_err(|e| {
+                    Failure::unsent(SecopError::range(format!("{what}: {e}")))
+                })?;
                 if let [word] = regs[..] {
                     self.call(unit, &what, move |c| {
                         Box::pin(c.write_single_register(address, word))
@@ -558,8 +496,116 @@ impl ModbusBackend {
                     .await
                 }
             }
-            _ => Err(SecopError::read_only(format!("{what} cannot be written"))),
+            _ => Err(Failure::unsent(SecopError::read_only(format!(
+                "{what} cannot be written"
+            )))),
         }
+    }
+}
+
+impl Protocol for ModbusProtocol {
+    fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    fn transport_mut(&mut self) -> &mut Transport {
+        &mut self.transport
+    }
+
+    /// Coalesced blocks per unit and table.
+    fn plan(&self, due: &[ParamId]) -> Vec<Vec<ParamId>> {
+        let reads = due
+            .iter()
+            .map(|&id| {
+                let p = self.param(id);
+                Block {
+                    unit: p.unit,
+                    table: p.table,
+                    start: p.address,
+                    count: p.kind.registers(),
+                    members: vec![(id.module, id.param)],
+                }
+            })
+            .collect();
+        plan_blocks(reads, self.max_gap, self.max_block)
+            .into_iter()
+            .map(|b| {
+                b.members
+                    .into_iter()
+                    .map(|(module, param)| ParamId { module, param })
+                    .collect()
+            })
+            .collect()
+    }
+
+    async fn read(&mut self, ids: &[ParamId]) -> Result<Readings, Failure> {
+        let Some(block) = self.block_of(ids) else {
+            return Ok(Vec::new());
+        };
+        let regs = self.read_block(&block).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let param = self.param(id);
+            let value = member_registers(&regs, block.start, param.address, param.kind.registers())
+                .map_err(|e| SecopError::communication_failed(format!("{}: {e}", param.name)))
+                .and_then(|slice| {
+                    let raw = format!("registers {slice:?}");
+                    to_value(param, slice)
+                        .map(|value| Reading { value, raw })
+                        .map_err(|e| SecopError::hardware(format!("{}: {e}", param.name)))
+                });
+            out.push((id, value));
+        }
+        Ok(out)
+    }
+
+    async fn write(&mut self, id: ParamId, value: &Value) -> Result<(), Failure> {
+        let param = self.param(id);
+        let raw = match (&param.datainfo.kind, value.as_f64()) {
+            (Kind::Double { .. }, Some(x)) => {
+                secop_proto::json::number((x - param.offset) / param.scale).unwrap_or(Value::Null)
+            }
+            _ => value.clone(),
+        };
+        let (unit, table, address, kind, order) = (
+            param.unit,
+            param.table,
+            param.address,
+            param.kind,
+            param.order,
+        );
+        self.write_raw(unit, table, address, kind, order, &raw).await
+    }
+
+    async fn command(
+        &mut self,
+        module: usize,
+        command: &str,
+        argument: &Value,
+    ) -> Option<Result<Value, Failure>> {
+        let name = match (command, &self.modules[module].stop) {
+            ("stop", Some(configured))
+                if !self.modules[module].commands.iter().any(|c| c.name == "stop") =>
+            {
+                configured.clone()
+            }
+            _ => command.to_owned(),
+        };
+        let cmd = self.modules[module]
+            .commands
+            .iter()
+            .find(|c| c.name == name)?;
+        let value = cmd.value.clone().unwrap_or_else(|| argument.clone());
+        let (unit, table, address, kind) = (cmd.unit, cmd.table, cmd.address, cmd.kind);
+        let order = Order {
+            big_words: true,
+            big_bytes: true,
+        };
+        Some(
+            self.write_raw(unit, table, address, kind, order, &value)
+                .await
+                .map(|()| Value::Null),
+        )
     }
 }
 
@@ -671,7 +717,8 @@ fn build_module(
     config: &ModuleConfig,
     spec: &ModbusModule,
     unit: u8,
-) -> Result<(Module, ModuleDescription, Vec<String>), ConfigError> {
+    link: &LinkParts,
+) -> Result<(Module, ModuleSpec, ModuleDescription), ConfigError> {
     let classes: &[&str] = match spec.class.as_str() {
         "Readable" => &["Readable"],
         "Writable" => &["Writable"],
@@ -685,7 +732,7 @@ fn build_module(
     };
     let mut builder = ModuleBuilder::new(config, "", classes);
     let mut params = Vec::new();
-    let mut polls = Vec::new();
+    let mut core = Vec::new();
     for (i, p) in spec.parameters.iter().enumerate() {
         let key = format!("parameter[{i}] ({:?})", p.name);
         if p.name == "status" || p.name == "pollinterval" {
@@ -728,12 +775,7 @@ fn build_module(
                 "the value runs past register 65535".into(),
             ));
         }
-        if !matches!(p.poll.as_str(), "normal" | "slow" | "never") {
-            return Err(invalid(
-                "poll",
-                format!("{:?} is not normal, slow or never", p.poll),
-            ));
-        }
+        let poll = Poll::parse(&format!("{key}.poll"), &p.poll)?;
         if !(p.scale.is_finite() && p.scale != 0.0) {
             return Err(invalid("scale", "must be a non-zero number".into()));
         }
@@ -749,7 +791,15 @@ fn build_module(
                 p.writable,
             )
             .map_err(|e| ConfigError::at(&key, e))?;
-        polls.push(p.poll.clone());
+        core.push(ParamSpec {
+            name: p.name.clone(),
+            datainfo: datainfo.clone(),
+            readable: true,
+            writable: p.writable,
+            readback: true,
+            poll,
+            deadband: p.deadband,
+        });
         params.push(Param {
             name: p.name.clone(),
             datainfo,
@@ -761,11 +811,6 @@ fn build_module(
             scale: p.scale,
             offset: p.offset,
             bit: p.bit,
-            writable: p.writable,
-            deadband: p.deadband,
-            last: None,
-            last_at: None,
-            last_error: None,
         });
     }
     builder = standard_accessibles(builder)?;
@@ -822,7 +867,7 @@ fn build_module(
             if !commands.iter().any(|c| c.name == "stop") {
                 builder = builder.command("stop", "stop the move", None, None)?;
             }
-            Some(Drive::new(d.clone()))
+            Some(d.clone())
         }
         (None, "Drivable") => {
             return Err(ConfigError::invalid(
@@ -841,7 +886,7 @@ fn build_module(
     check_class_parameters(
         &spec.class,
         |name| {
-            params.iter().find(|p| p.name == name).map(|p| Abilities {
+            core.iter().find(|p| p.name == name).map(|p| Abilities {
                 readable: true,
                 writable: p.writable,
             })
@@ -853,230 +898,31 @@ fn build_module(
     if config.description.is_none() {
         description.description = format!("{} on a Modbus link", spec.class);
     }
+    let pollinterval = spec.pollinterval.unwrap_or(link.pollinterval);
+    crate::limits::POLLINTERVAL.check("pollinterval", pollinterval)?;
+    let stop = drive.as_ref().and_then(|d| d.stop.clone());
     Ok((
         Module {
-            name: config.name.clone(),
             params,
             commands,
+            stop,
+        },
+        ModuleSpec {
+            name: config.name.clone(),
+            params: core,
             drive,
+            has_status: true,
+            pollinterval,
         },
         description,
-        polls,
     ))
-}
-
-impl Backend for ModbusBackend {
-    fn modules(&self) -> Vec<ModuleDescription> {
-        self.descriptions.clone()
-    }
-
-    fn poll_interval(&self) -> Duration {
-        let moving = self
-            .modules
-            .iter()
-            .any(|m| m.drive.as_ref().is_some_and(Drive::is_busy));
-        poll_period(self.pollinterval, moving)
-    }
-
-    fn poll_items(&mut self) -> usize {
-        let slow_factor = u64::from(self.link.config().slow_factor);
-        self.plan = self.normal_blocks.clone();
-        if self.cycle.is_multiple_of(slow_factor) || std::mem::take(&mut self.repoll_all) {
-            self.plan.extend(self.slow_blocks.iter().cloned());
-        }
-        self.cycle += 1;
-        self.plan.len() + 1
-    }
-
-    async fn poll(&mut self, item: usize) -> Vec<Produced> {
-        if let Some(block) = self.plan.get(item).cloned() {
-            if !self.link.is_up() && item > 0 {
-                // One reconnect attempt per cycle is enough: the first block tried it.
-                let reason = format!("link down: {}", self.link.down_reason());
-                return block
-                    .members
-                    .iter()
-                    .map(|&(m, p)| {
-                        let e = SecopError::communication_failed(reason.clone());
-                        self.modules[m].params[p].last_error = Some(e.clone());
-                        (
-                            self.modules[m].name.clone(),
-                            self.modules[m].params[p].name.clone(),
-                            Err(e),
-                        )
-                    })
-                    .collect();
-            }
-            return self.poll_block(&block).await;
-        }
-        let mut out = Vec::new();
-        for m in 0..self.modules.len() {
-            let name = self.modules[m].name.clone();
-            out.push((name.clone(), "status".to_owned(), Ok(self.status(m))));
-            out.push((
-                name,
-                "pollinterval".to_owned(),
-                secop_proto::json::number(self.pollinterval)
-                    .ok_or_else(|| SecopError::internal("pollinterval")),
-            ));
-        }
-        out
-    }
-
-    fn link_up(&self) -> bool {
-        self.link.is_up()
-    }
-
-    fn take_reconnects(&mut self) -> u64 {
-        self.link.take_reconnects()
-    }
-
-    async fn read(&mut self, module: &str, parameter: &str) -> Result<Value, SecopError> {
-        if parameter == "status" {
-            let m = self
-                .modules
-                .iter()
-                .position(|x| x.name == module)
-                .ok_or_else(|| SecopError::no_such_module(module.to_owned()))?;
-            return Ok(self.status(m));
-        }
-        if parameter == "pollinterval" {
-            return secop_proto::json::number(self.pollinterval)
-                .ok_or_else(|| SecopError::internal("pollinterval"));
-        }
-        let (m, p) = self.find(module, parameter)?;
-        let p_ref = &self.modules[m].params[p];
-        let max_age = self.link.config().max_age;
-        if let (Some(v), Some(at)) = (&p_ref.last, p_ref.last_at) {
-            if max_age > 0.0 && at.elapsed().as_secs_f64() <= max_age {
-                return Ok(v.clone());
-            }
-        }
-        let block = Block {
-            unit: p_ref.unit,
-            table: p_ref.table,
-            start: p_ref.address,
-            count: p_ref.kind.registers(),
-            members: vec![(m, p)],
-        };
-        let mut produced = self.poll_block(&block).await;
-        produced
-            .pop()
-            .map(|(_, _, v)| v)
-            .unwrap_or_else(|| Err(SecopError::internal("nothing read")))
-    }
-
-    async fn change(
-        &mut self,
-        module: &str,
-        parameter: &str,
-        value: Value,
-        fx: &mut Effects,
-    ) -> Result<Value, SecopError> {
-        if parameter == "pollinterval" {
-            self.pollinterval = crate::sim::pollinterval(&value)?;
-            return secop_proto::json::number(self.pollinterval)
-                .ok_or_else(|| SecopError::internal("pollinterval"));
-        }
-        let (m, p) = self.find(module, parameter)?;
-        let param = &self.modules[m].params[p];
-        if !param.writable {
-            return Err(SecopError::read_only(format!(
-                "{module}:{parameter} is read-only"
-            )));
-        }
-        let raw = match (&param.datainfo.kind, value.as_f64()) {
-            (Kind::Double { .. }, Some(x)) => {
-                secop_proto::json::number((x - param.offset) / param.scale).unwrap_or(Value::Null)
-            }
-            _ => value.clone(),
-        };
-        let (unit, table, address, kind, order) = (
-            param.unit,
-            param.table,
-            param.address,
-            param.kind,
-            param.order,
-        );
-        self.write(unit, table, address, kind, order, &raw).await?;
-        let readback = self.read(module, parameter).await?;
-        if parameter == "target" {
-            if let Some(d) = self.modules[m].drive.as_mut() {
-                d.start();
-            }
-        }
-        fx.push(module, "status", Ok(self.status(m)));
-        Ok(readback)
-    }
-
-    async fn execute(
-        &mut self,
-        module: &str,
-        command: &str,
-        argument: Value,
-        fx: &mut Effects,
-    ) -> Result<Value, SecopError> {
-        let m = self
-            .modules
-            .iter()
-            .position(|x| x.name == module)
-            .ok_or_else(|| SecopError::no_such_module(module.to_owned()))?;
-        let stop_command = self.modules[m]
-            .drive
-            .as_ref()
-            .and_then(|d| d.config.stop.clone());
-        let name = match (command, &stop_command) {
-            ("stop", Some(configured)) => configured.clone(),
-            _ => command.to_owned(),
-        };
-        if let Some(c) = self.modules[m].commands.iter().position(|x| x.name == name) {
-            let cmd = &self.modules[m].commands[c];
-            let value = cmd.value.clone().unwrap_or(argument);
-            let (unit, table, address, kind) = (cmd.unit, cmd.table, cmd.address, cmd.kind);
-            let order = Order {
-                big_words: true,
-                big_bytes: true,
-            };
-            self.write(unit, table, address, kind, order, &value)
-                .await?;
-        } else if command == "stop" && self.modules[m].drive.is_some() {
-            // Hold where we are: the current value becomes the target.
-            let here = self.read(module, "value").await?;
-            let (_, t) = self.find(module, "target")?;
-            let target = &self.modules[m].params[t];
-            let raw = match here.as_f64() {
-                Some(x) => secop_proto::json::number((x - target.offset) / target.scale)
-                    .unwrap_or(Value::Null),
-                None => here.clone(),
-            };
-            let (unit, table, address, kind, order) = (
-                target.unit,
-                target.table,
-                target.address,
-                target.kind,
-                target.order,
-            );
-            self.write(unit, table, address, kind, order, &raw).await?;
-            self.modules[m].params[t].last = Some(here.clone());
-            fx.push(module, "target", Ok(here));
-        } else {
-            return Err(SecopError::no_such_command(format!(
-                "{module} has no command {command:?}"
-            )));
-        }
-        if command == "stop" {
-            if let Some(d) = self.modules[m].drive.as_mut() {
-                d.stop();
-            }
-        }
-        fx.push(module, "status", Ok(self.status(m)));
-        Ok(Value::Null)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::link::LinkConfig;
+    use secop_actors::device_actor::Backend;
 
     #[test]
     fn blocks_coalesce_within_gap_and_size() {
@@ -1148,7 +994,7 @@ mod tests {
         addr
     }
 
-    fn backend(address: std::net::SocketAddr) -> ModbusBackend {
+    fn backend(address: std::net::SocketAddr) -> ModbusDevice {
         let link: LinkConfig = serde_json::from_value(serde_json::json!({
             "name": "plc", "protocol": "modbus", "tcp": address.to_string(), "timeout": 2.0
         }))
@@ -1173,7 +1019,7 @@ mod tests {
             properties: serde_json::Map::new(),
             settings: Value::Null,
         };
-        ModbusBackend::build(&link, &[(config, spec)]).unwrap()
+        build(&link.parts(), None, &[(config, spec)]).unwrap()
     }
 
     /// A device that answers with fewer registers (or coils) than asked for gets a

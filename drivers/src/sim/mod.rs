@@ -99,18 +99,7 @@ fn unknown_command(module: &str, command: &str) -> SecopError {
     SecopError::no_such_command(format!("{module} has no command {command:?}"))
 }
 
-/// Shared validation of a `pollinterval` change.
-pub(crate) fn pollinterval(value: &Value) -> Result<f64, SecopError> {
-    let x = f64_of(value)?;
-    let range = crate::limits::POLLINTERVAL;
-    if !(range.min..=range.max).contains(&x) {
-        return Err(SecopError::range(format!(
-            "pollinterval must be within [{}, {}] s",
-            range.min, range.max
-        )));
-    }
-    Ok(x)
-}
+pub(crate) use crate::builder::pollinterval;
 
 /// The `pollinterval` setting of a simulator, checked like a client's change.
 fn pollinterval_setting(x: f64) -> Result<(), RangeError> {
@@ -119,7 +108,4 @@ fn pollinterval_setting(x: f64) -> Result<(), RangeError> {
 
 const POLLINTERVAL_INFO: &str = "polling interval";
 
-pub(crate) fn pollinterval_datainfo() -> Value {
-    // limits::POLLINTERVAL, written as the description has always shown it.
-    serde_json::json!({"type": "double", "min": 0.1, "max": 3600, "unit": "s"})
-}
+pub(crate) use crate::builder::pollinterval_datainfo;
