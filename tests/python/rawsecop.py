@@ -56,6 +56,24 @@ class Line:
                 return line
         raise AssertionError(f'no {prefix!r} within {timeout} s; saw {seen[-5:]}')
 
+    def wait_for_all(self, prefixes, timeout=WAIT):
+        """Wait until a line starting with each prefix arrived, in any order; the
+        matching lines by prefix."""
+        deadline = time.monotonic() + timeout
+        found, seen = {}, []
+        while len(found) < len(prefixes) and time.monotonic() < deadline:
+            line = self.line(max(0.01, deadline - time.monotonic()))
+            if line is None:
+                break
+            seen.append(line)
+            for prefix in prefixes:
+                if prefix not in found and line.startswith(prefix):
+                    found[prefix] = line
+        missing = [p for p in prefixes if p not in found]
+        if missing:
+            raise AssertionError(f'no {missing!r} within {timeout} s; saw {seen[-5:]}')
+        return found
+
     def close(self):
         self.sock.close()
 

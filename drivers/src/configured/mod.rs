@@ -206,7 +206,7 @@ impl<P: Protocol> ConfiguredDevice<P> {
                 cycle: 0,
                 polled_in: None,
                 confirmed_in: None,
-                status: json!([st::WARN, "no reply from the device yet"]),
+                status: json!([st::WARN, "no value read yet"]),
             })
             .collect();
         ConfiguredDevice {
@@ -274,6 +274,10 @@ impl<P: Protocol> ConfiguredDevice<P> {
     /// episode's errors) to report.
     async fn read_transaction(&mut self, ids: &[ParamId]) -> Vec<Produced> {
         let mut attempt = 0;
+        // When every attempt fails, the first failure is the one reported: a retry's
+        // failure is often a consequence of the first (a late reply meeting the
+        // identification of the new session).
+        let mut first_failure: Option<Failure> = None;
         let results = loop {
             let results = match self.protocol.read(ids).await {
                 Ok(readings) => Ok(readings
@@ -295,9 +299,15 @@ impl<P: Protocol> ConfiguredDevice<P> {
             if retry && attempt < self.settings.policy.retries {
                 attempt += 1;
                 tracing::debug!(attempt, "retrying a read transaction");
+                if let Err(f) = results {
+                    first_failure.get_or_insert(f);
+                }
                 continue;
             }
-            break results;
+            break match (results, first_failure) {
+                (Err(_), Some(first)) => Err(first),
+                (results, _) => results,
+            };
         };
         let session = self.protocol.transport().session();
         let results: Vec<(ParamId, Result<Value, SecopError>)> = match results {
