@@ -112,7 +112,7 @@ impl Metrics {
             request_duration: reg(&r, make(HistogramVec::new(hopts("request_duration_seconds", "Time from a request reaching the node to its reply", latency_buckets()), &["node", "action"]))),
             updates_emitted: reg(&r, make(IntCounterVec::new(opts("updates_emitted_total", "Updates a node sent out (counted once, whatever the number of clients)"), &["node"]))),
             module_status: reg(&r, make(IntGaugeVec::new(opts("module_status", "Current SECoP status code of a module (100 idle, 200 warn, 300 busy, 400 error)"), &["node", "module"]))),
-            device_transactions: reg(&r, make(IntCounterVec::new(opts("device_transactions_total", "Transactions with a device, by result (ok, timeout, error, garbled: a reply that made no sense); ASCII and Modbus links count each exchange on the wire, other devices each client call and poll cycle"), &["device", "result"]))),
+            device_transactions: reg(&r, make(IntCounterVec::new(opts("device_transactions_total", "Transactions with a device, by result (ok, timeout, error, garbled: a reply that made no sense); ASCII and Modbus links count each exchange on the wire, simulated devices each client call and poll cycle"), &["device", "result"]))),
             device_transaction_duration: reg(&r, make(HistogramVec::new(hopts("device_transaction_duration_seconds", "Duration of device transactions", latency_buckets()), &["device"]))),
             device_cache_hits: reg(&r, make(IntCounterVec::new(opts("device_cache_hits_total", "Reads of a device answered from its max_age cache, without a transaction on the wire"), &["device"]))),
             device_reconnects: reg(&r, make(IntCounterVec::new(opts("device_reconnects_total", "Reconnects of a device link"), &["device"]))),
