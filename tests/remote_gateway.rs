@@ -44,10 +44,7 @@ fn chained_gateways_forward_everything() {
         value(&c.ask("do up_io:communicate \"*IDN?\"")),
         "SIMULATED,SCPI-INSTRUMENT,0,1.0"
     );
-    assert_eq!(
-        error_class(&c.ask("do up_io:communicate \"BOGUS\"")),
-        "CommunicationFailed"
-    );
+    assert_eq!(value(&c.ask("do up_io:communicate \"BOGUS\"")), "ERR");
     assert_eq!(
         error_class(&c.ask("change up_ps:_limits {\"voltage\": 99}")),
         "RangeError"

@@ -45,10 +45,35 @@ impl Effects {
 /// How one exchange on the wire ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// A reply that made sense (or a command that needs none, sent).
     Ok,
+    /// No (complete) reply within the deadline.
     Timeout,
+    /// The link failed (I/O error, closed connection), or the instrument answered with
+    /// an error (a Modbus exception, an error reply).
     Error,
+    /// A reply came but made no sense (wrong format, bad checksum, wrong echo).
     Garbled,
+}
+
+impl Outcome {
+    /// Every outcome, in declaration order (`outcome as usize` indexes it).
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Ok,
+        Outcome::Timeout,
+        Outcome::Error,
+        Outcome::Garbled,
+    ];
+
+    /// Its value of the `result` label of `secop_gateway_device_transactions_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Timeout => "timeout",
+            Outcome::Error => "error",
+            Outcome::Garbled => "garbled",
+        }
+    }
 }
 
 /// What happened on the wire since the last `take_wire_stats`: one entry per exchange
@@ -56,7 +81,7 @@ pub enum Outcome {
 /// from the `max_age` cache without touching the wire.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct WireStats {
-    pub exchanges: Vec<(Outcome, Duration)>,
+    pub exchanges: Vec<(Outcome, std::time::Duration)>,
     pub cache_hits: u64,
 }
 
@@ -91,8 +116,13 @@ pub trait Backend: 'static {
     fn take_reconnects(&mut self) -> u64 {
         0
     }
-    /// What happened on the wire since the last call; `None` for backends whose calls
-    /// are their transactions (simulators, remote nodes).
+    /// What happened on the wire since the last call, for backends that know it (the
+    /// config-defined ASCII and Modbus links). The actor drains it after every poll
+    /// item and every client call, while it holds the backend, and then counts the
+    /// backend only from it: each exchange in `device_transactions_total` and the
+    /// duration histogram, cache hits in `device_cache_hits_total`. `None` (the
+    /// default: simulators) has the actor count each client call and each poll cycle
+    /// as one transaction instead.
     fn take_wire_stats(&mut self) -> Option<WireStats> {
         None
     }
@@ -119,9 +149,9 @@ struct DeviceMetrics {
     up: IntGauge,
     reconnects: IntCounter,
     last_success: Gauge,
-    ok: IntCounter,
-    timeout: IntCounter,
-    error: IntCounter,
+    /// `device_transactions_total` by [`Outcome`] (`outcome as usize`).
+    transactions: [IntCounter; 4],
+    cache_hits: IntCounter,
     duration: Histogram,
     poll_cycle: Histogram,
     poll_overruns: IntCounter,
@@ -135,16 +165,72 @@ impl DeviceMetrics {
             up: m.device_up.with_label_values(&d),
             reconnects: m.device_reconnects.with_label_values(&d),
             last_success: m.device_last_success.with_label_values(&d),
-            ok: m.device_transactions.with_label_values(&[device, "ok"]),
-            timeout: m
-                .device_transactions
-                .with_label_values(&[device, "timeout"]),
-            error: m.device_transactions.with_label_values(&[device, "error"]),
+            transactions: Outcome::ALL.map(|o| {
+                m.device_transactions
+                    .with_label_values(&[device, o.label()])
+            }),
+            cache_hits: m.device_cache_hits.with_label_values(&d),
             duration: m.device_transaction_duration.with_label_values(&d),
             poll_cycle: m.poll_cycle_duration.with_label_values(&d),
             poll_overruns: m.poll_overruns.with_label_values(&d),
         }
     }
+
+    /// Account for one exchange (or one transaction of a backend without wire stats).
+    fn count(&self, outcome: Outcome, took: Duration, t: f64) {
+        if outcome == Outcome::Ok {
+            self.last_success.set(t);
+        }
+        self.transactions[outcome as usize].inc();
+        self.duration.observe(took.as_secs_f64());
+    }
+
+    /// Account for one transaction of a backend without wire stats by its result.
+    fn count_transaction(&self, took: Duration, result: &Result<Value, SecopError>, t: f64) {
+        let outcome = match result {
+            Ok(_) => Outcome::Ok,
+            Err(e) if e.class == secop_proto::ErrorClass::TimeoutError => Outcome::Timeout,
+            Err(_) => Outcome::Error,
+        };
+        self.count(outcome, took, t);
+    }
+
+    /// Account for a backend's wire stats; whether it reported any (`Some`).
+    fn count_wire(&self, stats: Option<WireStats>) -> bool {
+        let Some(stats) = stats else {
+            return false;
+        };
+        if !stats.exchanges.is_empty() {
+            let t = now();
+            for (outcome, took) in stats.exchanges {
+                self.count(outcome, took, t);
+            }
+        }
+        if stats.cache_hits > 0 {
+            self.cache_hits.inc_by(stats.cache_hits);
+        }
+        true
+    }
+}
+
+/// Poll every item of one cycle, taking the backend's lock per item (client requests
+/// waiting for it get their turn between two poll transactions) and counting its wire
+/// stats after each. The values, and whether the backend reported wire stats.
+async fn poll_cycle<B: Backend>(
+    backend: &Mutex<B>,
+    metrics: &DeviceMetrics,
+) -> (Vec<Produced>, bool) {
+    let items = backend.lock().await.poll_items();
+    let mut values = Vec::new();
+    let mut wire = false;
+    for item in 0..items {
+        let mut b = backend.lock().await;
+        values.extend(b.poll(item).await);
+        let stats = b.take_wire_stats();
+        drop(b);
+        wire |= metrics.count_wire(stats);
+    }
+    (values, wire)
 }
 
 /// See the module documentation.
@@ -160,7 +246,8 @@ pub struct DeviceActor<B: Backend> {
     queue: VecDeque<DeviceRequest>,
     /// Whether a request is being worked on (the worker takes the next when done).
     working: bool,
-    metrics: DeviceMetrics,
+    /// Shared with the transactions in flight, which count wire stats as they drain them.
+    metrics: Rc<DeviceMetrics>,
 }
 
 impl<B: Backend> DeviceActor<B> {
@@ -173,7 +260,7 @@ impl<B: Backend> DeviceActor<B> {
             interned: HashMap::default(),
             queue: VecDeque::new(),
             working: false,
-            metrics: DeviceMetrics::new(name),
+            metrics: Rc::new(DeviceMetrics::new(name)),
         }
     }
 
@@ -245,37 +332,37 @@ impl<B: Backend> DeviceActor<B> {
     fn schedule_poll(&self, ctx: &mut Context<Self>, after: Duration) {
         ctx.run_later(after, |act, ctx| {
             let backend = act.backend.clone();
+            let metrics = act.metrics.clone();
             let cycle = async move {
                 let started = Instant::now();
-                let items = backend.lock().await.poll_items();
-                let mut values = Vec::new();
-                for item in 0..items {
-                    // The lock is taken per item: client requests waiting for it get
-                    // their turn between two poll transactions.
-                    values.extend(backend.lock().await.poll(item).await);
-                }
+                let (values, mut wire) = poll_cycle(&backend, &metrics).await;
                 let mut b = backend.lock().await;
+                wire |= metrics.count_wire(b.take_wire_stats());
                 let link = (b.link_up(), b.take_reconnects());
                 let intervals = (b.poll_interval(), b.nominal_poll_interval());
-                (values, intervals, started.elapsed(), link)
+                (values, wire, intervals, started.elapsed(), link)
             };
-            ctx.spawn(cycle.into_actor(act).map(|(values, (interval, nominal), took, link), act, ctx| {
+            ctx.spawn(cycle.into_actor(act).map(|(values, wire, (interval, nominal), took, link), act, ctx| {
                 act.report_link(link);
                 act.metrics.poll_cycle.observe(took.as_secs_f64());
                 if took > nominal {
                     act.metrics.poll_overruns.inc();
                     tracing::warn!(device = %act.name, ?took, interval = ?nominal, "poll cycle overran its interval");
                 }
-                // A poll cycle is a transaction too: it proves (or disproves) the link.
-                let outcome = if values.is_empty() || values.iter().any(|(_, _, v)| v.is_ok()) {
-                    Ok(Value::Null)
-                } else {
-                    values
-                        .iter()
-                        .find_map(|(_, _, v)| v.clone().err())
-                        .map_or(Ok(Value::Null), Err)
-                };
-                act.count_transaction(took, &outcome, now());
+                // Without wire stats a poll cycle counts as one transaction: it proves
+                // (or disproves) the link. With them, its exchanges were counted.
+                if !wire {
+                    let outcome =
+                        if values.is_empty() || values.iter().any(|(_, _, v)| v.is_ok()) {
+                            Ok(Value::Null)
+                        } else {
+                            values
+                                .iter()
+                                .find_map(|(_, _, v)| v.clone().err())
+                                .map_or(Ok(Value::Null), Err)
+                        };
+                    act.metrics.count_transaction(took, &outcome, now());
+                }
                 let updates = act.record(values, false);
                 act.broadcast(&updates, None);
                 act.schedule_poll(ctx, interval);
@@ -288,20 +375,6 @@ impl<B: Backend> DeviceActor<B> {
         if reconnects > 0 {
             self.metrics.reconnects.inc_by(reconnects);
         }
-    }
-
-    /// Account for one transaction in the metrics.
-    fn count_transaction(&self, took: Duration, result: &Result<Value, SecopError>, t: f64) {
-        let m = &self.metrics;
-        match result {
-            Ok(_) => {
-                m.last_success.set(t);
-                m.ok.inc()
-            }
-            Err(e) if e.class == secop_proto::ErrorClass::TimeoutError => m.timeout.inc(),
-            Err(_) => m.error.inc(),
-        };
-        m.duration.observe(took.as_secs_f64());
     }
 
     /// Start the next queued request unless one is running.
@@ -320,6 +393,7 @@ impl<B: Backend> DeviceActor<B> {
             reply,
         } = request;
         let backend = self.backend.clone();
+        let metrics = self.metrics.clone();
         let transactions = async move {
             let mut done = Vec::with_capacity(calls.len());
             // The end of one call is the start of the next when the lock is free
@@ -346,6 +420,7 @@ impl<B: Backend> DeviceActor<B> {
                         )),
                         effects: Effects::default(),
                         took: None,
+                        wire: false,
                     });
                     continue;
                 }
@@ -365,12 +440,14 @@ impl<B: Backend> DeviceActor<B> {
                     }
                 };
                 let ended = Instant::now();
+                let wire = metrics.count_wire(b.take_wire_stats());
                 clock = Some(ended);
                 done.push(Transaction {
                     call,
                     result,
                     effects,
                     took: Some(ended - started),
+                    wire,
                 });
             }
             done
@@ -382,8 +459,9 @@ impl<B: Backend> DeviceActor<B> {
             let shared = act.subscribers.iter().any(|(id, _)| Some(*id) != origin);
             let mut others = Vec::new();
             for tx in done {
-                if let Some(took) = tx.took {
-                    act.count_transaction(took, &tx.result, t);
+                match tx.took {
+                    Some(took) if !tx.wire => act.metrics.count_transaction(took, &tx.result, t),
+                    _ => {}
                 }
                 let mut updates = act.record_at(tx.effects.0, true, t);
                 // The read-back of a parameter is a value like any other: others see
@@ -433,6 +511,8 @@ struct Transaction {
     result: Result<Value, SecopError>,
     effects: Effects,
     took: Option<Duration>,
+    /// The backend reported its wire stats for it (counted already).
+    wire: bool,
 }
 
 impl<B: Backend> Actor for DeviceActor<B> {
@@ -448,7 +528,13 @@ impl<B: Backend> Actor for DeviceActor<B> {
         // A simulated or freshly opened link counts as up; drivers with real links
         // set this gauge as their connection comes and goes.
         self.metrics.up.set(1);
+        // Every series of the device exists from the start, at 0 (resolving the
+        // handles created them; these say so).
         self.metrics.reconnects.inc_by(0);
+        for counter in &self.metrics.transactions {
+            counter.inc_by(0);
+        }
+        self.metrics.cache_hits.inc_by(0);
         self.schedule_poll(ctx, interval);
     }
 }
@@ -460,14 +546,9 @@ impl<B: Backend> Handler<Subscribe> for DeviceActor<B> {
         self.subscribers.retain(|(id, _)| *id != msg.id);
         self.subscribers.push((msg.id, msg.sink));
         let backend = self.backend.clone();
-        let snapshot = async move {
-            let items = backend.lock().await.poll_items();
-            let mut values = Vec::new();
-            for item in 0..items {
-                values.extend(backend.lock().await.poll(item).await);
-            }
-            values
-        };
+        let metrics = self.metrics.clone();
+        // Not a poll cycle (no cycle metrics), but its exchanges are counted.
+        let snapshot = async move { poll_cycle(&backend, &metrics).await.0 };
         Box::pin(
             snapshot
                 .into_actor(self)
@@ -559,5 +640,284 @@ mod tests {
         let e = d.remember(module, p, error.clone(), false, 6.0);
         assert_eq!(e.map(|u| u.value), Some(error), "a failed read is news");
         assert_eq!(d.record_at(vec![value("p", json!(2))], false, 7.0).len(), 1);
+    }
+}
+
+/// The metrics side: wire stats against per-call and per-cycle counting, on a real
+/// actor (each test its own device name: the registry is the process's).
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+    use crate::device::{DeviceDone, Responder};
+    use serde_json::json;
+    use std::cell::RefCell;
+    use tokio::sync::mpsc;
+
+    const POLL: Duration = Duration::from_millis(5);
+    /// Bound of every wait below.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// What a fake backend did, shared with the test.
+    #[derive(Default)]
+    struct Log {
+        /// Every exchange and cache hit handed out by `take_wire_stats`.
+        handed_out: WireStats,
+        cycles: u64,
+    }
+
+    /// A link with two poll items whose values are all errors (a per-cycle count would
+    /// show as `error`), reporting wire stats (`wire`) or not.
+    struct Fake {
+        wire: bool,
+        interval: Duration,
+        pending: WireStats,
+        log: Rc<RefCell<Log>>,
+    }
+
+    impl Fake {
+        fn new(wire: bool, interval: Duration) -> (Self, Rc<RefCell<Log>>) {
+            let log = Rc::new(RefCell::new(Log::default()));
+            let fake = Fake {
+                wire,
+                interval,
+                pending: WireStats::default(),
+                log: log.clone(),
+            };
+            (fake, log)
+        }
+
+        fn exchange(&mut self, outcome: Outcome, ms: u64) {
+            self.pending
+                .exchanges
+                .push((outcome, Duration::from_millis(ms)));
+        }
+    }
+
+    impl Backend for Fake {
+        fn modules(&self) -> Vec<ModuleDescription> {
+            Vec::new()
+        }
+        fn poll_interval(&self) -> Duration {
+            self.interval
+        }
+        fn poll_items(&mut self) -> usize {
+            2
+        }
+        async fn poll(&mut self, item: usize) -> Vec<Produced> {
+            if item == 0 {
+                self.exchange(Outcome::Ok, 1);
+                self.pending.cache_hits += 1;
+            } else {
+                self.exchange(Outcome::Garbled, 2);
+                self.log.borrow_mut().cycles += 1;
+            }
+            let error = Err(SecopError::communication_failed("garbled"));
+            vec![("m".into(), format!("p{item}"), error)]
+        }
+        fn take_wire_stats(&mut self) -> Option<WireStats> {
+            let stats = std::mem::take(&mut self.pending);
+            if !self.wire {
+                return None;
+            }
+            let mut log = self.log.borrow_mut();
+            log.handed_out
+                .exchanges
+                .extend(stats.exchanges.iter().copied());
+            log.handed_out.cache_hits += stats.cache_hits;
+            Some(stats)
+        }
+        async fn read(&mut self, _: &str, _: &str) -> Result<Value, SecopError> {
+            // a reply that timed out, then one that came
+            self.exchange(Outcome::Timeout, 3);
+            self.exchange(Outcome::Ok, 1);
+            self.pending.cache_hits += 2;
+            Ok(json!(1))
+        }
+        async fn change(
+            &mut self,
+            _: &str,
+            _: &str,
+            _: Value,
+            _: &mut Effects,
+        ) -> Result<Value, SecopError> {
+            self.exchange(Outcome::Error, 1);
+            Err(SecopError::timeout("no answer"))
+        }
+        async fn execute(
+            &mut self,
+            _: &str,
+            _: &str,
+            _: Value,
+            _: &mut Effects,
+        ) -> Result<Value, SecopError> {
+            Err(SecopError::internal("no commands"))
+        }
+    }
+
+    /// Forwards the answers of a device to the test.
+    struct Collector(mpsc::UnboundedSender<DeviceDone>);
+
+    impl Actor for Collector {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<DeviceDone> for Collector {
+        type Result = ();
+        fn handle(&mut self, done: DeviceDone, _: &mut Self::Context) {
+            let _ = self.0.send(done);
+        }
+    }
+
+    /// `read m:p` and `change m:p 2`, answered.
+    async fn read_and_change<B: Backend>(device: &Addr<DeviceActor<B>>) -> DeviceDone {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let sink = Collector(tx).start().recipient();
+        let module: Arc<str> = Arc::from("m");
+        let calls = vec![
+            DeviceCall {
+                module: module.clone(),
+                action: DeviceAction::Read {
+                    parameter: "p".into(),
+                },
+                slot: 0,
+            },
+            DeviceCall {
+                module,
+                action: DeviceAction::Change {
+                    parameter: "p".into(),
+                    value: json!(2),
+                },
+                slot: 1,
+            },
+        ];
+        device.do_send(DeviceRequest {
+            calls,
+            origin: None,
+            deadline: Instant::now() + PATIENCE,
+            reply: Responder::new(sink, 7),
+        });
+        tokio::time::timeout(PATIENCE, rx.recv())
+            .await
+            .expect("the device answers")
+            .expect("the collector lives")
+    }
+
+    fn transactions(device: &str, outcome: Outcome) -> u64 {
+        let m = metrics();
+        m.device_transactions
+            .with_label_values(&[device, outcome.label()])
+            .get()
+    }
+
+    fn durations(device: &str) -> u64 {
+        metrics()
+            .device_transaction_duration
+            .with_label_values(&[device])
+            .get_sample_count()
+    }
+
+    fn cache_hits(device: &str) -> u64 {
+        metrics()
+            .device_cache_hits
+            .with_label_values(&[device])
+            .get()
+    }
+
+    /// Wait (bounded) until the fake has finished `n` poll cycles.
+    async fn cycles(log: &Rc<RefCell<Log>>, n: u64) {
+        let start = Instant::now();
+        while log.borrow().cycles < n {
+            assert!(start.elapsed() < PATIENCE, "no {n} poll cycles");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    #[actix_rt::test]
+    async fn wire_stats_count_every_exchange_and_nothing_else() {
+        let name = "wire_stats_device";
+        let (fake, log) = Fake::new(true, POLL);
+        let device = DeviceActor::new(name, fake).start();
+        let done = read_and_change(&device).await;
+        assert_eq!(done.replies.len(), 2);
+        cycles(&log, 3).await;
+        // Between two awaits of this test the actor is idle: whatever the fake handed
+        // out has been counted, and nothing else (no per-call, no per-cycle count).
+        let log = log.borrow();
+        let handed_out = &log.handed_out;
+        for outcome in Outcome::ALL {
+            let expected = handed_out
+                .exchanges
+                .iter()
+                .filter(|(o, _)| *o == outcome)
+                .count() as u64;
+            assert_eq!(transactions(name, outcome), expected, "{outcome:?}");
+        }
+        // the read: a timeout and an ok; the change: an error (whose SECoP error is
+        // a TimeoutError: not what is counted); three cycles: 3 ok and 3 garbled at least
+        assert!(transactions(name, Outcome::Garbled) >= 3);
+        assert_eq!(transactions(name, Outcome::Timeout), 1);
+        assert_eq!(transactions(name, Outcome::Error), 1);
+        assert_eq!(durations(name), handed_out.exchanges.len() as u64);
+        let seconds = metrics()
+            .device_transaction_duration
+            .with_label_values(&[name])
+            .get_sample_sum();
+        let expected: f64 = handed_out
+            .exchanges
+            .iter()
+            .map(|(_, d)| d.as_secs_f64())
+            .sum();
+        assert!((seconds - expected).abs() < 1e-9, "{seconds} != {expected}");
+        assert_eq!(cache_hits(name), handed_out.cache_hits);
+        assert!(cache_hits(name) >= 2 + 3);
+        let last = metrics()
+            .device_last_success
+            .with_label_values(&[name])
+            .get();
+        assert!(last > 0.0, "an ok exchange is a success");
+    }
+
+    #[actix_rt::test]
+    async fn without_wire_stats_each_call_and_cycle_is_one_transaction() {
+        let name = "no_wire_stats_device";
+        // no poll cycle during the calls
+        let (fake, _) = Fake::new(false, Duration::from_secs(3600));
+        let device = DeviceActor::new(name, fake).start();
+        let done = read_and_change(&device).await;
+        assert_eq!(done.replies.len(), 2);
+        // the read succeeded, the change ended in a TimeoutError: one each, whatever
+        // the backend did on the wire
+        assert_eq!(transactions(name, Outcome::Ok), 1);
+        assert_eq!(transactions(name, Outcome::Timeout), 1);
+        assert_eq!(transactions(name, Outcome::Error), 0);
+        assert_eq!(transactions(name, Outcome::Garbled), 0);
+        assert_eq!(durations(name), 2);
+        assert_eq!(cache_hits(name), 0);
+        // the series exist from the start, at 0
+        let text = crate::metrics::render();
+        for series in [
+            format!(
+                "secop_gateway_device_transactions_total{{device=\"{name}\",result=\"garbled\"}} 0"
+            ),
+            format!("secop_gateway_device_cache_hits_total{{device=\"{name}\"}} 0"),
+        ] {
+            assert!(text.contains(&series), "{series} missing");
+        }
+
+        // a poll cycle whose values are all errors is one error
+        let name = "no_wire_stats_polled";
+        let (fake, log) = Fake::new(false, POLL);
+        let _device = DeviceActor::new(name, fake).start();
+        cycles(&log, 3).await;
+        let start = Instant::now();
+        while transactions(name, Outcome::Error) < 2 {
+            assert!(start.elapsed() < PATIENCE, "poll cycles not counted");
+            tokio::time::sleep(POLL).await;
+        }
+        let cycles = log.borrow().cycles;
+        assert!(transactions(name, Outcome::Error) <= cycles);
+        assert_eq!(transactions(name, Outcome::Garbled), 0);
+        assert_eq!(transactions(name, Outcome::Ok), 0);
+        assert_eq!(cache_hits(name), 0);
     }
 }

@@ -75,6 +75,7 @@ METRIC_TYPES = {
     'secop_gateway_module_status': ('gauge', {'node', 'module'}),
     'secop_gateway_device_transactions_total': ('counter', {'device', 'result'}),
     'secop_gateway_device_transaction_duration_seconds': ('histogram', {'device'}),
+    'secop_gateway_device_cache_hits_total': ('counter', {'device'}),
     'secop_gateway_device_reconnects_total': ('counter', {'device'}),
     'secop_gateway_device_up': ('gauge', {'device'}),
     'secop_gateway_device_last_success_timestamp_seconds': ('gauge', {'device'}),
@@ -122,7 +123,7 @@ LABEL_VALUES = {
         'NotCheckable', 'WrongType', 'RangeError', 'BadJSON', 'NotImplemented',
         'HardwareError', 'CommandRunning', 'CommunicationFailed', 'TimeoutError', 'IsBusy',
         'IsError', 'Disabled', 'Impossible', 'ReadFailed', 'OutOfRange', 'InternalError'},
-    ('secop_gateway_device_transactions_total', 'result'): {'ok', 'error', 'timeout'},
+    ('secop_gateway_device_transactions_total', 'result'): {'ok', 'error', 'timeout', 'garbled'},
     ('secop_gateway_connections_refused_total', 'reason'): {
         'access_denied', 'connection_limit', 'address_limit'},
     ('secop_gateway_http_requests_refused_total', 'reason'): {

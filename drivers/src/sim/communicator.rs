@@ -1,5 +1,8 @@
 //! A simulated Communicator: `communicate` sends a line to a pretend SCPI
-//! instrument and returns its answer, as a real serial-line Communicator would.
+//! instrument and returns its answer, as a real serial-line Communicator would. An
+//! answer is a result, whatever it says: the instrument's `ERR` to a command it does
+//! not know is returned like any other (the line was sent and answered, so nothing
+//! failed to communicate).
 //! Like a real one it refuses lines that could not be sent as one command (control
 //! characters, line ends, non-ASCII; see [`crate::ascii::line_safety`]), so that
 //! clients meet the same rule against the simulation as against hardware.
@@ -58,7 +61,7 @@ impl Simulator for Communicator {
         let desc = ModuleBuilder::new(module, "simulated line-based instrument", &["Communicator"])
             .command(
                 "communicate",
-                "send one command line, return the reply (*IDN?, VAL <x>, VAL?, ECHO <text>)",
+                "send one command line, return the reply (*IDN?, VAL <x>, VAL?, ECHO <text>; ERR to anything else)",
                 Some(text.clone()),
                 Some(text),
             )?
@@ -73,7 +76,8 @@ impl Simulator for Communicator {
 }
 
 impl Communicator {
-    fn answer(&mut self, request: &str) -> Result<String, SecopError> {
+    /// What the pretend instrument answers to one line.
+    fn answer(&mut self, request: &str) -> String {
         let request = request.trim();
         // A test-only hook (debug builds, and only with the variable set): the tests of
         // what a panic inside an actor does to the process need a way to cause one.
@@ -83,16 +87,14 @@ impl Communicator {
         }
         let (verb, rest) = request.split_once(' ').unwrap_or((request, ""));
         match verb.to_ascii_uppercase().as_str() {
-            "*IDN?" => Ok(self.settings.identification.clone()),
-            "VAL?" => Ok(self.register.clone()),
+            "*IDN?" => self.settings.identification.clone(),
+            "VAL?" => self.register.clone(),
             "VAL" if !rest.is_empty() => {
                 self.register = rest.to_owned();
-                Ok("OK".into())
+                "OK".into()
             }
-            "ECHO" => Ok(rest.to_owned()),
-            _ => Err(SecopError::communication_failed(format!(
-                "instrument answered ERR to {request:?}"
-            ))),
+            "ECHO" => rest.to_owned(),
+            _ => "ERR".into(),
         }
     }
 }
@@ -137,7 +139,7 @@ impl Backend for Communicator {
                     .as_str()
                     .ok_or_else(|| SecopError::wrong_type("expected a string"))?;
                 crate::ascii::line_safety::refuse_unsafe(line, TERMINATORS)?;
-                self.answer(line).map(Value::from)
+                Ok(Value::from(self.answer(line)))
             }
             other => Err(unknown_command(&self.name, other)),
         }
@@ -190,5 +192,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ok, json!("OK"));
+    }
+
+    /// The instrument answered: its `ERR` is the result of `communicate`, not a
+    /// failure to communicate (issue 14, point 9).
+    #[tokio::test]
+    async fn an_err_answer_is_a_result() {
+        let mut io = communicator();
+        let mut fx = Effects::default();
+        for unknown in ["BOGUS", "VAL", "*RST", ""] {
+            let answer = io
+                .execute("io", "communicate", json!(unknown), &mut fx)
+                .await;
+            assert_eq!(answer, Ok(json!("ERR")), "{unknown:?}");
+        }
+        // and the instrument goes on answering
+        let echo = io
+            .execute("io", "communicate", json!("ECHO still here"), &mut fx)
+            .await;
+        assert_eq!(echo, Ok(json!("still here")));
     }
 }
