@@ -295,9 +295,8 @@ def test_server_going_away_and_coming_back(start_gateway, tcp_sim, client_factor
     again.set(1, 'input', 0, words('f', 7.0))
     again.start_tcp(port)
     try:
-        line = c.wait_for('update psu:value [7.0', timeout=10)
-        assert line
-        c.wait_for('update psu:status [[100', timeout=5)
+        # values and the status come back (the status with the first block read)
+        c.wait_for_all(['update psu:value [7.0', 'update psu:status [[100'], timeout=10)
     finally:
         again.stop()
 
