@@ -181,17 +181,6 @@ pub const STATUS_CODES: &[(&str, i64)] = &[
     ("ERROR", st::ERROR),
 ];
 
-/// How often a link polls: its pollinterval, or at least every 0.2 s while a module
-/// on it moves, so that clients see a move progress and end promptly.
-pub fn poll_period(pollinterval: f64, moving: bool) -> std::time::Duration {
-    let secs = if moving {
-        pollinterval.min(0.2)
-    } else {
-        pollinterval
-    };
-    crate::limits::duration(secs)
-}
-
 /// What a parameter of a config-defined module can do.
 pub struct Abilities {
     pub readable: bool,
@@ -235,8 +224,8 @@ pub fn check_class_parameters(
     Ok(())
 }
 
-/// The accessibles the gateway adds to every config-defined module: `status` and the
-/// link's `pollinterval`.
+/// The accessibles the gateway adds to every config-defined module: `status` and its
+/// `pollinterval`.
 pub fn standard_accessibles(
     builder: crate::builder::ModuleBuilder,
 ) -> Result<crate::builder::ModuleBuilder, ConfigError> {

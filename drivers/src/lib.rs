@@ -110,11 +110,9 @@ fn with_link_backend<R>(
     link.validate()?;
     let parts = link.parts();
     let backend = match link.protocol {
-        link::ProtocolKind::Ascii => LinkBackend::Ascii(ascii::build(
-            &parts,
-            link.ascii.as_ref(),
-            &specs(modules)?,
-        )?),
+        link::ProtocolKind::Ascii => {
+            LinkBackend::Ascii(ascii::build(&parts, link.ascii.as_ref(), &specs(modules)?)?)
+        }
         link::ProtocolKind::Modbus => LinkBackend::Modbus(modbus::build(
             &parts,
             link.modbus.as_ref(),

@@ -352,7 +352,7 @@ pub struct RemoteNode {
         Option<Recipient<DeviceModulesChanged>>,
     )>,
     last: HashMap<(String, String), ParamUpdate>,
-    backoff: Duration,
+    backoff: crate::backoff::Backoff,
     connection: u64,
 }
 
@@ -367,7 +367,7 @@ impl RemoteNode {
         let name = config.name.clone();
         let actor = RemoteNode {
             name: Arc::from(config.name.as_str()),
-            backoff: Duration::from_secs_f64(config.reconnect_min),
+            backoff: crate::backoff::Backoff::new(config.reconnect_min, config.reconnect_max),
             config,
             modules: modules.clone(),
             description_json: first.as_ref().map(|c| c.description.to_json()),
@@ -397,7 +397,7 @@ impl RemoteNode {
         self.connection += 1;
         let connection = self.connection;
         metrics_up(&self.name, true);
-        self.backoff = Duration::from_secs_f64(self.config.reconnect_min);
+        self.backoff.succeeded();
         let Connected {
             lines,
             send,
@@ -414,9 +414,7 @@ impl RemoteNode {
     }
 
     fn schedule_reconnect(&mut self, ctx: &mut Context<Self>) {
-        let delay = self.backoff;
-        let max = Duration::from_secs_f64(self.config.reconnect_max);
-        self.backoff = (self.backoff * 2).min(max);
+        let delay = self.backoff.next_delay();
         ctx.run_later(delay, |act, ctx| {
             let config = act.config.clone();
             ctx.spawn(async move { connect(&config).await }.into_actor(act).map(
@@ -799,7 +797,7 @@ mod tests {
     fn updates_of_undescribed_parameters_are_ignored() {
         let mut node = RemoteNode {
             name: Arc::from("fake"),
-            backoff: Duration::from_secs(1),
+            backoff: crate::backoff::Backoff::new(1.0, 1.0),
             config: config("127.0.0.1:1".parse().unwrap(), 1 << 20),
             modules: Vec::new(),
             description_json: None,

@@ -438,7 +438,8 @@ impl Transport {
                     "connection closed by the device",
                 ));
             }
-            self.buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            self.buf
+                .extend_from_slice(chunk.get(..n).unwrap_or_default());
         }
     }
 }

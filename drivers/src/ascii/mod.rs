@@ -17,8 +17,7 @@ pub mod template;
 
 use crate::builder::ModuleBuilder;
 use crate::configured::{
-    ConfiguredDevice, LinkParts, ModuleSpec, ParamId, ParamSpec, Poll, Protocol, Reading,
-    Readings,
+    ConfiguredDevice, LinkParts, ModuleSpec, ParamId, ParamSpec, Poll, Protocol, Reading, Readings,
 };
 use crate::drive::{check_class_parameters, standard_accessibles, Abilities, DriveConfig};
 use crate::transport::{Failure, Transport};
@@ -210,7 +209,12 @@ pub fn build(
         ascii,
         modules: runtime,
     };
-    Ok(ConfiguredDevice::new(protocol, link.core, specs, descriptions))
+    Ok(ConfiguredDevice::new(
+        protocol,
+        link.core,
+        specs,
+        descriptions,
+    ))
 }
 
 impl AsciiProtocol {
@@ -330,7 +334,10 @@ impl Protocol for AsciiProtocol {
         let mut out = Vec::with_capacity(ids.len());
         for &id in ids {
             let Some(query) = self.modules[id.module].params[id.param].query.clone() else {
-                out.push((id, Err(SecopError::read_failed("this parameter has no query"))));
+                out.push((
+                    id,
+                    Err(SecopError::read_failed("this parameter has no query")),
+                ));
                 continue;
             };
             let reply = self.line(&query, true).await?.unwrap_or_default();

@@ -312,7 +312,10 @@ impl<P: Protocol> ConfiguredDevice<P> {
         let session = self.protocol.transport().session();
         let results: Vec<(ParamId, Result<Value, SecopError>)> = match results {
             Ok(values) => values,
-            Err(failure) => ids.iter().map(|&id| (id, Err(failure.error.clone()))).collect(),
+            Err(failure) => ids
+                .iter()
+                .map(|&id| (id, Err(failure.error.clone())))
+                .collect(),
         };
         let mut out = Vec::with_capacity(results.len());
         for (id, result) in results {
@@ -491,7 +494,10 @@ impl<P: Protocol> Backend for ConfiguredDevice<P> {
                     Poll::Never => false,
                 };
                 if turn && param.spec.readable {
-                    due.push(ParamId { module: m, param: p });
+                    due.push(ParamId {
+                        module: m,
+                        param: p,
+                    });
                 }
             }
         }
@@ -567,7 +573,9 @@ impl<P: Protocol> Backend for ConfiguredDevice<P> {
         }
         let max_age = self.settings.max_age;
         if let (Some(v), Some(at)) = (&param.value, param.read_at) {
-            if max_age > 0.0 && at.elapsed().as_secs_f64() <= max_age && param.fault.error().is_none()
+            if max_age > 0.0
+                && at.elapsed().as_secs_f64() <= max_age
+                && param.fault.error().is_none()
             {
                 let v = v.clone();
                 self.cache_hits += 1;
@@ -605,10 +613,7 @@ impl<P: Protocol> Backend for ConfiguredDevice<P> {
                 "{module}:{parameter} is read-only"
             )));
         }
-        self.protocol
-            .write(id, &value)
-            .await
-            .map_err(|f| f.error)?;
+        self.protocol.write(id, &value).await.map_err(|f| f.error)?;
         let spec = &self.param(id).spec;
         let result = if spec.readback && spec.readable {
             // The device took the value: a failed read-back does not make the change

@@ -18,8 +18,7 @@ pub mod codec;
 
 use crate::builder::ModuleBuilder;
 use crate::configured::{
-    ConfiguredDevice, LinkParts, ModuleSpec, ParamId, ParamSpec, Poll, Protocol, Reading,
-    Readings,
+    ConfiguredDevice, LinkParts, ModuleSpec, ParamId, ParamSpec, Poll, Protocol, Reading, Readings,
 };
 use crate::drive::{check_class_parameters, standard_accessibles, Abilities, DriveConfig};
 use crate::transport::{Failure, Stream, Transport};
@@ -307,7 +306,12 @@ pub fn build(
         max_gap: gap,
         max_block: block,
     };
-    Ok(ConfiguredDevice::new(protocol, link.core, specs, descriptions))
+    Ok(ConfiguredDevice::new(
+        protocol,
+        link.core,
+        specs,
+        descriptions,
+    ))
 }
 
 impl ModbusProtocol {
@@ -481,9 +485,8 @@ impl ModbusProtocol {
                 .await
             }
             Table::Holding => {
-                let regs = codec::encode(raw, kind, order).map_err(|e| {
-                    Failure::unsent(SecopError::range(format!("{what}: {e}")))
-                })?;
+                let regs = codec::encode(raw, kind, order)
+                    .map_err(|e| Failure::unsent(SecopError::range(format!("{what}: {e}"))))?;
                 if let [word] = regs[..] {
                     self.call(unit, &what, move |c| {
                         Box::pin(c.write_single_register(address, word))
@@ -574,7 +577,8 @@ impl Protocol for ModbusProtocol {
             param.kind,
             param.order,
         );
-        self.write_raw(unit, table, address, kind, order, &raw).await
+        self.write_raw(unit, table, address, kind, order, &raw)
+            .await
     }
 
     async fn command(
@@ -585,7 +589,10 @@ impl Protocol for ModbusProtocol {
     ) -> Option<Result<Value, Failure>> {
         let name = match (command, &self.modules[module].stop) {
             ("stop", Some(configured))
-                if !self.modules[module].commands.iter().any(|c| c.name == "stop") =>
+                if !self.modules[module]
+                    .commands
+                    .iter()
+                    .any(|c| c.name == "stop") =>
             {
                 configured.clone()
             }
