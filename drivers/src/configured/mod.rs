@@ -324,7 +324,10 @@ impl<P: Protocol> ConfiguredDevice<P> {
                     self.modules[id.module].confirmed_in = Some(session);
                     Ok(self.store(id, value))
                 }
-                Err(e) => Err(self.param_mut(id).fault.fail(e)),
+                Err(e) => {
+                    let e = SecopError::new(e.class, ascii_only(&e.text));
+                    Err(self.param_mut(id).fault.fail(e))
+                }
             };
             out.push((
                 self.modules[id.module].name.clone(),
@@ -378,7 +381,7 @@ impl<P: Protocol> ConfiguredDevice<P> {
         let session = transport.session();
         let down = transport
             .open_failed()
-            .map(|reason| format!("link down: {reason}"));
+            .map(|reason| ascii_only(&format!("link down: {reason}")));
         let module = &self.modules[m];
         let persisting = module
             .params
@@ -432,6 +435,21 @@ impl ModuleState {
     fn has_readable(&self) -> bool {
         self.params.iter().any(|p| p.spec.readable)
     }
+}
+
+/// `text` with every character that is not printable ASCII escaped (`\u{fffd}`):
+/// clients such as frappy drop messages with other characters.
+pub fn ascii_only(text: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() && !c.is_ascii_control() {
+            out.push(c);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        }
+    }
+    out
 }
 
 fn is_error(status: &Value) -> bool {
@@ -674,5 +692,16 @@ impl<P: Protocol> Backend for ConfiguredDevice<P> {
             fx.push(module, "status", Ok(self.status(m)));
         }
         Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_for_clients_are_printable_ascii() {
+        assert_eq!(ascii_only("reply \"\u{fffd}0\"\r"), "reply \"\\u{fffd}0\"\\u{d}");
+        assert_eq!(ascii_only("ok"), "ok");
     }
 }
