@@ -8,6 +8,7 @@ pub mod ascii;
 pub mod builder;
 pub mod drive;
 pub mod error;
+pub mod fit;
 pub mod limits;
 pub mod link;
 pub mod modbus;

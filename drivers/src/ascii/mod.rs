@@ -21,7 +21,7 @@ use crate::link::{Link, LinkConfig, LinkError};
 use crate::{ConfigError, ModuleConfig};
 use regex::Regex;
 use secop_actors::device_actor::{Backend, Effects, Produced};
-use secop_proto::{DataInfo, Kind, ModuleDescription, SecopError};
+use secop_proto::{DataInfo, ModuleDescription, SecopError};
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -146,6 +146,7 @@ struct Command {
     name: String,
     send: Template,
     reply: Option<Regex>,
+    types: crate::fit::CommandTypes,
 }
 
 struct Module {
@@ -434,6 +435,8 @@ enum ReplyError {
     },
     #[error("{} is not JSON: {reason}", Quoted(text))]
     NotJson { text: String, reason: String },
+    #[error(transparent)]
+    Fit(crate::fit::ConvertError),
 }
 
 fn parse_reply(param: &Param, reply: &str) -> Result<Value, SecopError> {
@@ -441,6 +444,9 @@ fn parse_reply(param: &Param, reply: &str) -> Result<Value, SecopError> {
         .map_err(|e| SecopError::hardware(format!("{}: {e}", param.name)))?;
     convert(&param.datainfo, text.trim(), param.scale, param.offset)
         .map_err(|e| SecopError::hardware(format!("{}: reply {}: {e}", param.name, Quoted(reply))))
+        .and_then(|v| {
+            crate::fit::device_value(&param.datainfo, v, reply).map_err(|e| e.context(&param.name))
+        })
 }
 
 fn extract<'a>(pattern: Option<&Regex>, reply: &'a str) -> Result<&'a str, ReplyError> {
@@ -459,56 +465,17 @@ fn extract<'a>(pattern: Option<&Regex>, reply: &'a str) -> Result<&'a str, Reply
 }
 
 fn convert(datainfo: &DataInfo, text: &str, scale: f64, offset: f64) -> Result<Value, ReplyError> {
-    let not = |expected| ReplyError::Not {
-        text: text.to_owned(),
-        expected,
-    };
-    let number = || text.parse::<f64>().map_err(|_| not("a number"));
-    match &datainfo.kind {
-        Kind::Double { .. } => {
-            let x = number()? * scale + offset;
-            secop_proto::json::number(x).ok_or_else(|| not("a finite number"))
-        }
-        Kind::Int { .. } | Kind::Scaled { .. } => {
-            let x = number()?;
-            if x.fract() != 0.0 {
-                return Err(not("an integer"));
-            }
-            Ok(Value::from(x as i64))
-        }
-        Kind::Bool => match text.to_ascii_lowercase().as_str() {
-            "1" | "true" | "on" | "yes" => Ok(Value::Bool(true)),
-            "0" | "false" | "off" | "no" => Ok(Value::Bool(false)),
-            _ => Err(not("a bool (1/0, on/off, true/false)")),
-        },
-        Kind::Enum { members } => {
-            if let Ok(n) = text.parse::<i64>() {
-                if members.iter().any(|(_, v)| *v == n) {
-                    return Ok(Value::from(n));
-                }
-            }
-            members
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case(text))
-                .map(|(_, v)| Value::from(*v))
-                .ok_or_else(|| not("a member of the enum"))
-        }
-        Kind::String { .. } => Ok(Value::from(text)),
-        _ => serde_json::from_str(text).map_err(|e| ReplyError::NotJson {
-            text: text.to_owned(),
-            reason: e.to_string(),
-        }),
-    }
+    use crate::fit::ConvertError as E;
+    crate::fit::convert(datainfo, text, scale, offset).map_err(|e| match e {
+        E::Not { text, expected } => ReplyError::Not { text, expected },
+        E::NotJson { text, reason } => ReplyError::NotJson { text, reason },
+        other => ReplyError::Fit(other),
+    })
 }
 
 /// The raw value to write for a client's value (inverse of scale/offset).
 fn raw_for_write(param: &Param, value: &Value) -> Value {
-    match (&param.datainfo.kind, value.as_f64()) {
-        (Kind::Double { .. }, Some(x)) if param.scale != 1.0 || param.offset != 0.0 => {
-            secop_proto::json::number((x - param.offset) / param.scale).unwrap_or(Value::Null)
-        }
-        _ => value.clone(),
-    }
+    crate::fit::instrument_value(&param.datainfo, param.scale, param.offset, value)
 }
 
 fn build_module(
@@ -579,6 +546,7 @@ fn build_module(
         }
         crate::limits::finite(&format!("{key}.offset"), p.offset)?;
         crate::limits::number(&format!("{key}.deadband"), p.deadband, 0.0, f64::MAX, "")?;
+        crate::fit::check_ascii_parameter(p, &datainfo, write.as_ref(), &key)?;
         let description = p.description.clone().unwrap_or_else(|| p.name.clone());
         builder = builder
             .param(
@@ -627,10 +595,12 @@ fn build_module(
         builder = builder
             .command(&c.name, &description, c.argument.clone(), c.result.clone())
             .map_err(|e| ConfigError::at(&key, e))?;
+        let types = crate::fit::check_ascii_command(c, &send, &key)?;
         commands.push(Command {
             name: c.name.clone(),
             send,
             reply,
+            types,
         });
     }
     let drive = match (&spec.drive, spec.class.as_str()) {
@@ -874,6 +844,9 @@ impl Backend for AsciiBackend {
         let c = configured.ok_or_else(|| {
             SecopError::no_such_command(format!("{module} has no command {command:?}"))
         })?;
+        let argument = self.modules[m].commands[c]
+            .types
+            .instrument_argument(argument);
         let line = self.render(&self.modules[m].commands[c].send, &argument)?;
         self.connect().await?;
         let wants_reply = self.modules[m].commands[c].reply.is_some();
@@ -883,8 +856,13 @@ impl Backend for AsciiBackend {
             .await?;
         match (reply, &self.modules[m].commands[c].reply) {
             (Some(reply), Some(re)) => extract(Some(re), &reply)
-                .map(Value::from)
-                .map_err(|e| SecopError::hardware(format!("{command}: {e}"))),
+                .map_err(|e| SecopError::hardware(format!("{command}: {e}")))
+                .and_then(|text| {
+                    self.modules[m].commands[c]
+                        .types
+                        .result(text)
+                        .map_err(|e| e.context(command))
+                }),
             _ => Ok(Value::Null),
         }
     }
