@@ -445,20 +445,88 @@ impl CommandTypes {
 // Config checks
 // ---------------------------------------------------------------------------------
 
-fn type_name(datainfo: &DataInfo) -> &str {
+/// Why a datainfo does not fit its instrument; `check-config` shows it under the
+/// offending key ([`ConfigError::Misfit`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Misfit {
+    /// `scale` or `offset` (`name`) on a datainfo that is not a double.
+    #[error("{name} = {} applies to double datainfos only, this one is {type_name:?}{}", num(*value), if *scaled { " (a scaled datainfo has its own scale)" } else { "" })]
+    NotDouble {
+        name: &'static str,
+        value: f64,
+        type_name: String,
+        scaled: bool,
+    },
+    #[error("a deadband applies to numbers (double, int, scaled), the datainfo is {type_name:?}")]
+    DeadbandNotNumber { type_name: String },
+    #[error("{placeholder} writes a floating-point number, the datainfo is {type_name:?} (use {{value}} or {{value:d}})")]
+    FloatFormat {
+        placeholder: String,
+        type_name: String,
+    },
+    #[error("{placeholder} formats a number, the datainfo is {type_name:?} (use {{value}})")]
+    NumberFormat {
+        placeholder: String,
+        type_name: String,
+    },
+    #[error("{placeholder} rounds a double to an integer; declare an int datainfo, or give scale/offset that make the raw value an integer")]
+    RoundsDouble { placeholder: String },
+    #[error("{placeholder} rounds the physical value of a scaled datainfo (scale {}) to an integer; use {{value:.{decimals}f}}", num(*scale))]
+    RoundsScaled {
+        placeholder: String,
+        scale: f64,
+        decimals: usize,
+    },
+    #[error("the result is read from the reply, but no reply pattern is given (e.g. reply = \"^(.*)$\")")]
+    ResultWithoutReply,
+    /// A min, max or enum member (`what`) outside the register's range.
+    #[error("{type_name} {what} {n} does not fit {register} ({lo} ..= {hi})")]
+    OutsideRegister {
+        type_name: String,
+        what: String,
+        n: i64,
+        register: String,
+        lo: i128,
+        hi: i128,
+    },
+    #[error("a bool datainfo needs a bool or integer register (non-zero is true), not {register}")]
+    BoolOnRegister { register: String },
+    #[error("{register} gives true or false: declare datainfo = {{ type = \"bool\" }}, not {type_name:?}")]
+    BoolRegister { register: String, type_name: String },
+    #[error("{register} holds text, not {}", a(type_name))]
+    TextRegister { register: String, type_name: String },
+    #[error("the wire value of a scaled datainfo is the register's integer, {register} holds a float: declare a double (with scale/offset if needed)")]
+    ScaledOnFloat { register: String },
+    #[error("an enum needs an integer register, not {register}")]
+    EnumOnFloat { register: String },
+    #[error("a string datainfo needs type = \"string\" registers (with length), not {register}")]
+    StringOnNumber { register: String },
+    #[error("give maxchars (at most {}: {length} registers of 2 characters), so that clients know the limit", usize::from(*length) * 2)]
+    NoMaxchars { length: u16 },
+    #[error("maxchars {maxchars} is more than the {} characters {length} registers hold", usize::from(*length) * 2)]
+    MaxcharsTooLarge { maxchars: usize, length: u16 },
+    #[error("register strings are ASCII: drop isUTF8")]
+    Utf8Register,
+    #[error("a register holds one number, bool or string, not {}", a(type_name))]
+    NotScalar { type_name: String },
+    #[error("give either a value (written as is) or an argument, not both: the argument would be ignored")]
+    ValueAndArgument,
+    #[error("{value} does not fit {register}")]
+    ValueDoesNotFit { value: Value, register: String },
+}
+
+fn type_name(datainfo: &DataInfo) -> String {
     datainfo
         .to_json()
         .get("type")
         .and_then(Value::as_str)
         .unwrap_or("?")
+        .to_owned()
 }
 
-fn is_number(datainfo: &DataInfo) -> bool {
-    datainfo.is_numeric()
-}
-
-fn refuse(key: &str, sub: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::invalid(format!("{key}.{sub}"), reason)
+/// `misfit` at `key.sub`.
+fn refuse(key: &str, sub: &str, misfit: Misfit) -> ConfigError {
+    ConfigError::at(format!("{key}.{sub}"), misfit)
 }
 
 /// `scale`, `offset` and `deadband` against the datainfo (both link protocols).
@@ -469,40 +537,24 @@ fn check_number_keys(
     deadband: f64,
     key: &str,
 ) -> Result<(), ConfigError> {
-    let t = type_name(datainfo);
     if !matches!(datainfo.kind, Kind::Double { .. }) {
-        let hint = if matches!(datainfo.kind, Kind::Scaled { .. }) {
-            " (a scaled datainfo has its own scale)"
-        } else {
-            ""
-        };
-        if scale != 1.0 {
-            return Err(refuse(
-                key,
-                "scale",
-                format!(
-                    "scale = {} applies to double datainfos only, this one is {t:?}{hint}",
-                    num(scale)
-                ),
-            ));
-        }
-        if offset != 0.0 {
-            return Err(refuse(
-                key,
-                "offset",
-                format!(
-                    "offset = {} applies to double datainfos only, this one is {t:?}{hint}",
-                    num(offset)
-                ),
-            ));
+        for (name, value, default) in [("scale", scale, 1.0), ("offset", offset, 0.0)] {
+            if value != default {
+                let misfit = Misfit::NotDouble {
+                    name,
+                    value,
+                    type_name: type_name(datainfo),
+                    scaled: matches!(datainfo.kind, Kind::Scaled { .. }),
+                };
+                return Err(refuse(key, name, misfit));
+            }
         }
     }
-    if deadband != 0.0 && !is_number(datainfo) {
-        return Err(refuse(
-            key,
-            "deadband",
-            format!("a deadband applies to numbers (double, int, scaled), the datainfo is {t:?}"),
-        ));
+    if deadband != 0.0 && !datainfo.is_numeric() {
+        let misfit = Misfit::DeadbandNotNumber {
+            type_name: type_name(datainfo),
+        };
+        return Err(refuse(key, "deadband", misfit));
     }
     Ok(())
 }
@@ -520,35 +572,29 @@ fn placeholder(format: &Format) -> String {
 
 /// Whether a template placeholder fits the datainfo of the value it formats; `raw`
 /// says the value is first turned into a raw value by `scale`/`offset`.
-fn format_fits(datainfo: &DataInfo, format: &Format, raw: bool) -> Result<(), String> {
-    let t = type_name(datainfo);
-    let p = placeholder(format);
-    match (format, &datainfo.kind) {
-        (Format::Plain, _) => Ok(()),
-        (Format::Fixed(_) | Format::Exponent(_), Kind::Double { .. } | Kind::Scaled { .. }) => {
-            Ok(())
-        }
-        (Format::Fixed(_) | Format::Exponent(_), Kind::Int { .. } | Kind::Enum { .. } | Kind::Bool) => Err(format!(
-            "{p} writes a floating-point number, the datainfo is {t:?} (use {{value}} or {{value:d}})"
-        )),
-        (Format::Integer | Format::Hex, Kind::Int { .. } | Kind::Enum { .. } | Kind::Bool) => {
-            Ok(())
-        }
-        (Format::Integer | Format::Hex, Kind::Double { .. }) if raw => Ok(()),
-        (Format::Integer | Format::Hex, Kind::Double { .. }) => Err(format!(
-            "{p} rounds a double to an integer; declare an int datainfo, or give scale/offset that make the raw value an integer"
-        )),
-        (Format::Integer | Format::Hex, Kind::Scaled { scale, .. }) if scale.fract() == 0.0 => {
-            Ok(())
-        }
-        (Format::Integer | Format::Hex, Kind::Scaled { scale, .. }) => Err(format!(
-            "{p} rounds the physical value of a scaled datainfo (scale {}) to an integer; use {{value:.{}f}}",
-            num(*scale),
-            decimals(*scale)
-        )),
-        _ => Err(format!(
-            "{p} formats a number, the datainfo is {t:?} (use {{value}})"
-        )),
+fn format_fits(datainfo: &DataInfo, format: &Format, raw: bool) -> Result<(), Misfit> {
+    let float = matches!(format, Format::Fixed(_) | Format::Exponent(_));
+    let integer = matches!(format, Format::Integer | Format::Hex);
+    let placeholder = placeholder(format);
+    match &datainfo.kind {
+        _ if !float && !integer => Ok(()),
+        Kind::Double { .. } if float || raw => Ok(()),
+        Kind::Double { .. } => Err(Misfit::RoundsDouble { placeholder }),
+        Kind::Scaled { scale, .. } if float || scale.fract() == 0.0 => Ok(()),
+        Kind::Scaled { scale, .. } => Err(Misfit::RoundsScaled {
+            placeholder,
+            scale: *scale,
+            decimals: decimals(*scale),
+        }),
+        Kind::Int { .. } | Kind::Enum { .. } | Kind::Bool if integer => Ok(()),
+        Kind::Int { .. } | Kind::Enum { .. } | Kind::Bool => Err(Misfit::FloatFormat {
+            placeholder,
+            type_name: type_name(datainfo),
+        }),
+        _ => Err(Misfit::NumberFormat {
+            placeholder,
+            type_name: type_name(datainfo),
+        }),
     }
 }
 
@@ -569,7 +615,7 @@ pub fn check_ascii_parameter(
     )?;
     let raw = parameter.scale != 1.0 || parameter.offset != 0.0;
     for format in write.into_iter().flat_map(Template::value_formats) {
-        format_fits(datainfo, format, raw).map_err(|reason| refuse(key, "write", reason))?;
+        format_fits(datainfo, format, raw).map_err(|m| refuse(key, "write", m))?;
     }
     Ok(())
 }
@@ -593,15 +639,11 @@ pub fn check_ascii_command(
     };
     if let Some(argument) = &types.argument {
         for format in send.value_formats() {
-            format_fits(argument, format, false).map_err(|reason| refuse(key, "send", reason))?;
+            format_fits(argument, format, false).map_err(|m| refuse(key, "send", m))?;
         }
     }
     if types.result.is_some() && command.reply.is_none() {
-        return Err(refuse(
-            key,
-            "result",
-            "the result is read from the reply, but no reply pattern is given (e.g. reply = \"^(.*)$\")",
-        ));
+        return Err(refuse(key, "result", Misfit::ResultWithoutReply));
     }
     Ok(types)
 }
@@ -626,87 +668,86 @@ fn a(word: &str) -> String {
     format!("{} {word}", if vowel { "an" } else { "a" })
 }
 
+/// The register type with its article: "a u16 register", "a string of 4 registers".
 fn register_name(kind: RegType) -> String {
-    match kind {
-        RegType::Bool => "bool register".into(),
-        RegType::U16 => "u16 register".into(),
-        RegType::I16 => "i16 register".into(),
-        RegType::U32 => "u32 register".into(),
-        RegType::I32 => "i32 register".into(),
-        RegType::U64 => "u64 register".into(),
-        RegType::I64 => "i64 register".into(),
-        RegType::F32 => "f32 register".into(),
-        RegType::F64 => "f64 register".into(),
-        RegType::Str(n) => format!("string of {n} registers"),
-    }
+    let name = match kind {
+        RegType::Bool => "bool",
+        RegType::U16 => "u16",
+        RegType::I16 => "i16",
+        RegType::U32 => "u32",
+        RegType::I32 => "i32",
+        RegType::U64 => "u64",
+        RegType::I64 => "i64",
+        RegType::F32 => "f32",
+        RegType::F64 => "f64",
+        RegType::Str(n) => return format!("a string of {n} registers"),
+    };
+    a(&format!("{name} register"))
 }
 
-/// Whether a datainfo fits a register type (`bit`: one bit of it, a bool); the
-/// error is the reason.
-fn register_fit(datainfo: &DataInfo, kind: RegType, bit: bool) -> Result<(), String> {
-    let t = type_name(datainfo);
-    let reg = if bit {
+/// Whether a datainfo fits a register type (`bit`: one bit of it, a bool).
+fn register_fit(datainfo: &DataInfo, kind: RegType, bit: bool) -> Result<(), Misfit> {
+    let register = if bit {
         "a bit".to_owned()
     } else {
-        a(&register_name(kind))
+        register_name(kind)
     };
     let range = register_range(kind);
     let is_float = matches!(kind, RegType::F32 | RegType::F64);
+    let is_bool = bit || kind == RegType::Bool;
     let fits = |what: &str, n: i64| match range {
-        Some((lo, hi)) if !(lo..=hi).contains(&i128::from(n)) => {
-            Err(format!("{t} {what} {n} does not fit {reg} ({lo} ..= {hi})"))
-        }
+        Some((lo, hi)) if !(lo..=hi).contains(&i128::from(n)) => Err(Misfit::OutsideRegister {
+            type_name: type_name(datainfo),
+            what: what.to_owned(),
+            n,
+            register: register.clone(),
+            lo,
+            hi,
+        }),
         _ => Ok(()),
     };
     match &datainfo.kind {
-        Kind::Bool if bit || kind == RegType::Bool || range.is_some() => Ok(()),
-        Kind::Bool => Err(format!(
-            "a bool datainfo needs a bool or integer register (non-zero is true), not {reg}"
-        )),
-        _ if bit || kind == RegType::Bool => Err(format!(
-            "{reg} gives true or false: declare datainfo = {{ type = \"bool\" }}, not {t:?}"
-        )),
+        Kind::Bool if is_bool || range.is_some() => Ok(()),
+        Kind::Bool => Err(Misfit::BoolOnRegister { register }),
+        _ if is_bool => Err(Misfit::BoolRegister {
+            register,
+            type_name: type_name(datainfo),
+        }),
         Kind::Double { .. } | Kind::Int { .. } | Kind::Scaled { .. } | Kind::Enum { .. }
             if matches!(kind, RegType::Str(_)) =>
         {
-            Err(format!("{reg} holds text, not {}", a(t)))
+            Err(Misfit::TextRegister {
+                register,
+                type_name: type_name(datainfo),
+            })
         }
         Kind::Double { .. } => Ok(()),
         Kind::Int { min, max } => fits("min", *min).and_then(|_| fits("max", *max)),
-        Kind::Scaled { .. } if is_float => Err(format!(
-            "the wire value of a scaled datainfo is the register's integer, {reg} holds a float: declare a double (with scale/offset if needed)"
-        )),
+        Kind::Scaled { .. } if is_float => Err(Misfit::ScaledOnFloat { register }),
         Kind::Scaled { min, max, .. } => fits("min", *min).and_then(|_| fits("max", *max)),
-        Kind::Enum { .. } if is_float => Err(format!(
-            "an enum needs an integer register, not {reg}"
-        )),
-        Kind::Enum { members } => members.iter().try_for_each(|(name, n)| {
-            fits(&format!("member {name:?} ="), *n)
-        }),
+        Kind::Enum { .. } if is_float => Err(Misfit::EnumOnFloat { register }),
+        Kind::Enum { members } => members
+            .iter()
+            .try_for_each(|(name, n)| fits(&format!("member {name:?} ="), *n)),
         Kind::String {
             maxchars, is_utf8, ..
         } => {
             let RegType::Str(length) = kind else {
-                return Err(format!(
-                    "a string datainfo needs type = \"string\" registers (with length), not {reg}"
-                ));
+                return Err(Misfit::StringOnNumber { register });
             };
-            let capacity = usize::from(length) * 2;
             match maxchars {
-                None => Err(format!(
-                    "give maxchars (at most {capacity}: {length} registers of 2 characters), so that clients know the limit"
-                )),
-                Some(m) if *m > capacity => Err(format!(
-                    "maxchars {m} is more than the {capacity} characters {length} registers hold"
-                )),
-                _ if *is_utf8 => Err("register strings are ASCII: drop isUTF8".into()),
+                None => Err(Misfit::NoMaxchars { length }),
+                Some(m) if *m > usize::from(length) * 2 => Err(Misfit::MaxcharsTooLarge {
+                    maxchars: *m,
+                    length,
+                }),
+                _ if *is_utf8 => Err(Misfit::Utf8Register),
                 _ => Ok(()),
             }
         }
-        _ => Err(format!(
-            "a register holds one number, bool or string, not {}",
-            a(t)
-        )),
+        _ => Err(Misfit::NotScalar {
+            type_name: type_name(datainfo),
+        }),
     }
 }
 
@@ -720,7 +761,7 @@ pub fn check_modbus_parameter(
     key: &str,
 ) -> Result<(), ConfigError> {
     register_fit(datainfo, kind, parameter.bit.is_some())
-        .map_err(|reason| refuse(key, "datainfo", reason))?;
+        .map_err(|m| refuse(key, "datainfo", m))?;
     check_number_keys(
         datainfo,
         parameter.scale,
@@ -740,15 +781,12 @@ pub fn check_modbus_command(
 ) -> Result<(), ConfigError> {
     let kind = if bits { RegType::Bool } else { kind };
     if command.value.is_some() && command.argument.is_some() {
-        return Err(ConfigError::invalid(
-            key,
-            "give either a value (written as is) or an argument, not both: the argument would be ignored",
-        ));
+        return Err(ConfigError::at(key, Misfit::ValueAndArgument));
     }
     if let Some(json) = &command.argument {
         let datainfo =
             DataInfo::from_json(json).map_err(|e| ConfigError::at(format!("{key}.argument"), e))?;
-        register_fit(&datainfo, kind, false).map_err(|reason| refuse(key, "argument", reason))?;
+        register_fit(&datainfo, kind, false).map_err(|m| refuse(key, "argument", m))?;
     }
     if let Some(value) = &command.value {
         let order = Order {
@@ -760,11 +798,11 @@ pub fn check_modbus_command(
             _ => codec::encode(value, kind, order).is_ok(),
         };
         if !fits {
-            return Err(refuse(
-                key,
-                "value",
-                format!("{value} does not fit {}", a(&register_name(kind))),
-            ));
+            let misfit = Misfit::ValueDoesNotFit {
+                value: value.clone(),
+                register: register_name(kind),
+            };
+            return Err(refuse(key, "value", misfit));
         }
     }
     Ok(())
