@@ -343,6 +343,55 @@ fn module_properties_identification_and_names_follow_secop() {
     }
 }
 
+/// Datainfos that their instrument cannot deliver or take (issue 14, point 5): both
+/// commands refuse them, naming the file, the module, the key and the reason.
+#[test]
+fn datainfo_mismatches_are_refused_naming_file_key_and_reason() {
+    let ascii = |param: &str| {
+        format!("{BASE}[[link]]\nname = \"l\"\nprotocol = \"ascii\"\ntcp = \"127.0.0.1:9\"\n\
+                 [[module]]\nname = \"v\"\nlink = \"l\"\nclass = \"Readable\"\n\
+                 [[module.parameter]]\nname = \"value\"\ndatainfo = {{ type = \"double\" }}\nquery = \"V?\"\n{param}")
+    };
+    let modbus = |param: &str| {
+        format!("{BASE}[[link]]\nname = \"plc\"\nprotocol = \"modbus\"\ntcp = \"127.0.0.1:9\"\n\
+                 [[module]]\nname = \"m\"\nlink = \"plc\"\nclass = \"Readable\"\n\
+                 [[module.parameter]]\nname = \"value\"\ndatainfo = {{ type = \"double\" }}\ntable = \"input\"\naddress = 0\ntype = \"f32\"\n{param}")
+    };
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            ascii("[[module.parameter]]\nname = \"_mode\"\ndatainfo = { type = \"enum\", members = { a = 0, b = 1 } }\nwrite = \"MODE {value:.2f}\"\n"),
+            vec!["link[0] (\"l\"): module \"v\": parameter[1] (\"_mode\").write: {value:.2f} writes a floating-point number, the datainfo is \"enum\""],
+        ),
+        (
+            ascii("[[module.parameter]]\nname = \"_n\"\ndatainfo = { type = \"int\", min = 0, max = 9 }\nquery = \"N?\"\nscale = 0.1\n"),
+            vec!["module \"v\": parameter[1] (\"_n\").scale: scale = 0.1 applies to double datainfos only, this one is \"int\""],
+        ),
+        (
+            ascii("[[module.command]]\nname = \"_id\"\nsend = \"*IDN?\"\nresult = { type = \"string\" }\n"),
+            vec!["module \"v\": command[0] (\"_id\").result: the result is read from the reply, but no reply pattern is given"],
+        ),
+        (
+            modbus("[[module.parameter]]\nname = \"_count\"\ndatainfo = { type = \"int\", min = 0, max = 100000 }\ntable = \"input\"\naddress = 2\ntype = \"u16\"\n"),
+            vec!["link[0] (\"plc\"): module \"m\": parameter[1] (\"_count\").datainfo: int max 100000 does not fit a u16 register (0 ..= 65535)"],
+        ),
+        (
+            modbus("[[module.parameter]]\nname = \"_sn\"\ndatainfo = { type = \"string\" }\ntable = \"holding\"\naddress = 10\ntype = \"string\"\nlength = 4\n"),
+            vec!["module \"m\": parameter[1] (\"_sn\").datainfo: give maxchars (at most 8: 4 registers of 2 characters)"],
+        ),
+        (
+            modbus("[[module.parameter]]\nname = \"_mode\"\ndatainfo = { type = \"enum\", members = { a = 0 } }\ntable = \"input\"\naddress = 2\ntype = \"f32\"\n"),
+            vec!["module \"m\": parameter[1] (\"_mode\").datainfo: an enum needs an integer register, not an f32 register"],
+        ),
+        (
+            modbus("[[module.parameter]]\nname = \"_flag\"\ndatainfo = { type = \"int\", min = 0, max = 1 }\ntable = \"coil\"\naddress = 0\ntype = \"bool\"\n"),
+            vec!["module \"m\": parameter[1] (\"_flag\").datainfo: a bool register gives true or false"],
+        ),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        assert_refused(&format!("fit{i}.toml"), text, &[], expected);
+    }
+}
+
 #[test]
 fn errors_from_the_environment_name_the_variable() {
     let path = scratch("env.toml", &format!("{BASE}{PRESSURE}"));

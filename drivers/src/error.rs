@@ -51,6 +51,15 @@ pub enum ConfigError {
     /// A reply pattern.
     #[error("invalid regular expression: {0}")]
     Regex(#[from] regex::Error),
+    /// A datainfo that does not fit its register type, template or reply.
+    #[error(transparent)]
+    Misfit(Box<crate::fit::Misfit>),
+}
+
+impl From<crate::fit::Misfit> for ConfigError {
+    fn from(misfit: crate::fit::Misfit) -> Self {
+        ConfigError::Misfit(Box::new(misfit))
+    }
 }
 
 impl ConfigError {

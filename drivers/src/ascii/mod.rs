@@ -24,7 +24,7 @@ use crate::transport::{Failure, Transport};
 use crate::{ConfigError, ModuleConfig};
 use line_safety::Quoted;
 use regex::Regex;
-use secop_proto::{DataInfo, Kind, ModuleDescription, SecopError};
+use secop_proto::{DataInfo, ModuleDescription, SecopError};
 use serde::Deserialize;
 use serde_json::Value;
 use template::Template;
@@ -138,7 +138,7 @@ struct Command {
     name: String,
     send: Template,
     reply: Option<Regex>,
-    result: Option<DataInfo>,
+    types: crate::fit::CommandTypes,
 }
 
 struct Module {
@@ -289,8 +289,10 @@ impl AsciiProtocol {
         c: usize,
         argument: &Value,
     ) -> Result<Value, Failure> {
-        let line = self.render(&self.modules[m].commands[c].send, argument)?;
-        let wants_reply = self.modules[m].commands[c].reply.is_some();
+        let command = &self.modules[m].commands[c];
+        let argument = command.types.instrument_argument(argument.clone());
+        let line = self.render(&command.send, &argument)?;
+        let wants_reply = command.reply.is_some();
         let reply = self.line(&line, wants_reply).await?;
         let command = &self.modules[m].commands[c];
         let (Some(reply), Some(re)) = (reply, &command.reply) else {
@@ -298,22 +300,17 @@ impl AsciiProtocol {
         };
         let result = extract(Some(re), &reply)
             .map_err(|e| SecopError::hardware(format!("{}: {e}", command.name)))
-            .and_then(|text| command_result(command.result.as_ref(), text, &reply));
+            .and_then(|text| {
+                command
+                    .types
+                    .result(text)
+                    .map_err(|e| e.context(&command.name))
+            });
         result.map_err(|e| {
             self.transport.mark_garbled();
             Failure::garbled(e)
         })
     }
-}
-
-/// A command's reply as a value of its result datainfo.
-fn command_result(result: Option<&DataInfo>, text: &str, raw: &str) -> Result<Value, SecopError> {
-    let Some(datainfo) = result else {
-        return Ok(Value::from(text));
-    };
-    let value = convert(datainfo, text.trim(), 1.0, 0.0)
-        .map_err(|e| SecopError::hardware(format!("reply {}: {e}", Quoted(raw))))?;
-    crate::fit::device_value(datainfo, value, raw)
 }
 
 impl Protocol for AsciiProtocol {
@@ -442,6 +439,8 @@ enum ReplyError {
     },
     #[error("{} is not JSON: {reason}", Quoted(text))]
     NotJson { text: String, reason: String },
+    #[error(transparent)]
+    Fit(crate::fit::ConvertError),
 }
 
 fn parse_reply(param: &Param, reply: &str) -> Result<Value, SecopError> {
@@ -449,6 +448,9 @@ fn parse_reply(param: &Param, reply: &str) -> Result<Value, SecopError> {
         .map_err(|e| SecopError::hardware(format!("{}: {e}", param.name)))?;
     convert(&param.datainfo, text.trim(), param.scale, param.offset)
         .map_err(|e| SecopError::hardware(format!("{}: reply {}: {e}", param.name, Quoted(reply))))
+        .and_then(|v| {
+            crate::fit::device_value(&param.datainfo, v, reply).map_err(|e| e.context(&param.name))
+        })
 }
 
 fn extract<'a>(pattern: Option<&Regex>, reply: &'a str) -> Result<&'a str, ReplyError> {
@@ -467,56 +469,17 @@ fn extract<'a>(pattern: Option<&Regex>, reply: &'a str) -> Result<&'a str, Reply
 }
 
 fn convert(datainfo: &DataInfo, text: &str, scale: f64, offset: f64) -> Result<Value, ReplyError> {
-    let not = |expected| ReplyError::Not {
-        text: text.to_owned(),
-        expected,
-    };
-    let number = || text.parse::<f64>().map_err(|_| not("a number"));
-    match &datainfo.kind {
-        Kind::Double { .. } => {
-            let x = number()? * scale + offset;
-            secop_proto::json::number(x).ok_or_else(|| not("a finite number"))
-        }
-        Kind::Int { .. } | Kind::Scaled { .. } => {
-            let x = number()?;
-            if x.fract() != 0.0 {
-                return Err(not("an integer"));
-            }
-            Ok(Value::from(x as i64))
-        }
-        Kind::Bool => match text.to_ascii_lowercase().as_str() {
-            "1" | "true" | "on" | "yes" => Ok(Value::Bool(true)),
-            "0" | "false" | "off" | "no" => Ok(Value::Bool(false)),
-            _ => Err(not("a bool (1/0, on/off, true/false)")),
-        },
-        Kind::Enum { members } => {
-            if let Ok(n) = text.parse::<i64>() {
-                if members.iter().any(|(_, v)| *v == n) {
-                    return Ok(Value::from(n));
-                }
-            }
-            members
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case(text))
-                .map(|(_, v)| Value::from(*v))
-                .ok_or_else(|| not("a member of the enum"))
-        }
-        Kind::String { .. } => Ok(Value::from(text)),
-        _ => serde_json::from_str(text).map_err(|e| ReplyError::NotJson {
-            text: text.to_owned(),
-            reason: e.to_string(),
-        }),
-    }
+    use crate::fit::ConvertError as E;
+    crate::fit::convert(datainfo, text, scale, offset).map_err(|e| match e {
+        E::Not { text, expected } => ReplyError::Not { text, expected },
+        E::NotJson { text, reason } => ReplyError::NotJson { text, reason },
+        other => ReplyError::Fit(other),
+    })
 }
 
 /// The raw value to write for a client's value (inverse of scale/offset).
 fn raw_for_write(param: &Param, value: &Value) -> Value {
-    match (&param.datainfo.kind, value.as_f64()) {
-        (Kind::Double { .. }, Some(x)) if param.scale != 1.0 || param.offset != 0.0 => {
-            secop_proto::json::number((x - param.offset) / param.scale).unwrap_or(Value::Null)
-        }
-        _ => value.clone(),
-    }
+    crate::fit::instrument_value(&param.datainfo, param.scale, param.offset, value)
 }
 
 fn build_module(
@@ -579,6 +542,7 @@ fn build_module(
         }
         crate::limits::finite(&format!("{key}.offset"), p.offset)?;
         crate::limits::number(&format!("{key}.deadband"), p.deadband, 0.0, f64::MAX, "")?;
+        crate::fit::check_ascii_parameter(p, &datainfo, write.as_ref(), &key)?;
         let description = p.description.clone().unwrap_or_else(|| p.name.clone());
         builder = builder
             .param(
@@ -631,18 +595,12 @@ fn build_module(
         builder = builder
             .command(&c.name, &description, c.argument.clone(), c.result.clone())
             .map_err(|e| ConfigError::at(&key, e))?;
-        let result = c
-            .result
-            .as_ref()
-            .map(|r| {
-                DataInfo::from_json(r).map_err(|e| ConfigError::at(format!("{key}.result"), e))
-            })
-            .transpose()?;
+        let types = crate::fit::check_ascii_command(c, &send, &key)?;
         commands.push(Command {
             name: c.name.clone(),
             send,
             reply,
-            result,
+            types,
         });
     }
     let drive = match (&spec.drive, spec.class.as_str()) {

@@ -6,13 +6,18 @@
 use secop_proto::SecopError;
 use serde_json::Value;
 
+/// The format of a `{value}` placeholder.
 #[derive(Debug, Clone, PartialEq)]
-enum Format {
+pub enum Format {
     /// Numbers in their shortest form, strings as they are, bools as 1/0.
     Plain,
+    /// `.Nf`
     Fixed(usize),
+    /// `.Ne`
     Exponent(usize),
+    /// `d`
     Integer,
+    /// `x`
     Hex,
 }
 
@@ -100,6 +105,15 @@ impl Template {
             pieces.push(Piece::Text(literal));
         }
         Ok(Template { pieces })
+    }
+
+    /// The formats of its `{value}` placeholders, in order (checked against the
+    /// datainfo by [`crate::fit`]).
+    pub fn value_formats(&self) -> impl Iterator<Item = &Format> {
+        self.pieces.iter().filter_map(|p| match p {
+            Piece::Value(f) => Some(f),
+            Piece::Text(_) => None,
+        })
     }
 
     /// Whether the template uses the value at all.

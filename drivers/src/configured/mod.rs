@@ -701,7 +701,10 @@ mod tests {
 
     #[test]
     fn texts_for_clients_are_printable_ascii() {
-        assert_eq!(ascii_only("reply \"\u{fffd}0\"\r"), "reply \"\\u{fffd}0\"\\u{d}");
+        assert_eq!(
+            ascii_only("reply \"\u{fffd}0\"\r"),
+            "reply \"\\u{fffd}0\"\\u{d}"
+        );
         assert_eq!(ascii_only("ok"), "ok");
     }
 }

@@ -554,8 +554,12 @@ impl Protocol for ModbusProtocol {
                 .and_then(|slice| {
                     let raw = format!("registers {slice:?}");
                     to_value(param, slice)
-                        .map(|value| Reading { value, raw })
                         .map_err(|e| SecopError::hardware(format!("{}: {e}", param.name)))
+                        .and_then(|v| {
+                            crate::fit::register_value(&param.datainfo, v, slice)
+                                .map_err(|e| e.context(&param.name))
+                        })
+                        .map(|value| Reading { value, raw })
                 });
             out.push((id, value));
         }
@@ -788,6 +792,7 @@ fn build_module(
         }
         crate::limits::finite(&format!("{key}.offset"), p.offset)?;
         crate::limits::number(&format!("{key}.deadband"), p.deadband, 0.0, f64::MAX, "")?;
+        crate::fit::check_modbus_parameter(p, &datainfo, kind, &key)?;
         let description = p.description.clone().unwrap_or_else(|| p.name.clone());
         builder = builder
             .param(
@@ -843,6 +848,7 @@ fn build_module(
         builder = builder
             .command(&c.name, &description, c.argument.clone(), None)
             .map_err(|e| ConfigError::at(&key, e))?;
+        crate::fit::check_modbus_command(c, kind, table.is_bits(), &key)?;
         commands.push(Command {
             name: c.name.clone(),
             unit,
