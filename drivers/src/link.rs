@@ -70,7 +70,7 @@ pub struct LinkConfig {
     #[serde(default)]
     pub max_age: f64,
     /// Extra attempts for a read that timed out, did not parse or got a Modbus
-    /// exception (writes and commands are never repeated).
+    /// exception, and for a write the device refused (Modbus exception).
     #[serde(default = "default_retries")]
     pub retries: u32,
     /// A module's status turns ERROR after this many consecutive failed reads of

@@ -60,6 +60,9 @@ pub struct Failure {
     /// down and waiting for its next attempt, or the value could not be sent).
     pub outcome: Option<Outcome>,
     pub error: SecopError,
+    /// The device answered that it did not carry the request out (a Modbus exception):
+    /// a write may be tried again, since it cannot have taken effect twice.
+    pub refused: bool,
 }
 
 impl Failure {
@@ -68,6 +71,7 @@ impl Failure {
         Failure {
             outcome: None,
             error,
+            refused: false,
         }
     }
 
@@ -76,6 +80,7 @@ impl Failure {
         Failure {
             outcome: Some(Outcome::Garbled),
             error,
+            refused: false,
         }
     }
 
@@ -287,7 +292,11 @@ impl Transport {
             self.backoff.now();
         } else if had_session {
             let wait = self.backoff.failed();
-            tracing::debug!(link = %self.settings.name, retry_in = ?wait, "session failed before the device answered: {reason}");
+            if std::mem::replace(&mut self.failure_logged, true) {
+                tracing::debug!(link = %self.settings.name, retry_in = ?wait, "session failed before the device answered: {reason}");
+            } else {
+                tracing::warn!(link = %self.settings.name, retry_in = ?wait, "the device does not answer: {reason} (retrying with backoff; further failures are logged at debug level)");
+            }
         }
     }
 
@@ -379,6 +388,7 @@ impl Transport {
                 Err(Failure {
                     outcome: Some(Outcome::Error),
                     error: SecopError::communication_failed(reason),
+                    refused: false,
                 })
             }
             Err(_) => {
@@ -393,6 +403,7 @@ impl Transport {
                 Err(Failure {
                     outcome: Some(Outcome::Timeout),
                     error: SecopError::timeout(reason),
+                    refused: false,
                 })
             }
         }

@@ -22,7 +22,8 @@
 //!
 //! - A transaction that timed out, got no parseable reply, a value outside its datainfo
 //!   or a Modbus exception is tried again up to `retries` times before it counts as one
-//!   failure. Writes and commands are not repeated: the device may have acted on them.
+//!   failure. A write is repeated only when the device refused it (a Modbus exception:
+//!   not carried out); commands never are, since the device may have acted on them.
 //! - An episode keeps its first error: a stalled device whose errors alternate between
 //!   timeouts and refused connections, or whose texts name other register ranges,
 //!   gives each client one `error_update` per parameter, not one per poll.

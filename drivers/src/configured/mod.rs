@@ -338,6 +338,23 @@ impl<P: Protocol> ConfiguredDevice<P> {
         out
     }
 
+    /// Write a parameter. A write is tried again only when the device refused it (a
+    /// Modbus exception: it was not carried out); after a timeout or a garbled reply it
+    /// may have taken effect, so it is not repeated.
+    async fn write_with_retries(&mut self, id: ParamId, value: &Value) -> Result<(), SecopError> {
+        let mut attempt = 0;
+        loop {
+            match self.protocol.write(id, value).await {
+                Ok(()) => return Ok(()),
+                Err(f) if f.refused && attempt < self.settings.policy.retries => {
+                    attempt += 1;
+                    tracing::debug!(attempt, "retrying a refused write");
+                }
+                Err(f) => return Err(f.error),
+            }
+        }
+    }
+
     /// Remember a value read or written; within the deadband the old value stands,
     /// so no update is sent.
     fn store(&mut self, id: ParamId, value: Value) -> Value {
@@ -421,10 +438,7 @@ impl<P: Protocol> ConfiguredDevice<P> {
         if !self.param(target).spec.writable {
             return Ok(());
         }
-        self.protocol
-            .write(target, &here)
-            .await
-            .map_err(|f| f.error)?;
+        self.write_with_retries(target, &here).await?;
         let stored = self.store(target, here);
         fx.push(&self.modules[m].name.clone(), "target", Ok(stored));
         Ok(())
@@ -631,7 +645,7 @@ impl<P: Protocol> Backend for ConfiguredDevice<P> {
                 "{module}:{parameter} is read-only"
             )));
         }
-        self.protocol.write(id, &value).await.map_err(|f| f.error)?;
+        self.write_with_retries(id, &value).await?;
         let spec = &self.param(id).spec;
         let result = if spec.readback && spec.readable {
             // The device took the value: a failed read-back does not make the change

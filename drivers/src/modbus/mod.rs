@@ -378,6 +378,7 @@ impl ModbusProtocol {
         let failed = |outcome, error| Failure {
             outcome: Some(outcome),
             error,
+            refused: false,
         };
         match result {
             Ok(Ok(Ok(v))) => {
@@ -389,7 +390,11 @@ impl ModbusProtocol {
                 // An exception is an answer: the device is there.
                 self.transport.record(Outcome::Error, took);
                 self.transport.proved();
-                Err(failed(Outcome::Error, exception_error(code, what)))
+                Err(Failure {
+                    outcome: Some(Outcome::Error),
+                    error: exception_error(code, what),
+                    refused: true,
+                })
             }
             Ok(Err(e)) => {
                 self.transport.record(Outcome::Error, took);
