@@ -3,6 +3,7 @@ pseudo-terminal or a loopback TCP socket, with switchable faults."""
 
 import os
 import pty
+import random
 import select
 import socket
 import threading
@@ -15,11 +16,17 @@ class LakeShoreSim:
 
     Commands: *IDN?, KRDG? <ch>, SETP <loop>,<v>, SETP? <loop>, RANGE <loop>,<n>,
     RANGE? <loop>, HTR? <loop>, STOP, LABEL <text>, LABEL?.  Input A follows setpoint 1 at `rate` K/s.
+    `replies` maps further commands (as sent, e.g. "MODEL?") to fixed answers.
     Faults: `stall` (no answer), `garble` (nonsense answers), `late` (answers after
-    `late_delay` seconds).
+    `late_delay` seconds), `garble_rate` (the probability that an answer is garbled,
+    drawn from random.Random(`seed`); see `garbled`).
+
+    Every line received is in `requests`; every exchange, as (line, bytes sent or None),
+    in `exchanges` (one per line received, also for lines without an answer and while
+    stalled); `garbled_count` counts the garbled answers sent.
     """
 
-    def __init__(self, rate=50.0, temperature=295.0):
+    def __init__(self, rate=50.0, temperature=295.0, garble_rate=0.0, seed=1, replies=None):
         self.lock = threading.Lock()
         self.temperature = temperature
         self.setpoint = temperature
@@ -31,7 +38,12 @@ class LakeShoreSim:
         self.garble = False
         self.late = False
         self.late_delay = 2.0
+        self.garble_rate = garble_rate
+        self.random = random.Random(seed)
+        self.replies = dict(replies or {})
         self.requests = []
+        self.exchanges = []
+        self.garbled_count = 0
 
     def _advance(self):
         now = time.monotonic()
@@ -41,42 +53,71 @@ class LakeShoreSim:
         diff = self.setpoint - self.temperature
         self.temperature += max(-step, min(step, diff))
 
+    def garbled(self, reply):
+        """`reply` as a device with a bad cable might send it: bytes that are no
+        ASCII (invalid UTF-8, like b"\\xff0") in place of its first character or in its
+        middle, or a number cut off after its sign ("+"). Never a line terminator, and
+        never another valid number."""
+        raw = reply.encode()
+        kind = self.random.randrange(3)
+        if kind == 2 and raw[:1] in (b"+", b"-"):
+            return raw[:1]
+        if kind == 1 and len(raw) >= 2:
+            mid = len(raw) // 2
+            return raw[:mid] + b"\xfe\x80" + raw[mid:]
+        return b"\xff" + raw[1:]
+
     def answer(self, line):
-        """Reply to one command line, or None for commands without a reply."""
+        """Reply to one command line (str, or bytes when garbled), or None for commands
+        without a reply."""
         with self.lock:
             self.requests.append(line)
             self._advance()
-            if self.garble:
-                return "#?!ERR"
-            cmd, _, arg = line.strip().partition(" ")
-            cmd = cmd.upper()
-            if cmd == "*IDN?":
-                return "LSCI,MODEL336,SIM0001,1.0"
-            if cmd == "KRDG?":
-                return f"+{self.temperature:.4f}" if arg.strip().upper() == "A" else "+0.0000"
-            if cmd == "SETP":
-                _, _, value = arg.partition(",")
-                self.setpoint = float(value)
-                return None
-            if cmd == "SETP?":
-                return f"+{self.setpoint:.4f}"
-            if cmd == "RANGE":
-                _, _, value = arg.partition(",")
-                self.range = int(value)
-                return None
-            if cmd == "RANGE?":
-                return str(self.range)
-            if cmd == "HTR?":
-                return f"+{min(100.0, abs(self.setpoint - self.temperature) * 10):.2f}"
-            if cmd == "STOP":
-                self.setpoint = self.temperature
-                return None
-            if cmd == "LABEL":
-                self.label = arg
-                return None
-            if cmd == "LABEL?":
-                return self.label
-            return "?"
+            reply = self._reply(line)
+            if reply is not None and self.garble_rate > 0 and \
+                    self.random.random() < self.garble_rate:
+                self.garbled_count += 1
+                return self.garbled(reply)
+            return reply
+
+    def record(self, line, sent):
+        """One exchange: the line received and the bytes answered (None: no answer)."""
+        self.exchanges.append((line, sent))
+
+    def _reply(self, line):
+        if self.garble:
+            return "#?!ERR"
+        if line.strip() in self.replies:
+            return self.replies[line.strip()]
+        cmd, _, arg = line.strip().partition(" ")
+        cmd = cmd.upper()
+        if cmd == "*IDN?":
+            return "LSCI,MODEL336,SIM0001,1.0"
+        if cmd == "KRDG?":
+            return f"+{self.temperature:.4f}" if arg.strip().upper() == "A" else "+0.0000"
+        if cmd == "SETP":
+            _, _, value = arg.partition(",")
+            self.setpoint = float(value)
+            return None
+        if cmd == "SETP?":
+            return f"+{self.setpoint:.4f}"
+        if cmd == "RANGE":
+            _, _, value = arg.partition(",")
+            self.range = int(value)
+            return None
+        if cmd == "RANGE?":
+            return str(self.range)
+        if cmd == "HTR?":
+            return f"+{min(100.0, abs(self.setpoint - self.temperature) * 10):.2f}"
+        if cmd == "STOP":
+            self.setpoint = self.temperature
+            return None
+        if cmd == "LABEL":
+            self.label = arg
+            return None
+        if cmd == "LABEL?":
+            return self.label
+        return "?"
 
 
 class _Server:
@@ -107,13 +148,21 @@ class _Server:
             buf += data
             while self.terminator in buf:
                 line, buf = buf.split(self.terminator, 1)
-                reply = self.instrument.answer(line.decode("ascii", "replace"))
+                text = line.decode("ascii", "replace")
+                reply = self.instrument.answer(text)
+                record = getattr(self.instrument, "record", None)
                 if reply is None or self.instrument.stall:
+                    if record:
+                        record(text, None)
                     continue
                 if self.instrument.late:
                     time.sleep(self.instrument.late_delay)
+                # a garbled reply is bytes already, sent as it is
+                data = reply if isinstance(reply, bytes) else reply.encode()
+                if record:
+                    record(text, data)
                 try:
-                    write(reply.encode() + self.reply_terminator)
+                    write(data + self.reply_terminator)
                 except OSError:
                     return
 
