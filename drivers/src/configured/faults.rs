@@ -30,7 +30,10 @@
 //! - A link that cannot be opened at all (refused, no such device) is down for sure:
 //!   its modules go ERROR at once.
 //! - Faults are per parameter, so one silent unit on a shared RS-485 bus leaves the
-//!   modules of the other units alone.
+//!   modules of the other units alone; a unit (fault domain) that timed out is not asked
+//!   again in the same poll cycle, and parameters already in an episode get no retries.
+//! - Only reads that were tried count towards the grace: a read refused because the
+//!   link waits for its next reconnect attempt is reported but not counted.
 
 use secop_proto::SecopError;
 use std::time::Instant;
@@ -52,9 +55,13 @@ pub struct Episode {
 }
 
 impl Episode {
-    /// One more failure; the error clients are shown (the episode's first).
-    pub fn fail(&mut self, error: SecopError) -> SecopError {
-        self.failures = self.failures.saturating_add(1);
+    /// One more failure (`counted`: the read was tried; a read that could not be sent
+    /// while the link waits for its next attempt is not counted); the error clients
+    /// are shown (the episode's first).
+    pub fn fail(&mut self, error: SecopError, counted: bool) -> SecopError {
+        if counted {
+            self.failures = self.failures.saturating_add(1);
+        }
         self.since.get_or_insert_with(Instant::now);
         self.shown.get_or_insert(error).clone()
     }
@@ -94,11 +101,19 @@ mod tests {
         };
         let mut e = Episode::default();
         assert!(!e.persists(&policy));
-        let first = e.fail(SecopError::timeout("no reply"));
-        let second = e.fail(SecopError::communication_failed("link down: refused"));
+        let first = e.fail(SecopError::timeout("no reply"), true);
+        let second = e.fail(SecopError::communication_failed("link down: refused"), true);
         assert_eq!(first, second, "one error per episode");
         assert!(!e.persists(&policy));
-        e.fail(SecopError::hardware("garbled"));
+        e.fail(
+            SecopError::communication_failed("link down: waiting"),
+            false,
+        );
+        assert!(
+            !e.persists(&policy),
+            "a read that was not tried does not count"
+        );
+        e.fail(SecopError::hardware("garbled"), true);
         assert!(e.persists(&policy));
         e.clear();
         assert!(e.error().is_none() && !e.persists(&policy));
@@ -107,7 +122,7 @@ mod tests {
             ..policy
         };
         for _ in 0..5 {
-            e.fail(SecopError::timeout("no reply"));
+            e.fail(SecopError::timeout("no reply"), true);
         }
         assert!(!e.persists(&timed), "not before the time grace is over");
     }

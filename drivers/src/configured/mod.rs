@@ -20,7 +20,7 @@ use crate::drive::{module_status, Drive, DriveConfig};
 use crate::transport::{Failure, Transport};
 use crate::ConfigError;
 use faults::{Episode, FaultPolicy};
-use secop_actors::device_actor::{Backend, Effects, Produced, WireStats};
+use secop_actors::device_actor::{Backend, Effects, Outcome, Produced, WireStats};
 use secop_proto::status as st;
 use secop_proto::{DataInfo, ModuleDescription, SecopError};
 use serde_json::{json, Value};
@@ -135,6 +135,11 @@ pub trait Protocol: 'static {
         command: &str,
         argument: &Value,
     ) -> Option<Result<Value, Failure>>;
+    /// The fault domain of a parameter: the unit on a shared bus (faults of one unit
+    /// say nothing about the others); 0 when the link is one device.
+    fn domain(&self, _id: ParamId) -> u32 {
+        0
+    }
 }
 
 struct ParamState {
@@ -170,6 +175,8 @@ pub struct ConfiguredDevice<P: Protocol> {
     /// The read transactions of the current poll cycle, and its modules.
     plan: Vec<Vec<ParamId>>,
     planned: Vec<usize>,
+    /// Fault domains that timed out in the current poll cycle, with the failure.
+    timed_out: Vec<(u32, Failure)>,
     cache_hits: u64,
 }
 
@@ -216,6 +223,7 @@ impl<P: Protocol> ConfiguredDevice<P> {
             descriptions,
             plan: Vec::new(),
             planned: Vec::new(),
+            timed_out: Vec::new(),
             cache_hits: 0,
         }
     }
@@ -271,14 +279,81 @@ impl<P: Protocol> ConfiguredDevice<P> {
     }
 
     /// One read transaction with the fault policy's retries; the values (or the
-    /// episode's errors) to report.
-    async fn read_transaction(&mut self, ids: &[ParamId]) -> Vec<Produced> {
+    /// episode's errors) to report. In a poll cycle (`in_cycle`), a fault domain (a
+    /// bus unit) that timed out earlier in the cycle is not asked again: its
+    /// transactions fail with that timeout, so one silent unit costs one timeout per
+    /// cycle and the bus stays free for the others.
+    async fn read_transaction(&mut self, ids: &[ParamId], in_cycle: bool) -> Vec<Produced> {
+        let domain = ids.first().map(|&id| self.protocol.domain(id));
+        let skipped = match domain {
+            Some(d) if in_cycle => self
+                .timed_out
+                .iter()
+                .find(|(x, _)| *x == d)
+                .map(|(_, f)| f.clone()),
+            _ => None,
+        };
+        let results = match skipped {
+            Some(failure) => Err(failure),
+            None => self.read_with_retries(ids).await,
+        };
+        if let (Err(f), Some(d), true) = (&results, domain, in_cycle) {
+            if f.outcome == Some(Outcome::Timeout) && !self.timed_out.iter().any(|(x, _)| *x == d) {
+                self.timed_out.push((d, f.clone()));
+            }
+        }
+        let session = self.protocol.transport().session();
+        // A read that could not even be tried (the link waits for its next attempt)
+        // is reported but does not count towards a persisting fault.
+        let (results, counted) = match results {
+            Ok(values) => (values, true),
+            Err(failure) => (
+                ids.iter()
+                    .map(|&id| (id, Err(failure.error.clone())))
+                    .collect(),
+                failure.outcome.is_some(),
+            ),
+        };
+        let mut out = Vec::with_capacity(results.len());
+        for (id, result) in results {
+            let reported = match result {
+                Ok(value) => {
+                    self.modules[id.module].confirmed_in = Some(session);
+                    Ok(self.store(id, value))
+                }
+                Err(e) => {
+                    let e = SecopError::new(e.class, ascii_only(&e.text));
+                    Err(self.param_mut(id).fault.fail(e, counted))
+                }
+            };
+            out.push((
+                self.modules[id.module].name.clone(),
+                self.param(id).spec.name.clone(),
+                reported,
+            ));
+        }
+        out
+    }
+
+    /// A read on the wire, tried again (up to `retries`) when it timed out, was
+    /// garbled or refused, unless its parameters are in a fault episode already
+    /// (retries are for transient faults; a device that keeps failing is not asked
+    /// twice as often).
+    async fn read_with_retries(
+        &mut self,
+        ids: &[ParamId],
+    ) -> Result<Vec<(ParamId, Result<Value, SecopError>)>, Failure> {
+        let retries = if ids.iter().all(|&id| self.param(id).fault.error().is_none()) {
+            self.settings.policy.retries
+        } else {
+            0
+        };
         let mut attempt = 0;
         // When every attempt fails, the first failure is the one reported: a retry's
         // failure is often a consequence of the first (a late reply meeting the
         // identification of the new session).
         let mut first_failure: Option<Failure> = None;
-        let results = loop {
+        loop {
             let results = match self.protocol.read(ids).await {
                 Ok(readings) => Ok(readings
                     .into_iter()
@@ -296,7 +371,7 @@ impl<P: Protocol> ConfiguredDevice<P> {
                     bad
                 }
             };
-            if retry && attempt < self.settings.policy.retries {
+            if retry && attempt < retries {
                 attempt += 1;
                 tracing::debug!(attempt, "retrying a read transaction");
                 if let Err(f) = results {
@@ -304,38 +379,11 @@ impl<P: Protocol> ConfiguredDevice<P> {
                 }
                 continue;
             }
-            break match (results, first_failure) {
+            return match (results, first_failure) {
                 (Err(_), Some(first)) => Err(first),
                 (results, _) => results,
             };
-        };
-        let session = self.protocol.transport().session();
-        let results: Vec<(ParamId, Result<Value, SecopError>)> = match results {
-            Ok(values) => values,
-            Err(failure) => ids
-                .iter()
-                .map(|&id| (id, Err(failure.error.clone())))
-                .collect(),
-        };
-        let mut out = Vec::with_capacity(results.len());
-        for (id, result) in results {
-            let reported = match result {
-                Ok(value) => {
-                    self.modules[id.module].confirmed_in = Some(session);
-                    Ok(self.store(id, value))
-                }
-                Err(e) => {
-                    let e = SecopError::new(e.class, ascii_only(&e.text));
-                    Err(self.param_mut(id).fault.fail(e))
-                }
-            };
-            out.push((
-                self.modules[id.module].name.clone(),
-                self.param(id).spec.name.clone(),
-                reported,
-            ));
         }
-        out
     }
 
     /// Write a parameter. A write is tried again only when the device refused it (a
@@ -534,13 +582,14 @@ impl<P: Protocol> Backend for ConfiguredDevice<P> {
             }
         }
         self.plan = self.protocol.plan(&due);
+        self.timed_out.clear();
         // One extra item reports status and pollinterval, even while the link is down.
         self.plan.len() + 1
     }
 
     async fn poll(&mut self, item: usize) -> Vec<Produced> {
         if let Some(ids) = self.plan.get(item).cloned() {
-            let mut out = self.read_transaction(&ids).await;
+            let mut out = self.read_transaction(&ids, true).await;
             let mut touched: Vec<usize> = ids.iter().map(|id| id.module).collect();
             touched.dedup();
             for m in touched {
@@ -614,7 +663,7 @@ impl<P: Protocol> Backend for ConfiguredDevice<P> {
                 return Ok(v);
             }
         }
-        let mut produced = self.read_transaction(&[id]).await;
+        let mut produced = self.read_transaction(&[id], false).await;
         self.update_drive(m);
         produced
             .pop()
@@ -650,7 +699,7 @@ impl<P: Protocol> Backend for ConfiguredDevice<P> {
         let result = if spec.readback && spec.readable {
             // The device took the value: a failed read-back does not make the change
             // fail. The written value is the reply, and the next poll reads it again.
-            let mut produced = self.read_transaction(&[id]).await;
+            let mut produced = self.read_transaction(&[id], false).await;
             match produced.pop().map(|(_, _, v)| v) {
                 Some(Ok(v)) => v,
                 Some(Err(e)) => {

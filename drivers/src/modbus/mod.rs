@@ -516,6 +516,11 @@ impl Protocol for ModbusProtocol {
         &self.transport
     }
 
+    /// Each unit on a bus fails on its own.
+    fn domain(&self, id: ParamId) -> u32 {
+        u32::from(self.param(id).unit)
+    }
+
     fn transport_mut(&mut self) -> &mut Transport {
         &mut self.transport
     }
