@@ -60,8 +60,14 @@ pub async fn start(loaded: config::Loaded) -> Result<Running, AppError> {
         }
         devices.push(handle);
     }
+    let state = loaded.config.state.file.as_ref().map(|file| {
+        secop_drivers::state::StateStore::open(
+            file,
+            Duration::from_secs_f64(loaded.config.state.write_delay),
+        )
+    });
     for (i, l) in loaded.config.links.iter().enumerate() {
-        let handle = secop_drivers::start_link(l, &loaded.modules_of(&l.name))
+        let handle = secop_drivers::start_link(l, &loaded.modules_of(&l.name), state.as_ref())
             .map_err(|e| format!("{}: link[{i}] ({:?}): {e}", loaded.origin, l.name))?;
         let needed = loaded
             .config
@@ -268,6 +274,7 @@ pub async fn start(loaded: config::Loaded) -> Result<Running, AppError> {
         udp,
         health,
         audit,
+        state,
     })
 }
 
@@ -280,6 +287,7 @@ pub struct Running {
     pub udp: Vec<String>,
     health: http::Health,
     audit: secop_actors::audit::AuditLog,
+    state: Option<secop_drivers::state::StateStore>,
 }
 
 /// How long a shutdown waits for clients to be closed and their writers to finish.
@@ -312,6 +320,9 @@ impl Running {
         // The last records reach their file before the process ends.
         let audit = self.audit.clone();
         let _ = tokio::task::spawn_blocking(move || audit.sync(DRAIN_DEADLINE)).await;
+        if let Some(state) = self.state {
+            let _ = tokio::task::spawn_blocking(move || state.flush()).await;
+        }
     }
 }
 

@@ -53,6 +53,8 @@ pub struct GatewayConfig {
     pub discovery: DiscoveryConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub state: StateConfig,
     #[serde(default, rename = "module")]
     pub modules: Vec<ModuleEntry>,
     #[serde(default, rename = "link")]
@@ -219,6 +221,27 @@ impl Default for DiscoveryConfig {
             enabled: true,
             address: "127.0.0.1:10767".into(),
             announce: vec!["127.0.0.1:10767".into()],
+        }
+    }
+}
+
+/// `[state]`: the file that keeps the values of persisted parameters (`persist =
+/// "restore"` or `"remember"`) across restarts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// The state file (JSON, written atomically); unset: nothing is persisted.
+    pub file: Option<PathBuf>,
+    /// Seconds after a change before the file is written, so that a burst of changes
+    /// is one write (0 ..= 60).
+    pub write_delay: f64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            file: None,
+            write_delay: 0.2,
         }
     }
 }
@@ -861,6 +884,37 @@ impl Loaded {
                 problems.push(format!(
                     "listen.websocket.allowed_origins: {o:?} must look like http://host:port or be \"*\""
                 ));
+            }
+        }
+        problems.check(limits::number(
+            "state.write_delay",
+            c.state.write_delay,
+            0.0,
+            60.0,
+            "s",
+        ));
+        if let Some(file) = &c.state.file {
+            let dir = match file.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            if file.file_name().is_none() || !dir.is_dir() {
+                problems.push(format!(
+                    "state.file: {} is not a file in an existing directory",
+                    file.display()
+                ));
+            }
+        }
+        if c.state.file.is_none() {
+            for (i, m) in c.modules.iter().enumerate() {
+                for (j, p) in m.parameter.iter().enumerate() {
+                    if p.get("persist").is_some() {
+                        problems.push(format!(
+                            "module[{i}] ({:?}): parameter[{j}].persist: needs a state file ([state] file = \"...\")",
+                            m.name
+                        ));
+                    }
+                }
             }
         }
         let a = &c.audit;

@@ -16,6 +16,7 @@ pub mod link;
 pub mod modbus;
 pub mod remote;
 pub mod sim;
+pub mod state;
 pub mod transport;
 
 pub use error::ConfigError;
@@ -140,9 +141,12 @@ pub fn describe_link(
 }
 
 /// Start the device actor of a link. Must run inside an actix system.
+/// `state` keeps the values of persisted parameters (`persist`), if a state file is
+/// configured.
 pub fn start_link(
     link: &link::LinkConfig,
     modules: &[(ModuleConfig, Value)],
+    state: Option<&state::StateStore>,
 ) -> Result<DeviceHandle, ConfigError> {
     use actix::Actor;
     use secop_actors::device_actor::{Backend, DeviceActor};
@@ -152,7 +156,7 @@ pub fn start_link(
         DeviceHandle::of(name, descriptions, &addr)
     }
     with_link_backend(link, modules, |backend| match backend {
-        LinkBackend::Ascii(b) => start(&link.name, b),
-        LinkBackend::Modbus(b) => start(&link.name, b),
+        LinkBackend::Ascii(b) => start(&link.name, b.with_state(state)),
+        LinkBackend::Modbus(b) => start(&link.name, b.with_state(state)),
     })
 }

@@ -97,6 +97,9 @@ pub struct AsciiParameter {
     /// Changes smaller than this are not sent as updates (numbers).
     #[serde(default)]
     pub deadband: f64,
+    /// `restore` (written back to the device at start and after every reconnect) or
+    /// `remember` (shown as the last set value); needs `[state] file`.
+    pub persist: Option<String>,
 }
 
 fn yes() -> bool {
@@ -561,6 +564,11 @@ fn build_module(
             readback: p.readback && p.query.is_some(),
             poll,
             deadband: p.deadband,
+            persist: crate::state::Persist::parse(
+                &format!("{key}.persist"),
+                p.persist.as_deref(),
+                write.is_some(),
+            )?,
         });
         params.push(Param {
             name: p.name.clone(),

@@ -80,6 +80,8 @@ pub struct ParamSpec {
     pub poll: Poll,
     /// Changes smaller than this are not sent as updates (numbers).
     pub deadband: f64,
+    /// Whether the last written value is kept in the state file.
+    pub persist: crate::state::Persist,
 }
 
 /// What the core needs to know of a module.
@@ -178,6 +180,11 @@ pub struct ConfiguredDevice<P: Protocol> {
     /// Fault domains that timed out in the current poll cycle, with the failure.
     timed_out: Vec<(u32, Failure)>,
     cache_hits: u64,
+    /// Where persisted values are kept, and the values to write back after each
+    /// (re)connect.
+    state: Option<crate::state::StateStore>,
+    restore: Vec<(ParamId, Value)>,
+    restored_in: Option<u64>,
 }
 
 /// The shortest time between two polls of a moving Drivable, so that clients see a
@@ -225,7 +232,83 @@ impl<P: Protocol> ConfiguredDevice<P> {
             planned: Vec::new(),
             timed_out: Vec::new(),
             cache_hits: 0,
+            state: None,
+            restore: Vec::new(),
+            restored_in: None,
         }
+    }
+
+    /// Take the persisted values from `state`: each must still fit its parameter's
+    /// datainfo (after a config change it may not: then it is dropped with a
+    /// warning). `restore` values are written back at start and after each reconnect;
+    /// `remember` values are shown until the device is read.
+    pub fn with_state(mut self, state: Option<&crate::state::StateStore>) -> Self {
+        use crate::state::Persist;
+        let Some(state) = state else { return self };
+        for m in 0..self.modules.len() {
+            for p in 0..self.modules[m].params.len() {
+                let id = ParamId {
+                    module: m,
+                    param: p,
+                };
+                let spec = &self.param(id).spec;
+                if spec.persist == Persist::No {
+                    continue;
+                }
+                let key = format!("{}:{}", self.modules[m].name, spec.name);
+                let Some(value) = state.get(&key) else {
+                    continue;
+                };
+                match spec.datainfo.validate(&value) {
+                    Ok(value) => {
+                        if spec.persist == Persist::Restore {
+                            self.restore.push((id, value.clone()));
+                        }
+                        self.param_mut(id).value = Some(value);
+                    }
+                    Err(e) => {
+                        tracing::warn!(parameter = %key, "persisted value {value} dropped: it no longer fits the datainfo ({e})");
+                        state.remove(&key);
+                    }
+                }
+            }
+        }
+        self.state = Some(state.clone());
+        self
+    }
+
+    /// Write the `restore` values to the device, once per session: at start and after
+    /// each reconnect. The values written, as produced values.
+    async fn restore_values(&mut self) -> Vec<Produced> {
+        let transport = self.protocol.transport();
+        let due = !self.restore.is_empty()
+            && (!transport.is_open() || self.restored_in != Some(transport.session()));
+        if !due {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (id, value) in self.restore.clone() {
+            let name = self.param(id).spec.name.clone();
+            let module = self.modules[id.module].name.clone();
+            match self.write_with_retries(id, &value).await {
+                Ok(()) => {
+                    tracing::info!(module, parameter = name, "restored {value}");
+                    let stored = self.store(id, value);
+                    if name == "target" {
+                        if let Some(d) = self.modules[id.module].drive.as_mut() {
+                            d.start();
+                        }
+                    }
+                    out.push((module, name, Ok(stored)));
+                }
+                Err(e) => {
+                    tracing::debug!(module, parameter = name, "not restored yet: {e}");
+                    return out;
+                }
+            }
+        }
+        self.restored_in = Some(self.protocol.transport().session());
+        out
     }
 
     fn module(&self, name: &str) -> Result<usize, SecopError> {
@@ -588,6 +671,61 @@ impl<P: Protocol> Backend for ConfiguredDevice<P> {
     }
 
     async fn poll(&mut self, item: usize) -> Vec<Produced> {
+        // A new session first gets the persisted setpoints back.
+        let restored = if item == 0 {
+            self.restore_values().await
+        } else {
+            Vec::new()
+        };
+        let mut out = self.poll_item(item).await;
+        if !restored.is_empty() {
+            out.splice(0..0, restored);
+        }
+        out
+    }
+
+    fn link_up(&self) -> bool {
+        self.protocol.transport().is_up()
+    }
+
+    fn take_reconnects(&mut self) -> u64 {
+        self.protocol.transport_mut().take_reconnects()
+    }
+
+    fn take_wire_stats(&mut self) -> Option<WireStats> {
+        let mut stats = self.protocol.transport_mut().take_stats();
+        stats.cache_hits = std::mem::take(&mut self.cache_hits);
+        Some(stats)
+    }
+
+    async fn read(&mut self, module: &str, parameter: &str) -> Result<Value, SecopError> {
+        self.read_parameter(module, parameter).await
+    }
+
+    async fn change(
+        &mut self,
+        module: &str,
+        parameter: &str,
+        value: Value,
+        fx: &mut Effects,
+    ) -> Result<Value, SecopError> {
+        self.change_parameter(module, parameter, value, fx).await
+    }
+
+    async fn execute(
+        &mut self,
+        module: &str,
+        command: &str,
+        argument: Value,
+        fx: &mut Effects,
+    ) -> Result<Value, SecopError> {
+        self.run(module, command, argument, fx).await
+    }
+}
+
+impl<P: Protocol> ConfiguredDevice<P> {
+    /// One item of the poll cycle: a read transaction, or the last item (statuses).
+    async fn poll_item(&mut self, item: usize) -> Vec<Produced> {
         if let Some(ids) = self.plan.get(item).cloned() {
             let mut out = self.read_transaction(&ids, true).await;
             let mut touched: Vec<usize> = ids.iter().map(|id| id.module).collect();
@@ -620,21 +758,7 @@ impl<P: Protocol> Backend for ConfiguredDevice<P> {
         out
     }
 
-    fn link_up(&self) -> bool {
-        self.protocol.transport().is_up()
-    }
-
-    fn take_reconnects(&mut self) -> u64 {
-        self.protocol.transport_mut().take_reconnects()
-    }
-
-    fn take_wire_stats(&mut self) -> Option<WireStats> {
-        let mut stats = self.protocol.transport_mut().take_stats();
-        stats.cache_hits = std::mem::take(&mut self.cache_hits);
-        Some(stats)
-    }
-
-    async fn read(&mut self, module: &str, parameter: &str) -> Result<Value, SecopError> {
+    async fn read_parameter(&mut self, module: &str, parameter: &str) -> Result<Value, SecopError> {
         let m = self.module(module)?;
         if self.modules[m].has_status {
             match parameter {
@@ -671,7 +795,7 @@ impl<P: Protocol> Backend for ConfiguredDevice<P> {
             .unwrap_or_else(|| Err(SecopError::internal("nothing read")))
     }
 
-    async fn change(
+    async fn change_parameter(
         &mut self,
         module: &str,
         parameter: &str,
@@ -695,6 +819,15 @@ impl<P: Protocol> Backend for ConfiguredDevice<P> {
             )));
         }
         self.write_with_retries(id, &value).await?;
+        if self.param(id).spec.persist != crate::state::Persist::No {
+            if let Some(state) = &self.state {
+                state.set(&format!("{module}:{parameter}"), value.clone());
+            }
+            if self.param(id).spec.persist == crate::state::Persist::Restore {
+                self.restore.retain(|(x, _)| *x != id);
+                self.restore.push((id, value.clone()));
+            }
+        }
         let spec = &self.param(id).spec;
         let result = if spec.readback && spec.readable {
             // The device took the value: a failed read-back does not make the change
@@ -725,7 +858,7 @@ impl<P: Protocol> Backend for ConfiguredDevice<P> {
         Ok(result)
     }
 
-    async fn execute(
+    async fn run(
         &mut self,
         module: &str,
         command: &str,

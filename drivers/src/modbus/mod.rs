@@ -107,6 +107,9 @@ pub struct ModbusParameter {
     /// Changes smaller than this are not sent as updates (numbers).
     #[serde(default)]
     pub deadband: f64,
+    /// `restore` (written back to the device at start and after every reconnect) or
+    /// `remember` (shown as the last set value); needs `[state] file`.
+    pub persist: Option<String>,
 }
 
 fn u16_name() -> String {
@@ -821,6 +824,11 @@ fn build_module(
             readback: true,
             poll,
             deadband: p.deadband,
+            persist: crate::state::Persist::parse(
+                &format!("{key}.persist"),
+                p.persist.as_deref(),
+                p.writable,
+            )?,
         });
         params.push(Param {
             name: p.name.clone(),
