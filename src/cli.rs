@@ -36,7 +36,12 @@ pub enum Command {
     /// Run the gateway (the default).
     Run,
     /// Validate the configuration and print the node description; start nothing.
-    CheckConfig,
+    CheckConfig {
+        /// Print the configuration with its templates expanded and its includes read
+        /// (TOML, without comments and environment overrides) instead of the description.
+        #[arg(long)]
+        expanded: bool,
+    },
     /// List SEC nodes that answer UDP discovery (SECoP RFC-105).
     Discover {
         /// Where to ask (repeatable), e.g. 127.0.0.1:10767 or a broadcast address such

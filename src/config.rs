@@ -6,6 +6,7 @@
 //! the reason.
 
 mod rules;
+pub mod template;
 
 use crate::access_rules::{AccessRules, Rule, RuleConfig};
 use secop_actors::node::{exported_modules, NodeSettings};
@@ -386,6 +387,11 @@ pub struct Loaded {
     /// The modules this gateway serves itself (drivers and links) as described; those
     /// of remote nodes come when they connect.
     pub modules: Vec<ModuleDescription>,
+    /// The modules made from templates (`[[template]]`).
+    pub instances: Vec<template::Instance>,
+    /// The configuration with its templates expanded and its includes read, as TOML
+    /// (without the environment overrides): `check-config --expanded`.
+    pub expanded: String,
 }
 
 /// Why a configuration was refused. `Display` gives each problem on a line of its
@@ -485,8 +491,30 @@ fn load_source(
                 .collect(),
         )
     })?;
-    let mut config = deserialize(source, variables)
-        .map_err(|e| LoadError::Problems(vec![blame(&origin, source, variables, e)]))?;
+    // Templates are instantiated before the config crate sees the text: everything
+    // after it (environment overrides, validation, the drivers) sees plain modules.
+    let expansion = template::expand(&origin, source, check_toml).map_err(LoadError::Problems)?;
+    let instances = expansion.instances;
+    let text = expansion.text.as_deref().unwrap_or(source);
+    let annotate = |e: LoadError| match e {
+        LoadError::Problems(problems) => LoadError::Problems(
+            problems
+                .into_iter()
+                .map(|p| Problem {
+                    problem: instances
+                        .iter()
+                        .fold(p.problem, |text, i| i.annotate(&text)),
+                    blame: p.blame,
+                })
+                .collect(),
+        ),
+        other => other,
+    };
+    let mut config = deserialize(text, variables).map_err(|e| {
+        annotate(LoadError::Problems(vec![blame(
+            &origin, text, variables, e,
+        )]))
+    })?;
     if let Some(address) = listen {
         config.listen.address = address.to_string();
     }
@@ -498,8 +526,10 @@ fn load_source(
             .map(|(name, _)| (name.clone(), env_key(name)))
             .collect(),
         modules: Vec::new(),
+        instances: instances.clone(),
+        expanded: expansion.toml,
     };
-    loaded.modules = loaded.validate()?;
+    loaded.modules = loaded.validate().map_err(annotate)?;
     Ok(loaded)
 }
 

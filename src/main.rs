@@ -97,10 +97,33 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig => {
-            let description = loaded.description().to_json();
-            let pretty = serde_json::to_string_pretty(&description).unwrap_or_default();
-            println!("{pretty}");
+        Command::CheckConfig { expanded } => {
+            if expanded {
+                println!(
+                    "# {} with its templates expanded (environment overrides not applied)\n",
+                    loaded.origin
+                );
+                print!("{}", loaded.expanded);
+            } else {
+                let description = loaded.description().to_json();
+                let pretty = serde_json::to_string_pretty(&description).unwrap_or_default();
+                println!("{pretty}");
+            }
+            for i in &loaded.instances {
+                let file = i
+                    .file
+                    .as_ref()
+                    .map(|f| format!(" ({})", f.display()))
+                    .unwrap_or_default();
+                let args = match i.args.is_empty() {
+                    true => String::new(),
+                    false => format!(": {}", i.args),
+                };
+                eprintln!(
+                    "module {:?} from template {:?}{file}{args}",
+                    i.name, i.template
+                );
+            }
             eprintln!(
                 "access rules of node {:?} (first match wins):\n{}",
                 loaded.config.node.equipment_id,

@@ -508,7 +508,11 @@ fn describe_over_the_wire_is_identical_across_starts() {
     let files = shipped_configs();
     assert!(files.len() >= 4, "{files:?}");
     for path in &files {
-        let text = std::fs::read_to_string(path).expect("config");
+        // Includes are relative to the config file; the copy runs elsewhere.
+        let dir = path.parent().expect("config dir").display().to_string();
+        let text = std::fs::read_to_string(path)
+            .expect("config")
+            .replace("include = [\"", &format!("include = [\"{dir}/"));
         let describe = || {
             let gw = common::Gateway::start(&text);
             let mut client = gw.client();
@@ -535,6 +539,178 @@ fn describe_over_the_wire_is_identical_across_starts() {
                 around(&first),
                 around(&second)
             );
+        }
+    }
+}
+
+/// `check-config` of `path` (with `args` before `--config`): (stdout, stderr), asserting
+/// success.
+fn checked(path: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let out = gateway()
+        .arg("check-config")
+        .args(args)
+        .arg("--config")
+        .arg(path)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{}: {err}", path.display());
+    (String::from_utf8(out.stdout).expect("UTF-8"), err)
+}
+
+/// The examples are made from the templates in config/templates/; each describes exactly
+/// the node of its flat copy in tests/flat-examples/ (every module written out, as the
+/// examples were before templates), and what `--expanded` prints describes it too.
+#[test]
+fn examples_made_from_templates_describe_what_their_flat_copies_describe() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in [
+        "lakeshore336-serial.toml",
+        "modbus-rtu-flow-bus.toml",
+        "modbus-tcp-power-supply.toml",
+    ] {
+        let example = root.join("config/examples").join(name);
+        let (described, err) = checked(&example, &[], &[]);
+        assert!(err.contains(" from template \""), "{name}: {err}");
+        let (flat, _) = checked(&root.join("tests/flat-examples").join(name), &[], &[]);
+        assert!(described == flat, "{name}: the description changed");
+        let (expanded, _) = checked(&example, &["--expanded"], &[]);
+        assert!(!expanded.contains("template = "), "{expanded}");
+        assert!(expanded.contains("[[module.parameter]]"), "{expanded}");
+        let again = scratch(&format!("expanded-{name}"), &expanded);
+        assert!(
+            checked(&again, &[], &[]).0 == described,
+            "{name}: --expanded describes another node:\n{expanded}"
+        );
+    }
+}
+
+/// Three LakeShore inputs and eight flow controllers on a bus, a few lines each, from the
+/// shipped templates; environment overrides apply to the expanded configuration.
+#[test]
+fn many_instruments_from_the_shipped_templates() {
+    let templates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/templates");
+    let mut text = format!(
+        "include = [{:?}, {:?}]\n{BASE}\
+         [[link]]\nname = \"ls\"\nprotocol = \"ascii\"\nserial = \"/dev/ttyUSB0\"\n\
+         [[link]]\nname = \"bus\"\nprotocol = \"modbus\"\nserial = \"/dev/ttyUSB1\"\n",
+        templates.join("lakeshore336.toml").display().to_string(),
+        templates
+            .join("mass-flow-modbus.toml")
+            .display()
+            .to_string(),
+    );
+    for input in ["A", "B", "C"] {
+        text.push_str(&format!(
+            "[[module]]\nname = \"T_{input}\"\nlink = \"ls\"\ntemplate = \"lakeshore336_input\"\nargs = {{ input = \"{input}\" }}\n"
+        ));
+    }
+    for unit in 1..=8 {
+        text.push_str(&format!(
+            "[[module]]\nname = \"mfc{unit}\"\nlink = \"bus\"\ntemplate = \"mass_flow_controller\"\nargs = {{ unit = {unit}, full_scale = {} }}\n",
+            unit * 100
+        ));
+    }
+    let path = scratch("many.toml", &text);
+    let env = [("SECOP_GATEWAY__NODE__EQUIPMENT_ID", "from_env")];
+    let (described, err) = checked(&path, &[], &env);
+    let d: serde_json::Value = serde_json::from_str(&described).expect("JSON");
+    assert_eq!(d["equipment_id"], "from_env");
+    let modules = d["modules"].as_object().expect("modules");
+    let names: Vec<&String> = modules.keys().collect();
+    assert_eq!(names.len(), 11);
+    assert_eq!(names[..4], ["T_A", "T_B", "T_C", "mfc1"], "config order");
+    assert_eq!(modules["T_C"]["description"], "temperature, input C");
+    assert_eq!(
+        modules["mfc8"]["accessibles"]["target"]["datainfo"]["max"],
+        800
+    );
+    assert!(
+        err.contains("module \"mfc8\" from template \"mass_flow_controller\" ("),
+        "{err}"
+    );
+    assert!(err.contains("unit = 8, full_scale = 800"), "{err}");
+    let (expanded, _) = checked(&path, &["--expanded"], &[]);
+    assert!(expanded.contains("query = \"KRDG? C\""), "{expanded}");
+    assert!(expanded.contains("unit_id = 8\n"), "{expanded}");
+    assert!(expanded.contains("stop = \"_close_valve\""), "{expanded}");
+    // A bad override is still blamed on its variable.
+    assert_refused(
+        "many.toml",
+        &text,
+        &[("SECOP_GATEWAY__LISTEN__MAX_CONNECTIONS", "many")],
+        &["listen.max_connections"],
+    );
+}
+
+#[test]
+fn template_mistakes_are_refused_naming_file_key_and_reason() {
+    let templates = scratch(
+        "tpl-ok.toml",
+        "[[template]]\nname = \"meter\"\nparams = [\"channel\", \"unit\"]\ndefaults = { unit = \"V\" }\n\
+         class = \"Readable\"\n\
+         [[template.parameter]]\nname = \"value\"\ndatainfo = { type = \"double\", unit = \"${unit}\" }\n\
+         query = \"MEAS? ${channel}\"\n\
+         [[template.parameter]]\nname = \"_range\"\ndatainfo = { type = \"enum\", members = { low = 0, high = 1 } }\n\
+         query = \"RANGE? ${channel}\"\nwrite = \"RANGE ${channel},{value:.2f}\"\n",
+    );
+    let head = format!(
+        "include = [{:?}]\n{BASE}[[link]]\nname = \"l\"\nprotocol = \"ascii\"\ntcp = \"127.0.0.1:9\"\n",
+        templates.file_name().and_then(|f| f.to_str()).expect("name")
+    );
+    let module = |rest: &str| format!("{head}[[module]]\nname = \"v\"\nlink = \"l\"\n{rest}\n");
+    let invalid = format!(
+        "link[0] (\"l\"): module \"v\" from template \"meter\" ({}): parameter[1] (\"_range\").write: {{value:.2f}} writes a floating-point number, the datainfo is \"enum\"",
+        templates.display()
+    );
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            module("template = \"metre\"\nargs = { channel = 1 }"),
+            vec!["module[0] (\"v\").template: no template is named \"metre\" (there are: meter)"],
+        ),
+        (
+            module("template = \"meter\""),
+            vec!["module[0] (\"v\").args: missing \"channel\": template \"meter\" needs channel"],
+        ),
+        (
+            module("template = \"meter\"\nargs = { channel = 1, chanel = 2 }"),
+            vec!["module[0] (\"v\").args.chanel: template \"meter\" has no parameter \"chanel\" (it has channel, unit)"],
+        ),
+        (
+            module("args = { channel = 1 }"),
+            vec!["module[0] (\"v\").args: args without template"],
+        ),
+        // The expanded module is checked like any other, naming module and template.
+        (
+            module("template = \"meter\"\nargs = { channel = 1 }"),
+            vec![&invalid],
+        ),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        assert_refused(&format!("tpl{i}.toml"), text, &[], expected);
+    }
+    // A mistake in an included file is blamed on that file.
+    let broken = scratch(
+        "tpl-broken.toml",
+        "[[template]]\nname = \"t\"\nparams = [\"a\", \"b\"]\nclass = \"Readable\"\ndescription = \"${a} ${c}\"\n\
+         [[template]]\nname = \"u\"\nclass = \"Readable\"\ntemplate = \"t\"\n",
+    );
+    let path = scratch(
+        "tpl-includes-broken.toml",
+        &format!("include = [\"tpl-broken.toml\", \"tpl-missing.toml\"]\n{BASE}{PRESSURE}"),
+    );
+    let broken = broken.display().to_string();
+    for (code, err) in verdicts(&path, &[]) {
+        assert_eq!(code, Some(2), "{err}");
+        for line in [
+            format!("{broken}: template[0] (\"t\").description: ${{c}} is not one of the template's params (a, b)"),
+            format!("{broken}: template[0] (\"t\").params: \"b\" is never used in the template"),
+            format!("{broken}: template[1] (\"u\").template: templates cannot use templates"),
+            format!("{}: include[1]: ", path.display()),
+            "tpl-missing.toml: cannot read".to_owned(),
+        ] {
+            assert!(err.contains(&line), "expected {line:?} in\n{err}");
         }
     }
 }
