@@ -226,6 +226,22 @@ impl Default for DiscoveryConfig {
     }
 }
 
+/// A file the gateway writes (audit trail, state) must be a file name in a folder that
+/// exists: the problem, naming `key`, if it is not.
+fn file_in_existing_dir(key: &str, file: Option<&Path>) -> Option<String> {
+    let file = file?;
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    (file.file_name().is_none() || !dir.is_dir()).then(|| {
+        format!(
+            "{key}: {} is not a file in an existing directory",
+            file.display()
+        )
+    })
+}
+
 /// `[state]`: the file that keeps the values of persisted parameters (`persist =
 /// "restore"` or `"remember"`) across restarts.
 #[derive(Debug, Clone, Deserialize)]
@@ -923,17 +939,8 @@ impl Loaded {
             60.0,
             "s",
         ));
-        if let Some(file) = &c.state.file {
-            let dir = match file.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            if file.file_name().is_none() || !dir.is_dir() {
-                problems.push(format!(
-                    "state.file: {} is not a file in an existing directory",
-                    file.display()
-                ));
-            }
+        if let Some(problem) = file_in_existing_dir("state.file", c.state.file.as_deref()) {
+            problems.push(problem);
         }
         if c.state.file.is_none() {
             for (i, m) in c.modules.iter().enumerate() {
@@ -963,17 +970,8 @@ impl Loaded {
             1_000_000,
             "records",
         );
-        if let Some(file) = &a.file {
-            let dir = match file.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            if file.file_name().is_none() || !dir.is_dir() {
-                problems.push(format!(
-                    "audit.file: {} is not a file in an existing directory",
-                    file.display()
-                ));
-            }
+        if let Some(problem) = file_in_existing_dir("audit.file", a.file.as_deref()) {
+            problems.push(problem);
         }
         let rule_sets = std::iter::once(("node.access".to_owned(), Some(&c.node.access))).chain(
             c.extra_nodes
