@@ -23,6 +23,8 @@ pub enum ReloadError {
     Start(#[from] AppError),
     #[error("node {node:?}: the new modules do not fit: {}", problems.join("; "))]
     Node { node: String, problems: Vec<String> },
+    #[error("loading the configuration was interrupted: {0}")]
+    Interrupted(String),
     #[error("node {node:?} did not answer: {reason}")]
     NodeGone { node: String, reason: String },
 }
@@ -102,7 +104,11 @@ impl Running {
             config::Origin::File(p) => Some(p.clone()),
             config::Origin::Embedded => None,
         };
-        let new = config::load(path.as_deref(), listen)?;
+        // Reading and validating a large file takes a while (in a debug build, tens of
+        // milliseconds for 100 modules): off the event loop, so clients are served.
+        let new = tokio::task::spawn_blocking(move || config::load(path.as_deref(), listen))
+            .await
+            .map_err(|e| ReloadError::Interrupted(e.to_string()))??;
         let fixed = fixed_changes(&self.loaded, &new);
         if !fixed.is_empty() {
             return Err(ReloadError::Fixed(fixed));
