@@ -2,7 +2,12 @@
 //! shutdown that drains. The binary is a thin CLI around [`run`]; tests and tools can
 //! [`start`] a gateway in-process and [`Running::shutdown`] it.
 
+mod reload;
+
+pub use reload::{ReloadError, ReloadSummary};
+
 use crate::{access_rules, config, discovery, http, request_policy, server, websocket};
+use secop_actors::device::DeviceHandle;
 use secop_actors::node::{NodeActor, NodeSettings, Start};
 use secop_actors::outbox::{OutboxLimits, SlowClientStats};
 use std::sync::Arc;
@@ -40,59 +45,150 @@ impl From<String> for AppError {
     }
 }
 
+/// What a device of the configuration is: a simulated module, a link or a remote node.
+enum DeviceKind {
+    Module(usize),
+    Link(usize),
+    Remote(usize),
+}
+
+/// One device as the configuration describes it; `key` is its whole configuration
+/// (the link section and its modules' specs, the module entry, the remote section), so
+/// that a reload restarts exactly the devices whose configuration changed.
+struct DeviceSpec {
+    name: String,
+    key: String,
+    kind: DeviceKind,
+    /// A module marked `required` depends on it (/readyz).
+    required: bool,
+}
+
+fn device_specs(loaded: &config::Loaded) -> Vec<DeviceSpec> {
+    let c = &loaded.config;
+    let mut specs = Vec::new();
+    for (i, m) in c.modules.iter().enumerate() {
+        if m.driver.is_some() {
+            specs.push(DeviceSpec {
+                name: m.name.clone(),
+                key: format!("module {m:?}"),
+                kind: DeviceKind::Module(i),
+                required: m.required,
+            });
+        }
+    }
+    for (i, l) in c.links.iter().enumerate() {
+        specs.push(DeviceSpec {
+            name: l.name.clone(),
+            key: format!("link {l:?} {:?}", loaded.modules_of(&l.name)),
+            kind: DeviceKind::Link(i),
+            required: c
+                .modules
+                .iter()
+                .any(|m| m.required && m.link.as_deref() == Some(l.name.as_str())),
+        });
+    }
+    for (i, r) in c.remotes.iter().enumerate() {
+        specs.push(DeviceSpec {
+            name: r.name.clone(),
+            key: format!("remote {r:?}"),
+            kind: DeviceKind::Remote(i),
+            required: false,
+        });
+    }
+    specs
+}
+
+async fn start_device(
+    loaded: &config::Loaded,
+    spec: &DeviceSpec,
+    state: Option<&secop_drivers::state::StateStore>,
+) -> Result<DeviceHandle, AppError> {
+    let c = &loaded.config;
+    Ok(match spec.kind {
+        DeviceKind::Module(i) => {
+            let m = &c.modules[i];
+            let driver = m.driver.as_deref().unwrap_or_default();
+            secop_drivers::start(driver, &m.driver_config())
+                .map_err(|e| format!("{}: module[{i}] ({:?}): {e}", loaded.origin, m.name))?
+        }
+        DeviceKind::Link(i) => {
+            let l = &c.links[i];
+            secop_drivers::start_link(l, &loaded.modules_of(&l.name), state)
+                .map_err(|e| format!("{}: link[{i}] ({:?}): {e}", loaded.origin, l.name))?
+        }
+        // A first connection attempt now, so that its modules are in the first
+        // description; if it is unreachable, its modules come when it is.
+        DeviceKind::Remote(i) => {
+            let remote = &c.remotes[i];
+            let first = match secop_drivers::remote::connect(remote).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(remote = %remote.name, "not connected at start: {e}");
+                    None
+                }
+            };
+            secop_drivers::remote::RemoteNode::start(remote.clone(), first)
+        }
+    })
+}
+
+/// A running device and the configuration it was started with.
+struct Device {
+    key: String,
+    handle: DeviceHandle,
+}
+
+/// What every node's listener shares, fixed for the life of the process (a reload
+/// that would change it is refused).
+struct Shared {
+    base_listener_settings: server::ListenerSettings,
+    ws_settings: websocket::WsSettings,
+    handshake_timeout: Duration,
+    echo_endpoint: bool,
+    allowed_hosts: Vec<String>,
+    allowed_origins: Vec<String>,
+    stats: Arc<SlowClientStats>,
+    health: http::Health,
+    audit: secop_actors::audit::AuditLog,
+}
+
+/// A running node: its actor and the listener task that accepts its clients.
+struct NodeRun {
+    /// `None` for the main node, the equipment id for an extra node.
+    key: Option<String>,
+    /// The configured listen address and access rules (a change rebinds).
+    address: std::net::SocketAddr,
+    access_text: String,
+    node: actix::Addr<NodeActor>,
+    bound: std::net::SocketAddr,
+    listener: tokio::task::JoinHandle<()>,
+}
+
 /// Start every device, node and listener of `loaded` (validated: `config::load` has
 /// built every node's description already). Must run inside an actix `System`.
 pub async fn start(loaded: config::Loaded) -> Result<Running, AppError> {
-    use actix::Actor;
     secop_actors::metrics::metrics()
         .build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("SECOP_GATEWAY_GIT_HASH")])
         .set(1);
-    let mut devices = Vec::new();
-    // Devices (links) behind modules marked `required`, for /readyz.
-    let mut required = Vec::new();
-    for (i, m) in loaded.config.modules.iter().enumerate() {
-        let Some(driver) = &m.driver else { continue };
-        let handle = secop_drivers::start(driver, &m.driver_config())
-            .map_err(|e| format!("{}: module[{i}] ({:?}): {e}", loaded.origin, m.name))?;
-        if m.required {
-            required.push(handle.name.to_string());
-        }
-        devices.push(handle);
-    }
     let state = loaded.config.state.file.as_ref().map(|file| {
         secop_drivers::state::StateStore::open(
             file,
             Duration::from_secs_f64(loaded.config.state.write_delay),
         )
     });
-    for (i, l) in loaded.config.links.iter().enumerate() {
-        let handle = secop_drivers::start_link(l, &loaded.modules_of(&l.name), state.as_ref())
-            .map_err(|e| format!("{}: link[{i}] ({:?}): {e}", loaded.origin, l.name))?;
-        let needed = loaded
-            .config
-            .modules
-            .iter()
-            .any(|m| m.required && m.link.as_deref() == Some(l.name.as_str()));
-        if needed {
+    let mut devices = Vec::new();
+    // Devices (links) behind modules marked `required`, for /readyz.
+    let mut required = Vec::new();
+    for spec in device_specs(&loaded) {
+        let handle = start_device(&loaded, &spec, state.as_ref()).await?;
+        if spec.required {
             required.push(handle.name.to_string());
         }
-        devices.push(handle);
-    }
-    // Remote nodes: a first connection attempt now, so that their modules are in the
-    // first description; if they are unreachable, their modules come when they do.
-    for remote in &loaded.config.remotes {
-        let first = match secop_drivers::remote::connect(remote).await {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(remote = %remote.name, "not connected at start: {e}");
-                None
-            }
-        };
-        devices.push(secop_drivers::remote::RemoteNode::start(
-            remote.clone(),
-            first,
-        ));
+        devices.push(Device {
+            key: spec.key,
+            handle,
+        });
     }
     let l = &loaded.config.listen;
     let limits = OutboxLimits {
@@ -158,15 +254,63 @@ pub async fn start(loaded: config::Loaded) -> Result<Running, AppError> {
         limits,
         write_timeout: seconds(l.write_timeout),
     };
+    let audit = secop_actors::audit::AuditLog::start(loaded.config.audit.settings())?;
+    let shared = Shared {
+        base_listener_settings,
+        ws_settings,
+        handshake_timeout,
+        echo_endpoint: ws.echo_endpoint,
+        allowed_hosts: l.allowed_hosts.clone(),
+        allowed_origins: ws.allowed_origins.clone(),
+        stats,
+        health,
+        audit,
+    };
+    let handles: Vec<DeviceHandle> = devices.iter().map(|d| d.handle.clone()).collect();
+    let mut nodes = Vec::new();
+    let mut identities = Vec::new();
+    for plan in node_plans(&loaded)? {
+        let node = start_node(&shared, &loaded, &plan, handles.clone()).await?;
+        let listener = bind(plan.address).map_err(|source| AppError::Bind {
+            address: plan.address,
+            source,
+        })?;
+        let run = serve_node(&shared, &plan, node, listener).await?;
+        if let Ok(mut list) = shared.health.nodes.lock() {
+            list.push(run.node.clone());
+        }
+        identities.push((
+            discovery::Identity {
+                equipment_id: plan.equipment_id.clone(),
+                ..identity(&loaded)
+            },
+            run.bound.port(),
+        ));
+        nodes.push(run);
+    }
+    let udp = start_discovery(&loaded, identities).await;
+    Ok(Running {
+        loaded,
+        devices,
+        nodes,
+        udp,
+        shared,
+        state,
+    })
+}
 
-    // The main node, then the extra nodes: each a node actor with its own listener.
+/// The main node, then the extra nodes.
+fn node_plans(loaded: &config::Loaded) -> Result<Vec<NodePlan>, AppError> {
     let main_cfg = &loaded.config.node;
     // The --listen address is in listen.address already.
-    let main_address = l
+    let main_address = loaded
+        .config
+        .listen
         .address
         .parse()
         .map_err(|e| AppError::Config(format!("listen.address: {e}")))?;
     let mut plans = vec![NodePlan {
+        key: None,
         equipment_id: main_cfg.equipment_id.clone(),
         description: main_cfg.description.clone(),
         address: main_address,
@@ -179,8 +323,9 @@ pub async fn start(loaded: config::Loaded) -> Result<Running, AppError> {
         let address = extra
             .listen
             .parse()
-            .map_err(|e| format!("extra_node[{i}].listen: {e}"))?;
+            .map_err(|e| AppError::Config(format!("extra_node[{i}].listen: {e}")))?;
         plans.push(NodePlan {
+            key: Some(extra.equipment_id.clone()),
             equipment_id: extra.equipment_id.clone(),
             description: extra.description.clone(),
             address,
@@ -190,103 +335,111 @@ pub async fn start(loaded: config::Loaded) -> Result<Running, AppError> {
             access: Arc::new(loaded.access_rules(Some(i))),
         });
     }
-    let audit = secop_actors::audit::AuditLog::start(loaded.config.audit.settings())?;
-    let mut nodes = Vec::new();
-    let mut bound_addresses = Vec::new();
-    let mut identities = Vec::new();
-    for plan in plans {
-        let settings = NodeSettings {
-            identification: main_cfg.identification.clone(),
-            device_timeout: loaded.device_timeout(),
-            read_only: plan.read_only,
-            export: plan.export,
-            hide: plan.hide,
-            audit: Some(audit.clone()),
-        };
-        let mut properties = loaded.node_properties();
-        if plan.read_only {
-            properties.insert("_read_only_view".into(), serde_json::Value::Bool(true));
-        }
-        let node = NodeActor::new(
-            settings,
-            &plan.equipment_id,
-            &plan.description,
-            properties,
-            devices.clone(),
-        )
-        .map_err(|p| format!("node {:?}: {}", plan.equipment_id, p.join("; ")))?
-        .start();
-        node.send(Start)
-            .await
-            .map_err(|e| format!("node did not start: {e}"))?;
-        let listener = bind(plan.address).map_err(|source| AppError::Bind {
-            address: plan.address,
-            source,
-        })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| format!("cannot read the bound address: {e}"))?;
-        tracing::info!(address = %bound, equipment_id = %plan.equipment_id, read_only = plan.read_only, "SECoP node listening");
-        let policy = request_policy::RequestPolicy::new(
-            bound,
-            &l.allowed_hosts,
-            &ws.allowed_origins,
-            Some(plan.access.clone()),
-        )
-        .with_audit(audit.clone(), &plan.equipment_id);
-        let http_state = http::HttpState {
-            node: node.clone(),
-            ws: ws_settings.clone(),
-            policy: std::rc::Rc::new(policy),
-            echo_endpoint: ws.echo_endpoint,
-            stats: stats.clone(),
-            health: health.clone(),
-        };
-        let http = http::service(http_state, handshake_timeout).await?;
-        let listener_settings = server::ListenerSettings {
-            access: plan.access.clone(),
-            ..base_listener_settings.clone()
-        };
-        actix::spawn(server::serve(
-            listener,
-            node.clone(),
-            listener_settings,
-            stats.clone(),
-            http,
-        ));
-        identities.push((
-            discovery::Identity {
-                equipment_id: plan.equipment_id.clone(),
-                ..identity(&loaded)
-            },
-            bound.port(),
-        ));
-        if let Ok(mut list) = health.nodes.lock() {
-            list.push(node.clone());
-        }
-        nodes.push(node);
-        bound_addresses.push(bound);
+    Ok(plans)
+}
+
+fn node_settings(shared: &Shared, loaded: &config::Loaded, plan: &NodePlan) -> NodeSettings {
+    NodeSettings {
+        identification: loaded.config.node.identification.clone(),
+        device_timeout: loaded.device_timeout(),
+        read_only: plan.read_only,
+        export: plan.export.clone(),
+        hide: plan.hide.clone(),
+        audit: Some(shared.audit.clone()),
     }
-    let udp = start_discovery(&loaded, identities).await;
-    Ok(Running {
-        nodes,
-        addresses: bound_addresses,
-        udp,
-        health,
-        audit,
-        state,
+}
+
+fn node_properties(
+    loaded: &config::Loaded,
+    plan: &NodePlan,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut properties = loaded.node_properties();
+    if plan.read_only {
+        properties.insert("_read_only_view".into(), serde_json::Value::Bool(true));
+    }
+    properties
+}
+
+/// Build a node actor and fill its cache (subscribing to its devices).
+async fn start_node(
+    shared: &Shared,
+    loaded: &config::Loaded,
+    plan: &NodePlan,
+    devices: Vec<DeviceHandle>,
+) -> Result<actix::Addr<NodeActor>, AppError> {
+    use actix::Actor;
+    let node = NodeActor::new(
+        node_settings(shared, loaded, plan),
+        &plan.equipment_id,
+        &plan.description,
+        node_properties(loaded, plan),
+        devices,
+    )
+    .map_err(|p| format!("node {:?}: {}", plan.equipment_id, p.join("; ")))?
+    .start();
+    node.send(Start)
+        .await
+        .map_err(|e| format!("node did not start: {e}"))?;
+    Ok(node)
+}
+
+/// Serve a node's clients (SECoP over TCP, HTTP and WebSocket) on a bound listener.
+async fn serve_node(
+    shared: &Shared,
+    plan: &NodePlan,
+    node: actix::Addr<NodeActor>,
+    listener: tokio::net::TcpListener,
+) -> Result<NodeRun, AppError> {
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    tracing::info!(address = %bound, equipment_id = %plan.equipment_id, read_only = plan.read_only, "SECoP node listening");
+    let policy = request_policy::RequestPolicy::new(
+        bound,
+        &shared.allowed_hosts,
+        &shared.allowed_origins,
+        Some(plan.access.clone()),
+    )
+    .with_audit(shared.audit.clone(), &plan.equipment_id);
+    let http_state = http::HttpState {
+        node: node.clone(),
+        ws: shared.ws_settings.clone(),
+        policy: std::rc::Rc::new(policy),
+        echo_endpoint: shared.echo_endpoint,
+        stats: shared.stats.clone(),
+        health: shared.health.clone(),
+    };
+    let http = http::service(http_state, shared.handshake_timeout).await?;
+    let listener_settings = server::ListenerSettings {
+        access: plan.access.clone(),
+        ..shared.base_listener_settings.clone()
+    };
+    let task = actix::spawn(server::serve(
+        listener,
+        node.clone(),
+        listener_settings,
+        shared.stats.clone(),
+        http,
+    ));
+    Ok(NodeRun {
+        key: plan.key.clone(),
+        address: plan.address,
+        access_text: plan.access.to_string(),
+        node,
+        bound,
+        listener: task,
     })
 }
 
-/// A started gateway: its nodes and where they listen.
+/// A started gateway: its devices, nodes and where they listen.
 pub struct Running {
-    pub nodes: Vec<actix::Addr<NodeActor>>,
-    /// The bound TCP address of every node, the main node first.
-    pub addresses: Vec<std::net::SocketAddr>,
+    /// The configuration running (the last one a reload accepted).
+    loaded: config::Loaded,
+    devices: Vec<Device>,
+    nodes: Vec<NodeRun>,
     /// The bound UDP discovery address, if any.
     pub udp: Vec<String>,
-    health: http::Health,
-    audit: secop_actors::audit::AuditLog,
+    shared: Shared,
     state: Option<secop_drivers::state::StateStore>,
 }
 
@@ -294,9 +447,18 @@ pub struct Running {
 const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 
 impl Running {
+    /// The bound TCP address of every node, the main node first.
+    pub fn addresses(&self) -> Vec<std::net::SocketAddr> {
+        self.nodes.iter().map(|n| n.bound).collect()
+    }
+
+    /// The node actors, the main node first.
+    pub fn nodes(&self) -> Vec<actix::Addr<NodeActor>> {
+        self.nodes.iter().map(|n| n.node.clone()).collect()
+    }
     /// Write the `--ready-file`: the bound addresses as JSON, for scripts and tests.
     pub fn write_ready_file(&self, path: &std::path::Path) -> Result<(), AppError> {
-        let text = serde_json::json!({"tcp": self.addresses, "udp": self.udp}).to_string();
+        let text = serde_json::json!({"tcp": self.addresses(), "udp": self.udp}).to_string();
         std::fs::write(path, text).map_err(|source| AppError::ReadyFile {
             path: path.to_owned(),
             source,
@@ -306,8 +468,8 @@ impl Running {
     /// Close every session (WebSocket clients get 1001), wait until their connections
     /// are gone (at most [`DRAIN_DEADLINE`]), and flush the audit trail.
     pub async fn shutdown(self) {
-        for node in &self.nodes {
-            let _ = node.send(secop_actors::node::CloseSessions).await;
+        for run in &self.nodes {
+            let _ = run.node.send(secop_actors::node::CloseSessions).await;
         }
         let open = || {
             let m = &secop_actors::metrics::metrics().connections_open;
@@ -318,7 +480,7 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // The last records reach their file before the process ends.
-        let audit = self.audit.clone();
+        let audit = self.shared.audit.clone();
         let _ = tokio::task::spawn_blocking(move || audit.sync(DRAIN_DEADLINE)).await;
         if let Some(state) = self.state {
             let _ = tokio::task::spawn_blocking(move || state.flush()).await;
@@ -326,17 +488,37 @@ impl Running {
     }
 }
 
-/// Start, write the ready file, tell systemd, serve until SIGINT/SIGTERM, shut down.
+/// Start, write the ready file, tell systemd, serve until SIGINT/SIGTERM, shut down;
+/// reload the configuration on SIGHUP (`listen`: the `--listen` override, applied
+/// again). systemd hears `RELOADING=1` (with `MONOTONIC_USEC`, which
+/// `Type=notify-reload` needs) before and `READY=1` after, whether the new file was
+/// taken or refused.
 pub async fn run(
     loaded: config::Loaded,
     ready_file: Option<std::path::PathBuf>,
+    listen: Option<std::net::SocketAddr>,
 ) -> Result<(), AppError> {
-    let running = start(loaded).await?;
-    if let Some(path) = ready_file {
-        running.write_ready_file(&path)?;
+    let mut signals = server::Signals::new();
+    let mut running = start(loaded).await?;
+    if let Some(path) = &ready_file {
+        running.write_ready_file(path)?;
     }
-    notify_systemd(running.health.clone());
-    server::wait_for_signal().await;
+    notify_systemd(running.shared.health.clone());
+    while signals.next().await == server::SignalAction::Reload {
+        let mut states = vec![sd_notify::NotifyState::Reloading];
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            states.push(now);
+        }
+        let _ = sd_notify::notify(&states);
+        if running.reload_logged(listen).await {
+            if let Some(path) = &ready_file {
+                if let Err(e) = running.write_ready_file(path) {
+                    tracing::error!("{e}");
+                }
+            }
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     running.shutdown().await;
     Ok(())
@@ -344,6 +526,8 @@ pub async fn run(
 
 /// What a node of this process is made of.
 struct NodePlan {
+    /// `None` for the main node, the equipment id for an extra node.
+    key: Option<String>,
     equipment_id: String,
     description: String,
     address: std::net::SocketAddr,

@@ -141,7 +141,7 @@ fn main() -> ExitCode {
         }
         Command::Run => {
             let system = actix::System::new();
-            match system.block_on(app::run(loaded, cli.ready_file)) {
+            match system.block_on(app::run(loaded, cli.ready_file, cli.listen)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // Once, on stderr, where the log goes too.

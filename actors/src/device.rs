@@ -170,6 +170,12 @@ pub struct Subscribe {
 #[rtype(result = "()")]
 pub struct DeviceModulesChanged(pub DeviceHandle);
 
+/// Stop the device (a reload removed or changed it): its actor ends and its link is
+/// closed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopDevice;
+
 /// Keep only the modules in `modules` (all if `None`), without the accessibles named
 /// in `hide` (`module:accessible`): what [`DeviceHandle::restricted`] leaves, also for
 /// checking a configuration without devices.
@@ -191,6 +197,7 @@ pub struct DeviceHandle {
     pub checks: bool,
     pub requests: Recipient<DeviceRequest>,
     pub subscribe: Recipient<Subscribe>,
+    pub stop: Recipient<StopDevice>,
 }
 
 impl DeviceHandle {
@@ -204,7 +211,10 @@ impl DeviceHandle {
 
     pub fn of<A>(name: &str, modules: Vec<ModuleDescription>, addr: &Addr<A>) -> Self
     where
-        A: Actor<Context = Context<A>> + Handler<DeviceRequest> + Handler<Subscribe>,
+        A: Actor<Context = Context<A>>
+            + Handler<DeviceRequest>
+            + Handler<Subscribe>
+            + Handler<StopDevice>,
     {
         DeviceHandle {
             name: Arc::from(name),
@@ -212,6 +222,7 @@ impl DeviceHandle {
             checks: false,
             requests: addr.clone().recipient(),
             subscribe: addr.clone().recipient(),
+            stop: addr.clone().recipient(),
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use crate::device::{
     now, DeviceAction, DeviceCall, DeviceReply, DeviceRequest, DeviceUpdates, ParamUpdate,
-    Subscribe, SubscriberId,
+    StopDevice, Subscribe, SubscriberId,
 };
 use crate::metrics::metrics;
 use actix::prelude::*;
@@ -536,6 +536,17 @@ impl<B: Backend> Actor for DeviceActor<B> {
         }
         self.metrics.cache_hits.inc_by(0);
         self.schedule_poll(ctx, interval);
+    }
+}
+
+impl<B: Backend> Handler<StopDevice> for DeviceActor<B> {
+    type Result = ();
+
+    /// The actor ends; with it its poll timer, its queue and (once the last transaction
+    /// in flight is dropped) its backend and link.
+    fn handle(&mut self, _: StopDevice, ctx: &mut Self::Context) {
+        tracing::info!(device = %self.name, "device stopped");
+        ctx.stop();
     }
 }
 

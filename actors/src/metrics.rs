@@ -47,6 +47,8 @@ pub struct Metrics {
     pub audit_records: IntCounterVec,
     pub audit_dropped: IntCounter,
     pub audit_write_errors: IntCounter,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_success: Gauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -123,8 +125,13 @@ impl Metrics {
             audit_records: reg(&r, make(IntCounterVec::new(opts("audit_records_total", "Audit records of change and do requests written, by outcome (ok or the SECoP error class)"), &["node", "outcome"]))),
             audit_dropped: reg(&r, make(IntCounter::with_opts(opts("audit_dropped_total", "Audit records dropped because the audit queue was full")))),
             audit_write_errors: reg(&r, make(IntCounter::with_opts(opts("audit_write_errors_total", "Failed writes, flushes, rotations or reopenings of the audit file")))),
+            config_reloads: reg(&r, make(IntCounterVec::new(opts("config_reloads_total", "Configuration reloads (SIGHUP), by result (ok, or refused: the running configuration stayed)"), &["result"]))),
+            config_last_reload_success: reg(&r, make(Gauge::with_opts(opts("config_last_reload_success_timestamp_seconds", "UNIX time of the last successful configuration reload (0: none yet)")))),
             registry: r,
         };
+        for result in ["ok", "refused"] {
+            m.config_reloads.with_label_values(&[result]).inc_by(0);
+        }
         m.start_time_seconds.set(crate::device::now());
         m
     }

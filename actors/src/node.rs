@@ -129,6 +129,23 @@ pub struct Disconnect {
     pub session: SessionId,
 }
 
+/// A reload: this node's new settings, description text, properties and devices.
+/// The node reassembles its description; values of modules it still exports stay in
+/// its cache, devices in `fresh` (started by this reload) are subscribed to. Answered
+/// with whether the description changed: then its sessions have been closed (over TCP
+/// and WebSocket, closing is how SECoP tells a client that the description changed;
+/// `error_closed` is for serial lines), so that clients reconnect and describe again.
+/// Sessions of a node whose description did not change are not touched.
+#[derive(Message)]
+#[rtype(result = "Result<bool, Vec<String>>")]
+pub struct Reconfigure {
+    pub settings: NodeSettings,
+    pub description: String,
+    pub properties: serde_json::Map<String, Value>,
+    pub devices: Vec<DeviceHandle>,
+    pub fresh: Vec<Arc<str>>,
+}
+
 /// Subscribe to all devices and fill the cache; answered once the cache is complete.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -895,6 +912,88 @@ impl Handler<DeviceModulesChanged> for NodeActor {
             Err(problems) => tracing::error!(node = %self.description.equipment_id, device = %name,
                 "the new modules do not fit this node: {}", problems.join("; ")),
         }
+    }
+}
+
+impl Handler<Reconfigure> for NodeActor {
+    type Result = ResponseActFuture<Self, Result<bool, Vec<String>>>;
+
+    fn handle(&mut self, msg: Reconfigure, ctx: &mut Self::Context) -> Self::Result {
+        let old_description = self.description.clone();
+        let old_modules = std::mem::take(&mut self.modules);
+        let old_settings = std::mem::replace(&mut self.settings, msg.settings);
+        let old_devices = std::mem::replace(&mut self.devices, msg.devices);
+        let before = self.describing.clone();
+        // The new description text and properties, through the same assembly.
+        self.description = Arc::new(NodeDescription {
+            equipment_id: old_description.equipment_id.clone(),
+            description: msg.description,
+            modules: Vec::new(),
+            properties: msg.properties,
+        });
+        if let Err(problems) = self.assemble() {
+            self.settings = old_settings;
+            self.devices = old_devices;
+            self.description = old_description;
+            self.modules = old_modules;
+            return Box::pin(fut::ready(Err(problems)));
+        }
+        // Keep the cached values of the parameters still exported.
+        for (old, module) in old_description.modules.iter().zip(old_modules) {
+            let Some(&m) = self.module_index.get(&old.name) else {
+                continue;
+            };
+            for (a, state) in old.accessibles.iter().zip(module.params) {
+                let Some(state) = state else { continue };
+                if let Some(p) = self.description.modules[m].accessible_index(&a.name) {
+                    if let Some(slot) = self.modules[m].params[p].as_mut() {
+                        *slot = state;
+                    }
+                }
+            }
+        }
+        let changed = self.describing != before;
+        if changed {
+            tracing::warn!(node = %self.description.equipment_id,
+                "description changed by a reload; closing this node's clients");
+            for s in self.drop_sessions() {
+                s.outbox.close(CloseReason::Kicked);
+            }
+        }
+        let sink = ctx.address().recipient::<DeviceUpdates>();
+        let changes = ctx.address().recipient::<DeviceModulesChanged>();
+        let id = self.subscriber_id;
+        let requests: Vec<_> = self
+            .devices
+            .iter()
+            .filter(|d| msg.fresh.contains(&d.name))
+            .map(|d| {
+                let name = d.name.clone();
+                let fut = d.subscribe.send(Subscribe {
+                    id,
+                    sink: sink.clone(),
+                    on_change: Some(changes.clone()),
+                });
+                async move { (name, fut.await) }
+            })
+            .collect();
+        Box::pin(
+            futures_util::future::join_all(requests)
+                .into_actor(self)
+                .map(move |results, act, _| {
+                    for (name, result) in results {
+                        match result {
+                            Ok(snapshot) => {
+                                for update in &snapshot {
+                                    act.apply(update, false);
+                                }
+                            }
+                            Err(e) => tracing::error!(device = %name, "device did not answer: {e}"),
+                        }
+                    }
+                    Ok(changed)
+                }),
+        )
     }
 }
 

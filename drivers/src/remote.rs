@@ -19,7 +19,7 @@ use bytes::BytesMut;
 use secop_actors::deadline::{self, DeadlineTimer, Deadlines};
 use secop_actors::device::{
     now, DeviceAction, DeviceCall, DeviceHandle, DeviceModulesChanged, DeviceReply, DeviceRequest,
-    DeviceUpdates, ParamUpdate, Responder, Subscribe, SubscriberId,
+    DeviceUpdates, ParamUpdate, Responder, StopDevice, Subscribe, SubscriberId,
 };
 use secop_actors::line_codec::{Inbound, LineCodec};
 use secop_proto::message::split;
@@ -658,6 +658,18 @@ impl StreamHandler<RemoteLine> for RemoteNode {
     }
 
     fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+impl Handler<StopDevice> for RemoteNode {
+    type Result = ();
+
+    /// A reload removed or changed this remote: the connection is closed (its reader
+    /// goes with the actor, its writer when the sender is dropped).
+    fn handle(&mut self, _: StopDevice, ctx: &mut Self::Context) {
+        tracing::info!(remote = %self.name, "remote stopped");
+        self.writer = None;
+        ctx.stop();
+    }
 }
 
 impl Handler<Subscribe> for RemoteNode {

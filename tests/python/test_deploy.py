@@ -74,6 +74,8 @@ GATEWAY_METRICS = {
     'secop_gateway_http_requests_refused_total', 'secop_gateway_audit_records_total',
     'secop_gateway_audit_dropped_total', 'secop_gateway_audit_write_errors_total',
     'secop_gateway_unfinished_lines_total', 'secop_gateway_discovery_dropped_total',
+    'secop_gateway_config_reloads_total',
+    'secop_gateway_config_last_reload_success_timestamp_seconds',
 }
 # Families a parallel branch adds: in the contract already (so that merging is easy), but
 # the dashboard need not show them until that branch brings its panels.
@@ -272,7 +274,7 @@ def test_unit_settings():
     assert one('WatchdogSec') == '30s'
     assert one('Restart') == 'on-failure'
     assert one('RestartPreventExitStatus') == '2'
-    assert 'ExecReload' not in service, 'the gateway has no reload'
+    assert one('ExecReload') == '/bin/kill -HUP $MAINPID'
     assert one('ExecStart') == f'{INSTALLED_BINARY} --config /etc/secop-gateway/gateway.toml'
     assert one('User') == 'secop'
     assert 'dialout' in one('SupplementaryGroups').split()

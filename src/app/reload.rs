@@ -1,0 +1,328 @@
+//! Live reload (SIGHUP): load and validate the file as a whole; refuse it (the running
+//! configuration stays) or apply the difference: devices whose configuration changed
+//! restart, unchanged ones keep their actor, connection and cache; nodes are added,
+//! removed, reconfigured (clients closed only if the node's description changed) and
+//! rebound when their listen address or access rules changed.
+
+use super::{
+    bind, device_specs, node_plans, node_properties, node_settings, serve_node, start_device,
+    start_node, AppError, Device, NodePlan, NodeRun, Running,
+};
+use crate::config;
+use secop_actors::device::StopDevice;
+use secop_actors::node::{CloseSessions, Reconfigure};
+
+/// Why a reload was refused; the running configuration stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] config::LoadError),
+    #[error("these settings cannot change at run time (restart the gateway to apply them): {}", .0.join(", "))]
+    Fixed(Vec<String>),
+    #[error(transparent)]
+    Start(#[from] AppError),
+    #[error("node {node:?}: the new modules do not fit: {}", problems.join("; "))]
+    Node { node: String, problems: Vec<String> },
+    #[error("loading the configuration was interrupted: {0}")]
+    Interrupted(String),
+    #[error("node {node:?} did not answer: {reason}")]
+    NodeGone { node: String, reason: String },
+}
+
+/// What a reload changed, for the log.
+#[derive(Debug, Default)]
+pub struct ReloadSummary {
+    pub devices_started: Vec<String>,
+    pub devices_stopped: Vec<String>,
+    pub devices_kept: usize,
+    pub nodes_added: Vec<String>,
+    pub nodes_removed: Vec<String>,
+    pub nodes_described_anew: Vec<String>,
+    pub nodes_rebound: Vec<String>,
+}
+
+/// The sections that cannot change at run time, with what differs.
+fn fixed_changes(old: &config::Loaded, new: &config::Loaded) -> Vec<String> {
+    let (o, n) = (&old.config, &new.config);
+    let mut changed = Vec::new();
+    let mut listen_o = o.listen.clone();
+    let mut listen_n = n.listen.clone();
+    listen_o.address.clear();
+    listen_n.address.clear();
+    if format!("{listen_o:?}") != format!("{listen_n:?}") {
+        changed.push("[listen] (other than listen.address)".to_owned());
+    }
+    let sections = [
+        ("[log]", format!("{:?}", o.log), format!("{:?}", n.log)),
+        (
+            "[metrics]",
+            format!("{:?}", o.metrics),
+            format!("{:?}", n.metrics),
+        ),
+        (
+            "[discovery]",
+            format!("{:?}", o.discovery),
+            format!("{:?}", n.discovery),
+        ),
+        (
+            "[audit]",
+            format!("{:?}", o.audit),
+            format!("{:?}", n.audit),
+        ),
+        (
+            "[state]",
+            format!("{:?}", o.state),
+            format!("{:?}", n.state),
+        ),
+        // The metrics port enforces the main node's rules too.
+        (
+            "node.access",
+            format!("{:?}", o.node.access),
+            format!("{:?}", n.node.access),
+        ),
+    ];
+    for (name, a, b) in sections {
+        if a != b {
+            changed.push(name.to_owned());
+        }
+    }
+    changed
+}
+
+fn node_name(plan: &NodePlan) -> String {
+    plan.equipment_id.clone()
+}
+
+impl Running {
+    /// Reload from the file the running configuration came from, with the same
+    /// `--listen` override. On error nothing has changed.
+    pub async fn reload(
+        &mut self,
+        listen: Option<std::net::SocketAddr>,
+    ) -> Result<ReloadSummary, ReloadError> {
+        let path = match &self.loaded.origin {
+            config::Origin::File(p) => Some(p.clone()),
+            config::Origin::Embedded => None,
+        };
+        // Reading and validating a large file takes a while (in a debug build, tens of
+        // milliseconds for 100 modules): off the event loop, so clients are served.
+        let new = tokio::task::spawn_blocking(move || config::load(path.as_deref(), listen))
+            .await
+            .map_err(|e| ReloadError::Interrupted(e.to_string()))??;
+        let fixed = fixed_changes(&self.loaded, &new);
+        if !fixed.is_empty() {
+            return Err(ReloadError::Fixed(fixed));
+        }
+        let plans = node_plans(&new)?;
+        let mut summary = ReloadSummary::default();
+
+        // Devices: reuse those whose configuration is unchanged, start the others.
+        let mut devices = Vec::new();
+        let mut fresh = Vec::new();
+        for spec in device_specs(&new) {
+            let kept = self
+                .devices
+                .iter()
+                .find(|d| *d.handle.name == *spec.name && d.key == spec.key);
+            match kept {
+                Some(d) => {
+                    summary.devices_kept += 1;
+                    devices.push(Device {
+                        key: d.key.clone(),
+                        handle: d.handle.clone(),
+                    });
+                }
+                None => match start_device(&new, &spec, self.state.as_ref()).await {
+                    Ok(handle) => {
+                        fresh.push(handle.name.clone());
+                        summary.devices_started.push(spec.name.clone());
+                        devices.push(Device {
+                            key: spec.key,
+                            handle,
+                        });
+                    }
+                    Err(e) => {
+                        stop_fresh(&devices, &fresh);
+                        return Err(e.into());
+                    }
+                },
+            }
+        }
+        let handles: Vec<_> = devices.iter().map(|d| d.handle.clone()).collect();
+
+        // Listeners on addresses no node of ours holds now are bound before anything
+        // changes, so that a busy port refuses the reload.
+        let held: Vec<_> = self.nodes.iter().map(|n| n.address).collect();
+        let mut prebound = Vec::new();
+        for plan in &plans {
+            let old = self.nodes.iter().find(|n| n.key == plan.key);
+            let needs = old.is_none_or(|o| {
+                o.address != plan.address || o.access_text != plan.access.to_string()
+            });
+            let listener = if needs && !held.contains(&plan.address) {
+                match bind(plan.address) {
+                    Ok(l) => Some(l),
+                    Err(source) => {
+                        stop_fresh(&devices, &fresh);
+                        return Err(AppError::Bind {
+                            address: plan.address,
+                            source,
+                        }
+                        .into());
+                    }
+                }
+            } else {
+                None
+            };
+            prebound.push((needs, listener));
+        }
+
+        // Nodes gone: their listener stops, their clients are closed.
+        let mut kept_nodes = Vec::new();
+        for run in std::mem::take(&mut self.nodes) {
+            if plans.iter().any(|p| p.key == run.key) {
+                kept_nodes.push(run);
+            } else {
+                summary
+                    .nodes_removed
+                    .push(run.key.clone().unwrap_or_else(|| "main".into()));
+                self.stop_node(run).await;
+            }
+        }
+
+        // Nodes kept (reconfigured, rebound if needed) and added.
+        let mut nodes = Vec::new();
+        for (plan, (needs_listener, listener)) in plans.iter().zip(prebound) {
+            let position = kept_nodes.iter().position(|n| n.key == plan.key);
+            let mut run = match position {
+                Some(i) => {
+                    let run = kept_nodes.swap_remove(i);
+                    let changed = run
+                        .node
+                        .send(Reconfigure {
+                            settings: node_settings(&self.shared, &new, plan),
+                            description: plan.description.clone(),
+                            properties: node_properties(&new, plan),
+                            devices: handles.clone(),
+                            fresh: fresh.clone(),
+                        })
+                        .await
+                        .map_err(|e| ReloadError::NodeGone {
+                            node: node_name(plan),
+                            reason: e.to_string(),
+                        })?
+                        .map_err(|problems| ReloadError::Node {
+                            node: node_name(plan),
+                            problems,
+                        })?;
+                    if changed {
+                        summary.nodes_described_anew.push(node_name(plan));
+                    }
+                    run
+                }
+                None => {
+                    let node = start_node(&self.shared, &new, plan, handles.clone()).await?;
+                    let listener = match listener {
+                        Some(l) => l,
+                        None => bind(plan.address).map_err(|source| AppError::Bind {
+                            address: plan.address,
+                            source,
+                        })?,
+                    };
+                    let run = serve_node(&self.shared, plan, node, listener).await?;
+                    self.register_health(&run);
+                    summary.nodes_added.push(node_name(plan));
+                    nodes.push(run);
+                    continue;
+                }
+            };
+            if needs_listener {
+                // Its old listener goes first when the address stays the same.
+                run.listener.abort();
+                let _ = (&mut run.listener).await;
+                let listener = match listener {
+                    Some(l) => l,
+                    None => bind(plan.address).map_err(|source| AppError::Bind {
+                        address: plan.address,
+                        source,
+                    })?,
+                };
+                run = serve_node(&self.shared, plan, run.node.clone(), listener).await?;
+                summary.nodes_rebound.push(node_name(plan));
+            }
+            nodes.push(run);
+        }
+        self.nodes = nodes;
+
+        // Devices no longer used (removed, or replaced by a changed one) stop.
+        for old in &self.devices {
+            let reused = devices
+                .iter()
+                .any(|d| *d.handle.name == *old.handle.name && d.key == old.key);
+            if !reused {
+                summary.devices_stopped.push(old.handle.name.to_string());
+                old.handle.stop.do_send(StopDevice);
+            }
+        }
+        self.devices = devices;
+        self.loaded = new;
+        Ok(summary)
+    }
+
+    /// Stop a node: no new connections, its clients closed, out of the health checks.
+    async fn stop_node(&mut self, mut run: NodeRun) {
+        run.listener.abort();
+        let _ = (&mut run.listener).await;
+        let _ = run.node.send(CloseSessions).await;
+        if let Ok(mut list) = self.shared.health.nodes.lock() {
+            list.retain(|n| *n != run.node);
+        }
+    }
+
+    fn register_health(&self, run: &NodeRun) {
+        if let Ok(mut list) = self.shared.health.nodes.lock() {
+            list.push(run.node.clone());
+        }
+    }
+
+    /// [`Running::reload`], logged and counted in the metrics.
+    pub async fn reload_logged(&mut self, listen: Option<std::net::SocketAddr>) -> bool {
+        let m = secop_actors::metrics::metrics();
+        let started = std::time::Instant::now();
+        match self.reload(listen).await {
+            Ok(s) => {
+                m.config_reloads.with_label_values(&["ok"]).inc();
+                m.config_last_reload_success
+                    .set(secop_actors::device::now());
+                tracing::info!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    devices_started = ?s.devices_started,
+                    devices_stopped = ?s.devices_stopped,
+                    devices_kept = s.devices_kept,
+                    nodes_added = ?s.nodes_added,
+                    nodes_removed = ?s.nodes_removed,
+                    nodes_described_anew = ?s.nodes_described_anew,
+                    nodes_rebound = ?s.nodes_rebound,
+                    "configuration reloaded"
+                );
+                true
+            }
+            Err(e) => {
+                m.config_reloads.with_label_values(&["refused"]).inc();
+                tracing::error!(
+                    "configuration reload refused, the running configuration stays:\n{e}"
+                );
+                false
+            }
+        }
+    }
+}
+
+/// Undo the devices a refused reload started.
+fn stop_fresh(devices: &[Device], fresh: &[std::sync::Arc<str>]) {
+    for d in devices {
+        if fresh.contains(&d.handle.name) {
+            d.handle.stop.do_send(StopDevice);
+        }
+    }
+}
