@@ -614,20 +614,35 @@
     describeText(d, m.description);
     card.append(d);
 
-    const table = el("table");
-    const tbody = el("tbody");
+    // The parameters now, their rows (inputs, plots) when the card first comes into view:
+    // a node of 1000 modules would otherwise build and lay out thousands of controls.
+    const rows = [];
     for (const [aname, a] of Object.entries(acc)) {
-      if (aname === "status" && mod.statusEl) {
+      if (a.datainfo && a.datainfo.type === "command") rows.push([aname, a, null]);
+      else {
         const p = makeParam(mod, aname, a, old);
-        p.valueText = null;
-        continue;
+        if (!(aname === "status" && mod.statusEl)) rows.push([aname, a, p]);
       }
-      tbody.append(a.datainfo && a.datainfo.type === "command" ? commandRow(mod, aname, a, modLevel) : paramRow(mod, aname, a, old, modLevel));
     }
-    table.append(tbody);
+    const table = el("table");
     card.append(table);
+    mod.build = () => {
+      mod.build = null;
+      const tbody = el("tbody");
+      for (const [aname, a, p] of rows) tbody.append(p ? paramRow(p, a, modLevel) : commandRow(mod, aname, a, modLevel));
+      table.append(tbody);
+      card.classList.remove("lazy");
+      card.style.minHeight = "";
+      applyLimits(mod);
+    };
     S.modules.set(name, mod);
-    if (observer) observer.observe(card);
+    if (observer) {
+      card.classList.add("lazy");
+      card.style.minHeight = `${4 + 2.1 * rows.length}em`;
+      observer.observe(card);
+    } else {
+      mod.build();
+    }
     return card;
   }
 
@@ -651,8 +666,8 @@
     return p;
   }
 
-  function paramRow(mod, name, a, old, modLevel) {
-    const p = makeParam(mod, name, a, old);
+  function paramRow(p, a, modLevel) {
+    const name = p.name;
     const tr = el("tr");
     tr.dataset.acc = p.key;
     const level = userLevel(a.visibility);
@@ -798,8 +813,10 @@
       mod.visible = e.isIntersecting;
       if (mod.visible) S.visible.add(mod); else S.visible.delete(mod);
       if (mod.visible) {
+        const fresh = mod.build !== null;
+        if (fresh) mod.build();
         for (const p of mod.params) {
-          if (p.dirty) { p.arrival = 0; S.dirty.push(p); }
+          if (p.dirty || (fresh && (p.value !== undefined || p.error))) { p.dirty = true; p.arrival = 0; S.dirty.push(p); }
           if (p.canvas && p.hist.t.length) { p.plotDirty = true; S.plotPending = true; }
         }
         scheduleFrame();
@@ -961,8 +978,10 @@
         p.mod.statusCls = cls;
       }
       if (text !== p.shown) p.mod.statusEl.dataset.code = String(code);
-    } else {
+    } else if (p.valueText) {
       text = p.fmt(p.value);
+    } else {
+      return;   // no row (yet)
     }
     if (text !== p.shown) {
       p.shown = text;
@@ -1030,8 +1049,7 @@
     } else {
       p.value = data[0];
       p.error = null;
-      if (p.name === "target_limits" && Array.isArray(data[0])) applyLimits(p.mod, data[0][0], data[0][1]);
-      else if (p.name === "target_min" || p.name === "target_max") applyLimits(p.mod);
+      if (p.name === "target_limits" || p.name === "target_min" || p.name === "target_max") applyLimits(p.mod);
     }
     if (p.hist) {
       const v = isError ? null : p.di.type === "scaled" ? data[0] * p.di.scale : data[0];
@@ -1044,16 +1062,22 @@
     }
     scheduleFrame();
   }
-  function applyLimits(mod, lo, hi) {
+  // target_limits (or target_min, target_max) narrow the target's input (SECoP 2.0).
+  function applyLimits(mod) {
     const target = S.params.get(mod.name + ":target");
     if (!target || !target.editor || !target.editor.limits) return;
-    if (lo === undefined) {
-      const a = S.params.get(mod.name + ":target_min");
-      const b = S.params.get(mod.name + ":target_max");
-      lo = a && typeof a.value === "number" ? a.value : -Infinity;
-      hi = b && typeof b.value === "number" ? b.value : Infinity;
+    const lim = S.params.get(mod.name + ":target_limits");
+    const a = S.params.get(mod.name + ":target_min");
+    const b = S.params.get(mod.name + ":target_max");
+    let lo = -Infinity;
+    let hi = Infinity;
+    if (lim && Array.isArray(lim.value) && typeof lim.value[0] === "number" && typeof lim.value[1] === "number") {
+      lo = lim.value[0];
+      hi = lim.value[1];
     }
-    if (typeof lo === "number" && typeof hi === "number") target.editor.limits(lo, hi);
+    if (a && typeof a.value === "number") lo = Math.max(lo, a.value);
+    if (b && typeof b.value === "number") hi = Math.min(hi, b.value);
+    target.editor.limits(lo, hi);
   }
   function onMessage(ev) {
     let line = ev.data;
