@@ -593,7 +593,8 @@
       mod.statusEl.setAttribute("aria-label", name + " status");
       head.append(mod.statusEl);
     }
-    if (!S.readOnly && ifc.includes("Drivable") && acc.stop && acc.stop.datainfo && acc.stop.datainfo.type === "command") {
+    const stopButton = !S.readOnly && ifc.includes("Drivable") && acc.stop && acc.stop.datainfo && acc.stop.datainfo.type === "command";
+    if (stopButton) {
       const stop = el("button", "stop", "stop");
       stop.type = "button";
       stop.dataset.stop = name;
@@ -618,7 +619,9 @@
     // a node of 1000 modules would otherwise build and lay out thousands of controls.
     const rows = [];
     for (const [aname, a] of Object.entries(acc)) {
-      if (a.datainfo && a.datainfo.type === "command") rows.push([aname, a, null]);
+      if (a.datainfo && a.datainfo.type === "command") {
+        if (!(aname === "stop" && stopButton)) rows.push([aname, a, null]);   // the button above
+      }
       else {
         const p = makeParam(mod, aname, a, old);
         if (!(aname === "status" && mod.statusEl)) rows.push([aname, a, p]);
@@ -1244,6 +1247,7 @@
       };
     },
     resetStats() { S.lagN = 0; S.transportN = 0; S.updates = 0; },
+    historyLength(key) { const p = S.params.get(key); return p && p.hist ? p.hist.t.length : null; },
   };
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

@@ -16,7 +16,9 @@
 //              and waits again (the test restarts it on the same port); live again with
 //              fresh values
 //   readonly   live, values shown, no control anywhere (a read-only view or client)
-//   live       live; the identification line shown is --idn (a custom one)
+//   live       live; the identification line shown is --idn (a custom one); with
+//              --fake-history, GET /history is answered here (an hour of T:value with a
+//              gap) and the plot of T:value must show it
 // Every scenario: no request to another origin (the browser's request and WebSocket log),
 // no Content-Security-Policy violation, no script error. Screenshots go to --shots.
 //
@@ -31,7 +33,7 @@ import readline from 'node:readline';
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 
 function parseArgs(argv) {
-  const args = { url: null, scenario: 'main', shots: null, idn: null, timeout: 20 };
+  const args = { url: null, scenario: 'main', shots: null, idn: null, timeout: 20, fakeHistory: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -41,6 +43,7 @@ function parseArgs(argv) {
     if (a === '--scenario') args.scenario = value();
     else if (a === '--shots') args.shots = value();
     else if (a === '--idn') args.idn = value();
+    else if (a === '--fake-history') args.fakeHistory = true;
     else if (a === '--timeout') args.timeout = Number(value());
     else if (!args.url && !a.startsWith('--')) args.url = a;
     else throw new Error(`unknown argument ${a}`);
@@ -126,6 +129,16 @@ async function main() {
     const waitLive = () => waitFor('page goes live', () => document.getElementById('state').textContent === 'live'
       && window.secopClient && window.secopClient.phase === 'live');
 
+    if (args.fakeHistory) {
+      // the gateway's GET /history, as it answers when history is on
+      await page.route('**/history', (route) => {
+        const now = Date.now() / 1000;
+        const points = [];
+        for (let i = 0; i < 3600; i += 5) points.push([now - 3600 + i, i > 1800 && i < 2000 ? null : 290 + 5 * Math.sin(i / 300)]);
+        route.fulfill({ status: 200, contentType: 'application/json',
+          body: JSON.stringify({ window: 3600, resolution: 1.0, now, parameters: { 'T:value': points } }) });
+      });
+    }
     const response = await page.goto(args.url, { waitUntil: 'load' });
     check('page loads', response && response.status() === 200, response && response.status());
     const csp = response && response.headers()['content-security-policy'];
@@ -135,7 +148,7 @@ async function main() {
     if (args.scenario === 'main') await scenarioMain({ page, check, waitFor, text, valueOf, shot });
     else if (args.scenario === 'reconnect') await scenarioReconnect({ page, check, waitFor, waitLive, valueOf, shot, timeoutMs });
     else if (args.scenario === 'readonly') await scenarioReadOnly({ page, check, waitFor, valueOf, shot });
-    else if (args.scenario === 'live') await scenarioLive({ page, check, waitFor, valueOf, shot, idn: args.idn });
+    else if (args.scenario === 'live') await scenarioLive({ page, check, waitFor, valueOf, shot, idn: args.idn, fakeHistory: args.fakeHistory });
     else throw new Error(`unknown scenario ${args.scenario}`);
 
     // --- every scenario: same origin only, no CSP violation, no script error
@@ -362,14 +375,26 @@ async function scenarioReadOnly({ page, check, waitFor, valueOf, shot }) {
   await shot('read-only');
 }
 
-async function scenarioLive({ page, check, waitFor, valueOf, shot, idn }) {
+async function scenarioLive({ page, check, waitFor, valueOf, shot, idn, fakeHistory }) {
   const idnShown = await page.textContent('#idn');
   check('identification shown', idnShown === idn, idnShown);
   await waitFor('values painted', () => document.getElementById('v:T:value').textContent !== '');
   const before = await valueOf('T:value');
   await waitFor('values update', (b) => document.getElementById('v:T:value').textContent !== b, before);
   check('values update', true, [before, await valueOf('T:value')]);
-  await shot('custom-identification');
+  // the plot of T:value: drawn, and with --fake-history the past hour in it
+  const minPoints = fakeHistory ? 300 : 2;
+  await waitFor('history plotted', (n) => window.secopClient.historyLength('T:value') >= n, minPoints);
+  await page.waitForTimeout(600);
+  const inked = await page.evaluate(() => {
+    const c = document.querySelector('tr[data-acc="T:value"] canvas');
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let n = 0;
+    for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
+    return { pixels: n, points: window.secopClient.historyLength('T:value') };
+  });
+  check('history plotted', inked.pixels > (fakeHistory ? 100 : 4) && inked.points >= minPoints, inked);
+  await shot(fakeHistory ? 'history' : 'custom-identification');
 }
 
 main().catch((e) => {

@@ -209,4 +209,13 @@ def test_custom_identification_goes_live(start_gateway, browser_tools):
     assert idn in config
     gw = start_gateway(config, name='web_custom_idn')
     code, result, log = run_scenario(browser_tools, url_of(gw), 'live', '--idn', idn)
-    assert_passed(code, result, log, 'identification shown', 'values update')
+    assert_passed(code, result, log, 'identification shown', 'values update', 'history plotted')
+
+
+def test_history_loaded_and_plotted(gateway, browser_tools):
+    """GET /history answered (in the browser, as the gateway answers it when history is
+    on): the page plots the past hour of T:value, with live values appended"""
+    code, result, log = run_scenario(browser_tools, url_of(gateway), 'live', '--fake-history',
+                                     '--idn', 'ISSE,SECoP,,v2.0')
+    assert_passed(code, result, log, 'history plotted', 'values update')
+    assert any(u.endswith('/history') for u in result['requests']), log
