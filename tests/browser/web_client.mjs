@@ -326,6 +326,19 @@ async function scenarioMain({ page, check, waitFor, text, valueOf, shot }) {
   check('stop ended the ramp', stopped && Math.abs(targetAfter - far) > 1, { start, far, targetAfter, status: await text('[id="v:T:status"]') });
   await shot('stopped');
 
+  // --- a bool switch, and an error value: p:_fault on makes p:value an error_update
+  await page.click('form[data-acc="p:_fault"] input[type=checkbox]');
+  const faulty = await waitFor('error value shown', () => {
+    const e = document.getElementById('v:p:value');
+    return e.classList.contains('err') && /^[A-Za-z]+: ./.test(e.textContent);
+  });
+  if (faulty) check('error value shown', true, await valueOf('p:value'));
+  await shot('error-value');
+  await page.click('form[data-acc="p:_fault"] input[type=checkbox]');
+  await waitFor('value back after the fault', () => /mbar$/.test(document.getElementById('v:p:value').textContent)
+    && !document.getElementById('v:p:value').classList.contains('err'));
+  check('bool switch', await valueOf('p:_fault') === 'false', await valueOf('p:_fault'));
+
   // --- keyboard: the controls are reachable with Tab and have visible focus
   await page.focus('form[data-acc="T:target"] input');
   await page.keyboard.press('Tab');

@@ -138,7 +138,8 @@ def test_web_client_shows_and_drives_the_default_node(gateway, browser_tools):
                   'status IDLE again', 'page refuses out of range', 'nothing sent for a refused value',
                   'gateway RangeError inline', 'refused value changed nothing',
                   'io:communicate answers', 'stop button on the Drivable', 'stop ended the ramp',
-                  'Tab reaches the set button', 'every input has a label')
+                  'error value shown', 'bool switch', 'Tab reaches the set button',
+                  'every input has a label')
 
 
 def test_web_client_reconnects_after_a_restart(tmp_path, browser_tools):
