@@ -101,6 +101,42 @@ async function main() {
       });
       result.steady = steady;
       await page.close();
+
+      // The same stream into a bare same-origin page (the style sheet's URL, so no client
+      // script runs): one JSON.parse per message and nothing else. What Chromium itself
+      // delivers on this machine.
+      const bare = await context.newPage();
+      await bare.goto(new URL('/assets/app.css', args.url).href, { waitUntil: 'load' });
+      result.bare = await bare.evaluate((seconds) => new Promise((resolve) => {
+        const ws = new WebSocket('ws://' + location.host + '/ws');
+        let phase = 0;
+        let n = 0;
+        let t0 = 0;
+        const age = [];
+        setTimeout(() => resolve({ error: 'timeout', phase }), (seconds + 30) * 1000);
+        ws.onerror = () => resolve({ error: 'websocket error', phase });
+        ws.onopen = () => ws.send('*IDN?');
+        ws.onmessage = (e) => {
+          if (phase === 0) { phase = 1; ws.send('describe'); return; }
+          if (phase === 1) { phase = 2; ws.send('activate'); return; }
+          if (phase === 2) {
+            if (e.data === 'active') { phase = 3; setTimeout(() => { phase = 4; t0 = performance.now(); }, 2000); }
+            return;
+          }
+          if (phase !== 4) return;
+          n++;
+          const d = e.data;
+          const j = JSON.parse(d.slice(d.indexOf(' ', 7) + 1));
+          if (n % 50 === 0 && j[1] && j[1].t) age.push(Date.now() - j[1].t * 1000);
+          if (performance.now() - t0 > seconds * 1000) {
+            phase = 5;
+            ws.close();
+            age.sort((a, b) => a - b);
+            resolve({ updatesPerSecond: n / seconds, ageP50: age[age.length >> 1], ageP99: age[Math.floor(age.length * 0.99)] });
+          }
+        };
+      }), Math.min(args.duration, 10));
+      await bare.close();
     }
   } finally {
     await context.close().catch(() => {});

@@ -13,7 +13,8 @@ values, and keeping up with a 1000-module node whose parameters update at 10 Hz.
 3. a generated node of --modules modules (sim_temperature and sim_pressure in turn, each
    polled every 0.1 s, so each value updates at 10 Hz): the same loads, then one page kept
    open for --duration s: update-to-paint lag (arrival of the SECoP update -> the frame
-   that painted it has run) p50/p99/max, updates/s taken in, frames/s, long tasks.
+   that painted it has run) p50/p99/max, updates/s taken in, frames/s, long tasks; and the
+   same stream into a bare same-origin page without the client (what Chromium delivers).
 
 The browser part is scripts/bench/web_client.mjs (playwright-core from tests/browser:
 run `npm ci` there first; Chromium from /usr/bin/chromium or CHROMIUM_BIN). The gateway
@@ -177,6 +178,12 @@ def main():
         print(f"  update age on arrival (server t -> page): p50 {fmt(st['transportP50'], ' ms')}, "
               f"p99 {fmt(st['transportP99'], ' ms')}")
         print(f"  {st['framesPerSecond']:.1f} frames/s, {st['longTasks']} long tasks (max {st['longTaskMaxMs']:.0f} ms)")
+    bare = b.get('bare')
+    if bare and 'updatesPerSecond' in bare:
+        print(f"  bare same-origin page, no client (Chromium's own delivery): {bare['updatesPerSecond']:.0f} updates/s, "
+              f"age on arrival p50 {fmt(bare['ageP50'], ' ms')}, p99 {fmt(bare['ageP99'], ' ms')}")
+    elif bare:
+        print(f"  bare page: {bare}")
     errors = s.get('errors', []) + b.get('errors', [])
     if errors:
         print('page errors:', errors)
