@@ -1,5 +1,5 @@
-//! The HTTP side of the shared port: WebSocket upgrades (on `/` and `/ws`), the status
-//! page, the optional Autobahn echo endpoint, and 404 for everything else. HTTP parsing
+//! The HTTP side of the shared port: WebSocket upgrades (on `/` and `/ws`), the web
+//! client (`/` and `/assets/`, src/webclient.rs), the optional Autobahn echo endpoint, and 404 for everything else. HTTP parsing
 //! is actix-web's; we serve it on connections that the sniffer handed over.
 //!
 //! Every request passes the [`RequestPolicy`] (src/request_policy.rs) first: Host,
@@ -16,7 +16,7 @@ use actix_web::dev::AppConfig;
 use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use secop_actors::input_budget::Holder;
-use secop_actors::node::{ClientInfo, GetDescription, GetSnapshot, NodeActor, SessionTransport};
+use secop_actors::node::{ClientInfo, GetDescription, NodeActor, SessionTransport};
 use secop_actors::outbox::SlowClientStats;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -156,7 +156,7 @@ async fn root(req: HttpRequest, body: web::Payload, state: web::Data<HttpState>)
     if is_upgrade(&req) {
         return secop_ws(req, body, state).await;
     }
-    status_page(&state).await
+    index(&state).await
 }
 
 async fn secop_ws(
@@ -224,58 +224,12 @@ async fn not_found() -> HttpResponse {
     HttpResponse::NotFound().body("not found\n")
 }
 
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-async fn status_page(state: &HttpState) -> HttpResponse {
-    let Ok(snapshot) = state.node.send(GetSnapshot).await else {
+/// `GET /`: the built-in web client (src/webclient.rs), under the node's name.
+async fn index(state: &HttpState) -> HttpResponse {
+    let Ok(description) = state.node.send(GetDescription).await else {
         return HttpResponse::ServiceUnavailable().body("node not running\n");
     };
-    let mut rows = String::new();
-    for (module, parameter, report, is_error) in &snapshot.values {
-        let shown = serde_json::from_str::<serde_json::Value>(report)
-            .ok()
-            .map(|r| {
-                if *is_error {
-                    format!(
-                        "{}: {}",
-                        r[0].as_str().unwrap_or(""),
-                        r[1].as_str().unwrap_or("")
-                    )
-                } else {
-                    r[0].to_string()
-                }
-            })
-            .unwrap_or_default();
-        rows.push_str(&format!(
-            "<tr><td>{m}</td><td>{p}</td><td id=\"v:{m}:{p}\"{class}>{v}</td></tr>\n",
-            m = escape(module),
-            p = escape(parameter),
-            class = if *is_error { " class=\"err\"" } else { "" },
-            v = escape(&shown)
-        ));
-    }
-    let d = &snapshot.description;
-    let page = include_str!("status_page.html")
-        .replace("{{TITLE}}", &escape(&d.equipment_id))
-        .replace("{{DESCRIPTION}}", &escape(&d.description))
-        .replace("{{ROWS}}", &rows);
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .body(page)
+    crate::webclient::index_page(&description.equipment_id)
 }
 
 /// An HTTP/1.1 service that serves one accepted connection at a time (per call).
@@ -301,6 +255,10 @@ pub async fn service(
         .configure(|cfg| operations(cfg, health))
         .route("/", web::get().to(root))
         .route("/ws", web::get().to(secop_ws))
+        .route(
+            "/assets/{name}",
+            web::get().to(crate::webclient::serve_asset),
+        )
         .route("/echo", web::get().to(echo))
         .default_service(web::to(not_found));
     let factory = HttpService::<ConnIo, _, _>::build()

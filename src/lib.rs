@@ -12,5 +12,6 @@ pub mod http;
 pub mod request_policy;
 pub mod server;
 pub mod sniff;
+pub mod webclient;
 pub mod websocket;
 pub mod ws_guard;

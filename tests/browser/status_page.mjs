@@ -5,7 +5,8 @@
 //                        [--other-origin allowed|refused] [--timeout SECONDS]
 //
 // Checks:
-//   status page   loads; #state becomes "live" (its own WebSocket got `active`); #updates > 0;
+//   status page   the page at / (the web client, web/; tests/browser/web_client.mjs checks it
+//                 in depth) loads; #state becomes "live" (its own WebSocket got `active`); #updates > 0;
 //                 #idn shows the IDN reply; a value cell changes; window.secopSocket is open
 //   page socket   a new WebSocket opened by a script of the page gets the *IDN? reply,
 //                 the describing reply to describe, and updates plus `active` to activate;

@@ -63,8 +63,9 @@ def gateway_binary():
 class Gateway:
     """one secop-gateway process listening on 127.0.0.1:<ephemeral port>"""
 
-    def __init__(self, workdir, config=None, name='gateway'):
+    def __init__(self, workdir, config=None, name='gateway', listen=LISTEN_ADDRESS):
         self.workdir = Path(workdir)
+        self.listen = listen
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = Path(config) if config else None
         self.name = name
@@ -81,7 +82,7 @@ class Gateway:
         return f'{self.host}:{self.port}'
 
     def start(self):
-        cmd = [str(gateway_binary()), '--listen', LISTEN_ADDRESS,
+        cmd = [str(gateway_binary()), '--listen', self.listen,
                '--ready-file', str(self.ready_file)]
         if self.config:
             cmd += ['--config', str(self.config)]

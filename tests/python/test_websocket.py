@@ -449,7 +449,7 @@ def test_echo_endpoint_is_off_by_default(ws_gateway):
     assert status == 404, headers
 
 
-def test_plain_get_root_is_the_status_page(ws_gateway):
+def test_plain_get_root_is_the_web_client(ws_gateway):
     raw = RawWebSocket(ws_gateway)
     try:
         raw.send_request('/', upgrade=False)
@@ -460,7 +460,8 @@ def test_plain_get_root_is_the_status_page(ws_gateway):
     assert headers['content-type'].startswith('text/html'), headers
     page = body.decode()
     assert 'ws_test_node' in page
-    assert 'id="v:T:value"' in page and 'id="state"' in page
+    # the web client: its values come over the WebSocket (tests/python/test_web_client.py)
+    assert 'id="state"' in page and '/assets/app.js?v=' in page
 
 
 def test_upgrade_variants_seen_in_the_wild(ws_gateway):

@@ -1,0 +1,222 @@
+"""The built-in web client (GET /, web/) in a real browser: headless Chromium driven by
+playwright-core (tests/browser/web_client.mjs does the browser work and prints a JSON
+result; see there for every check). Screenshots of each state go to target/web-client/.
+
+Needs what test_browser.py needs: Debian's chromium and `npm ci` in tests/browser.
+"""
+
+import gzip
+import json
+import os
+import select
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import Gateway
+from test_browser import (BROWSER_DIR, CHROMIUM, DEFAULT_CONFIG, REPO_ROOT, browser_tools,  # noqa: F401
+                          free_loopback_port)
+
+SCRIPT = BROWSER_DIR / 'web_client.mjs'
+SHOTS = REPO_ROOT / 'target' / 'web-client'
+PAGE_TIMEOUT = 20          # s for each wait inside the browser script
+RUN_TIMEOUT = 240          # s for a whole scenario
+
+pytestmark = pytest.mark.timeout(RUN_TIMEOUT + 60)
+
+
+def run_scenario(node, url, scenario, *options, driver=None):
+    """run one scenario of web_client.mjs; `driver(request) -> None` answers its "@@ <request>"
+    lines (kill, restart) before the script goes on. Returns (exit code, result, log)."""
+    shots = SHOTS / scenario
+    cmd = [node, str(SCRIPT), url, '--scenario', scenario, '--shots', str(shots),
+           '--timeout', str(PAGE_TIMEOUT), *options]
+    env = dict(os.environ, CHROMIUM_BIN=CHROMIUM)
+    proc = subprocess.Popen(cmd, cwd=BROWSER_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    out = b''
+    deadline = time.monotonic() + RUN_TIMEOUT
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(cmd, RUN_TIMEOUT)
+            ready, _, _ = select.select([proc.stdout], [], [], min(left, 1.0))
+            if not ready:
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            out += chunk
+            while b'@@ ' in out:
+                before, _, rest = out.partition(b'@@ ')
+                if b'\n' not in rest:
+                    break
+                request, _, out = rest.partition(b'\n')
+                out = before + out
+                assert driver is not None, f'unexpected request {request!r}'
+                driver(request.decode().strip())
+                proc.stdin.write(b'ok\n')
+                proc.stdin.flush()
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f'browser script did not finish within {RUN_TIMEOUT} s\n{out.decode()}',
+                    pytrace=False)
+    err = proc.stderr.read().decode()
+    log = f'$ {" ".join(cmd)}\nexit {proc.returncode}\nstdout:\n{out.decode()}\nstderr:\n{err}'
+    try:
+        result = json.loads(out)
+    except ValueError:
+        pytest.fail(f'browser script printed no JSON result\n{log}', pytrace=False)
+    return proc.returncode, result, log
+
+
+def assert_passed(code, result, log, *names):
+    assert result.get('failures') == [], log
+    for name in names + ('page loads', 'page has a CSP', 'page goes live', 'same origin only',
+                         'WebSocket used', 'no CSP violation', 'no script errors'):
+        assert result['checks'].get(name, {}).get('passed') is True, f'{name}\n{log}'
+    assert code == 0, log
+    for shot in result['screenshots']:
+        assert Path(shot).stat().st_size > 0, shot
+
+
+def url_of(gw):
+    return f'http://{gw.host}:{gw.port}/'
+
+
+def test_assets_served_compressed_with_policy(gateway):
+    """GET / names the node and carries the CSP; the assets are gzipped, typed, cached by
+    version and revalidated by ETag"""
+    with urllib.request.urlopen(url_of(gateway)) as r:
+        page = r.read().decode()
+        assert r.headers['Content-Security-Policy'].startswith("default-src 'none'; script-src 'self'")
+        assert "frame-ancestors 'none'" in r.headers['Content-Security-Policy']
+        assert r.headers['Content-Type'] == 'text/html; charset=utf-8'
+    assert 'secop_gateway_simulation' in page
+    total = len(page.encode())
+    for name, kind in (('app.js', 'text/javascript'), ('app.css', 'text/css'), ('icon.svg', 'image/svg+xml')):
+        start = page.index(f'/assets/{name}?v=')
+        path = page[start:page.index('"', start)]
+        req = urllib.request.Request(url_of(gateway).rstrip('/') + path, headers={'Accept-Encoding': 'gzip'})
+        with urllib.request.urlopen(req) as r:
+            body = r.read()
+            assert r.headers['Content-Encoding'] == 'gzip', name
+            assert r.headers['Content-Type'].startswith(kind), name
+            assert 'immutable' in r.headers['Cache-Control'], name
+            assert r.headers['Vary'] == 'Accept-Encoding'
+            etag = r.headers['ETag']
+        total += len(body)
+        assert gzip.decompress(body)
+        plain = urllib.request.Request(url_of(gateway).rstrip('/') + f'/assets/{name}')
+        with urllib.request.urlopen(plain) as r:
+            assert r.headers.get('Content-Encoding') is None
+            assert r.headers['Cache-Control'] == 'no-cache'
+        again = urllib.request.Request(plain.full_url, headers={'If-None-Match': etag})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(again)
+        assert e.value.code == 304
+    assert total < 150_000, total
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(url_of(gateway) + 'assets/nothing.js')
+    assert e.value.code == 404
+
+
+def test_web_client_shows_and_drives_the_default_node(gateway, browser_tools):
+    """every module with units and formatted values; T:target changed (BUSY, then IDLE);
+    out-of-range refused by the page, and by the gateway (inline) with the page's limit
+    removed; io:communicate; stop on the Drivable; same origin only"""
+    code, result, log = run_scenario(browser_tools, url_of(gateway), 'main')
+    assert_passed(code, result, log, 'every module listed', 'double with fmtstr %.3f and unit',
+                  'double with fmtstr %.3e and unit', 'enum by member name', 'struct with units',
+                  'status by name and text', 'target changed', 'status BUSY after the change',
+                  'status IDLE again', 'page refuses out of range', 'nothing sent for a refused value',
+                  'gateway RangeError inline', 'refused value changed nothing',
+                  'io:communicate answers', 'stop button on the Drivable', 'stop ended the ramp',
+                  'error value shown', 'bool switch', 'Tab reaches the set button',
+                  'every input has a label')
+
+
+def test_web_client_reconnects_after_a_restart(tmp_path, browser_tools):
+    """the gateway killed: the page shows disconnected and greys its values; restarted on
+    the same port: it reconnects by itself and shows live values again"""
+    port = free_loopback_port()
+    listen = f'127.0.0.1:{port}'
+    config = tmp_path / 'gateway.toml'
+    config.write_text(DEFAULT_CONFIG.read_text())
+    gateways = [Gateway(tmp_path / 'first', config=config, name='gateway[reconnect 1]', listen=listen)]
+    gateways[0].start()
+
+    def driver(request):
+        if request == 'kill':
+            gateways[-1].process.kill()
+            gateways[-1].process.wait(5)
+            gateways[-1].stop()
+        elif request == 'restart':
+            gw = Gateway(tmp_path / 'second', config=config, name='gateway[reconnect 2]', listen=listen)
+            gateways.append(gw)
+            gw.start()
+            assert gw.port == port
+        else:
+            raise AssertionError(request)
+
+    try:
+        code, result, log = run_scenario(browser_tools, f'http://{listen}/', 'reconnect', driver=driver)
+    finally:
+        for gw in gateways:
+            gw.stop()
+    assert len(gateways) == 2, log
+    assert_passed(code, result, log, 'gateway killed', 'page shows disconnected',
+                  'values greyed while disconnected', 'gateway restarted', 'live again',
+                  'reconnected by itself', 'fresh values after reconnect')
+
+
+def test_read_only_view_shows_no_controls(start_gateway, browser_tools):
+    """a [[extra_node]] with read_only = true: values, no control anywhere"""
+    view_port = free_loopback_port()
+    config = DEFAULT_CONFIG.read_text() + f'''
+[[extra_node]]
+equipment_id = "secop_gateway_view"
+description = "read-only view of the simulation"
+listen = "127.0.0.1:{view_port}"
+read_only = true
+'''
+    start_gateway(config, name='web_read_only')
+    code, result, log = run_scenario(browser_tools, f'http://127.0.0.1:{view_port}/', 'readonly')
+    assert_passed(code, result, log, 'no controls', 'read-only banner', 'values still shown')
+
+
+def test_read_only_client_shows_no_controls(start_gateway, browser_tools):
+    """loopback with read_only access gets a read-only description: no controls either"""
+    config = DEFAULT_CONFIG.read_text().replace(
+        '[[node.access]]\nnetworks = ["127.0.0.0/8", "::1"]\naccess = "full"',
+        '[[node.access]]\nnetworks = ["127.0.0.0/8", "::1"]\naccess = "read_only"', 1)
+    assert 'access = "read_only"\n[[node.access]]' in config
+    gw = start_gateway(config, name='web_read_only_client')
+    code, result, log = run_scenario(browser_tools, url_of(gw), 'readonly')
+    assert_passed(code, result, log, 'no controls', 'read-only banner', 'values still shown')
+
+
+def test_custom_identification_goes_live(start_gateway, browser_tools):
+    """a node.identification that does not start with ISSE: the page still goes live"""
+    idn = 'MLZ_ISSE,SECoP,custom-gateway,v2.0'
+    config = DEFAULT_CONFIG.read_text().replace('identification = "ISSE,SECoP,,v2.0"',
+                                                f'identification = "{idn}"', 1)
+    assert idn in config
+    gw = start_gateway(config, name='web_custom_idn')
+    code, result, log = run_scenario(browser_tools, url_of(gw), 'live', '--idn', idn)
+    assert_passed(code, result, log, 'identification shown', 'values update', 'history plotted')
+
+
+def test_history_loaded_and_plotted(gateway, browser_tools):
+    """GET /history answered (in the browser, as the gateway answers it when history is
+    on): the page plots the past hour of T:value, with live values appended"""
+    code, result, log = run_scenario(browser_tools, url_of(gateway), 'live', '--fake-history',
+                                     '--idn', 'ISSE,SECoP,,v2.0')
+    assert_passed(code, result, log, 'history plotted', 'values update')
+    assert any(u.endswith('/history') for u in result['requests']), log
