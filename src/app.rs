@@ -196,6 +196,7 @@ pub async fn start(loaded: config::Loaded) -> Result<Running, AppError> {
             export: plan.export,
             hide: plan.hide,
             audit: Some(audit.clone()),
+            history: loaded.config.history.settings(),
         };
         let mut properties = loaded.node_properties();
         if plan.read_only {

@@ -1,5 +1,6 @@
 //! The HTTP side of the shared port: WebSocket upgrades (on `/` and `/ws`), the status
-//! page, the optional Autobahn echo endpoint, and 404 for everything else. HTTP parsing
+//! page, the value history (`/history`), the optional Autobahn echo endpoint, and 404
+//! for everything else. HTTP parsing
 //! is actix-web's; we serve it on connections that the sniffer handed over.
 //!
 //! Every request passes the [`RequestPolicy`] (src/request_policy.rs) first: Host,
@@ -13,10 +14,12 @@ use actix::Addr;
 use actix_http::HttpService;
 use actix_service::{map_config, Service, ServiceFactory};
 use actix_web::dev::AppConfig;
-use actix_web::http::header;
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use secop_actors::input_budget::Holder;
-use secop_actors::node::{ClientInfo, GetDescription, GetSnapshot, NodeActor, SessionTransport};
+use secop_actors::node::{
+    ClientInfo, GetDescription, GetHistory, GetSnapshot, NodeActor, SessionTransport,
+};
 use secop_actors::outbox::SlowClientStats;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -239,6 +242,48 @@ fn escape(text: &str) -> String {
     out
 }
 
+/// The query of `GET /history`.
+#[derive(Debug, serde::Deserialize)]
+struct HistoryQuery {
+    /// Only points newer than this (UNIX seconds).
+    since: Option<f64>,
+    /// Only this parameter, `module:parameter`.
+    parameter: Option<String>,
+}
+
+/// `{"error": text}` with this status, not to be cached.
+fn json_error(status: StatusCode, text: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({ "error": text }))
+}
+
+/// `GET /history[?since=<unix s>][&parameter=module:parameter]`: the node's value
+/// history of its numeric parameters (see `secop_actors::history`).
+async fn history(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
+    let query = match web::Query::<HistoryQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("bad query: {e}")),
+    };
+    if query.since.is_some_and(|s| !s.is_finite()) {
+        return json_error(StatusCode::BAD_REQUEST, "since must be a finite number");
+    }
+    let ask = GetHistory {
+        since: query.since,
+        parameter: query.parameter,
+    };
+    match state.node.send(ask).await {
+        Ok(Ok(document)) => HttpResponse::Ok()
+            .content_type("application/json")
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .body(document),
+        // Disabled, a parameter that is not in the description (hidden ones are not),
+        // or one that is not a number.
+        Ok(Err(e)) => json_error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "node not running"),
+    }
+}
+
 async fn status_page(state: &HttpState) -> HttpResponse {
     let Ok(snapshot) = state.node.send(GetSnapshot).await else {
         return HttpResponse::ServiceUnavailable().body("node not running\n");
@@ -301,6 +346,7 @@ pub async fn service(
         .configure(|cfg| operations(cfg, health))
         .route("/", web::get().to(root))
         .route("/ws", web::get().to(secop_ws))
+        .route("/history", web::get().to(history))
         .route("/echo", web::get().to(echo))
         .default_service(web::to(not_found));
     let factory = HttpService::<ConnIo, _, _>::build()

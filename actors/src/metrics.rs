@@ -47,6 +47,8 @@ pub struct Metrics {
     pub audit_records: IntCounterVec,
     pub audit_dropped: IntCounter,
     pub audit_write_errors: IntCounter,
+    pub history_points: IntGaugeVec,
+    pub history_bytes: IntGaugeVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -123,6 +125,8 @@ impl Metrics {
             audit_records: reg(&r, make(IntCounterVec::new(opts("audit_records_total", "Audit records of change and do requests written, by outcome (ok or the SECoP error class)"), &["node", "outcome"]))),
             audit_dropped: reg(&r, make(IntCounter::with_opts(opts("audit_dropped_total", "Audit records dropped because the audit queue was full")))),
             audit_write_errors: reg(&r, make(IntCounter::with_opts(opts("audit_write_errors_total", "Failed writes, flushes, rotations or reopenings of the audit file")))),
+            history_points: reg(&r, make(IntGaugeVec::new(opts("history_points", "Points a node holds in its value history ([history], GET /history)"), &["node"]))),
+            history_bytes: reg(&r, make(IntGaugeVec::new(opts("history_bytes", "Bytes a node has reserved for its value history (16 per point of capacity)"), &["node"]))),
             registry: r,
         };
         m.start_time_seconds.set(crate::device::now());
