@@ -74,6 +74,7 @@ GATEWAY_METRICS = {
     'secop_gateway_http_requests_refused_total', 'secop_gateway_audit_records_total',
     'secop_gateway_audit_dropped_total', 'secop_gateway_audit_write_errors_total',
     'secop_gateway_unfinished_lines_total', 'secop_gateway_discovery_dropped_total',
+    'secop_gateway_history_points', 'secop_gateway_history_bytes',
 }
 # Families a parallel branch adds: in the contract already (so that merging is easy), but
 # the dashboard need not show them until that branch brings its panels.

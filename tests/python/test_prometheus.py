@@ -89,6 +89,8 @@ METRIC_TYPES = {
     'secop_gateway_audit_write_errors_total': ('counter', set()),
     'secop_gateway_unfinished_lines_total': ('counter', set()),
     'secop_gateway_discovery_dropped_total': ('counter', set()),
+    'secop_gateway_history_points': ('gauge', {'node'}),
+    'secop_gateway_history_bytes': ('gauge', {'node'}),
 }
 # Families whose series appear only once their event happened: labelled families nobody's
 # traffic here creates (no poll cycle of a simulated device overruns, no connection or
