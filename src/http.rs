@@ -258,8 +258,15 @@ fn json_error(status: StatusCode, text: &str) -> HttpResponse {
         .json(serde_json::json!({ "error": text }))
 }
 
+/// History documents being built at once, in the whole process: each holds a copy of
+/// the points it shows and then its JSON text (about 40 bytes per point), so more
+/// requests wait for their turn instead of multiplying that memory.
+static HISTORY_BUILDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// `GET /history[?since=<unix s>][&parameter=module:parameter]`: the node's value
-/// history of its numeric parameters (see `secop_actors::history`).
+/// history of its numeric parameters (see `secop_actors::history`). The node only
+/// copies the points; the JSON text is written on a blocking thread, so a large history
+/// does not hold up the node.
 async fn history(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
     let query = match web::Query::<HistoryQuery>::from_query(req.query_string()) {
         Ok(q) => q.into_inner(),
@@ -268,15 +275,21 @@ async fn history(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse 
     if query.since.is_some_and(|s| !s.is_finite()) {
         return json_error(StatusCode::BAD_REQUEST, "since must be a finite number");
     }
+    let Ok(_turn) = HISTORY_BUILDS.acquire().await else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "history unavailable");
+    };
     let ask = GetHistory {
         since: query.since,
         parameter: query.parameter,
     };
     match state.node.send(ask).await {
-        Ok(Ok(document)) => HttpResponse::Ok()
-            .content_type("application/json")
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .body(document),
+        Ok(Ok(snapshot)) => match web::block(move || snapshot.to_json()).await {
+            Ok(document) => HttpResponse::Ok()
+                .content_type("application/json")
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .body(document),
+            Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "history not written"),
+        },
         // Disabled, a parameter that is not in the description (hidden ones are not),
         // or one that is not a number.
         Ok(Err(e)) => json_error(StatusCode::NOT_FOUND, &e.to_string()),

@@ -380,32 +380,64 @@ impl History {
         }
     }
 
-    /// The `GET /history` document: `{"window":..,"resolution":..,"now":..,
-    /// "parameters":{"mod:param":[[t,v],...],...}}` with the points of the last window
-    /// newer than `since`, of every series or of series `only`; `v` is `null` for a gap.
-    pub fn to_json(&self, now: f64, since: Option<f64>, only: Option<usize>) -> String {
+    /// A copy of the points of the last window newer than `since`, of every series or
+    /// of series `only`, for [`Snapshot::to_json`] (which may run on another thread:
+    /// the node only copies).
+    pub fn snapshot(&self, now: f64, since: Option<f64>, only: Option<usize>) -> Snapshot {
         let oldest = now - self.settings.window;
         let selected: Vec<&Series> = match only {
             Some(id) => self.series.get(id).into_iter().collect(),
             None => self.series.iter().collect(),
         };
-        let points: usize = selected.iter().map(|s| s.ring.len).sum();
-        let mut out = String::with_capacity(96 + 32 * selected.len() + 40 * points);
+        let newer = |p: &&Point| p.t >= oldest && since.is_none_or(|since| p.t > since);
+        Snapshot {
+            settings: self.settings,
+            now,
+            series: selected
+                .into_iter()
+                .map(|s| {
+                    (
+                        s.key.clone(),
+                        s.ring.iter().filter(newer).copied().collect(),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The points [`History::snapshot`] copied.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    settings: HistorySettings,
+    now: f64,
+    series: Vec<(Arc<str>, Vec<Point>)>,
+}
+
+impl Snapshot {
+    /// Points in the snapshot.
+    pub fn points(&self) -> usize {
+        self.series.iter().map(|(_, p)| p.len()).sum()
+    }
+
+    /// The `GET /history` document: `{"window":..,"resolution":..,"now":..,
+    /// "parameters":{"mod:param":[[t,v],...],...}}`; `v` is `null` for a gap.
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(96 + 32 * self.series.len() + 40 * self.points());
         out.push_str("{\"window\":");
         number(&mut out, self.settings.window);
         out.push_str(",\"resolution\":");
         number(&mut out, self.settings.resolution);
         out.push_str(",\"now\":");
-        number(&mut out, now);
+        number(&mut out, self.now);
         out.push_str(",\"parameters\":{");
-        for (i, s) in selected.iter().enumerate() {
+        for (i, (key, points)) in self.series.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(&secop_proto::json::to_json(&*s.key));
+            out.push_str(&secop_proto::json::to_json(&**key));
             out.push_str(":[");
-            let newer = |p: &&Point| p.t >= oldest && since.is_none_or(|since| p.t > since);
-            for (j, p) in s.ring.iter().filter(newer).enumerate() {
+            for (j, p) in points.iter().enumerate() {
                 if j > 0 {
                     out.push(',');
                 }
@@ -558,7 +590,8 @@ mod tests {
             vec![(NOW + 5.0, Some(2.0)), (NOW + 12.0, Some(3.0))]
         );
         // Not returned once out of the window, even without a new point.
-        let doc: Value = serde_json::from_str(&h.to_json(NOW + 16.0, None, Some(0))).unwrap();
+        let doc: Value =
+            serde_json::from_str(&h.snapshot(NOW + 16.0, None, Some(0)).to_json()).unwrap();
         assert_eq!(doc["parameters"]["T:value"], json!([[NOW + 12.0, 3]]));
     }
 
@@ -584,7 +617,8 @@ mod tests {
                 (NOW + 5.2, Some(3.5))
             ]
         );
-        let doc: Value = serde_json::from_str(&h.to_json(NOW + 6.0, None, Some(0))).unwrap();
+        let doc: Value =
+            serde_json::from_str(&h.snapshot(NOW + 6.0, None, Some(0)).to_json()).unwrap();
         assert_eq!(
             doc["parameters"]["T:value"],
             json!([[NOW + 0.1, 1.5], [NOW + 0.2, null], [NOW + 5.2, 3.5]])
@@ -661,7 +695,8 @@ mod tests {
         h.record(0, &Ok(json!(1.25)), NOW, NOW);
         h.record(0, &Ok(json!(2)), NOW + 1.5, NOW + 1.5);
         h.record(1, &Ok(json!(true)), NOW, NOW);
-        let doc: Value = serde_json::from_str(&h.to_json(NOW + 2.0, None, None)).unwrap();
+        let doc: Value =
+            serde_json::from_str(&h.snapshot(NOW + 2.0, None, None).to_json()).unwrap();
         assert_eq!(
             doc,
             json!({"window": 3600, "resolution": 1, "now": NOW + 2.0, "parameters": {
@@ -670,10 +705,11 @@ mod tests {
             }})
         );
         let doc: Value =
-            serde_json::from_str(&h.to_json(NOW + 2.0, Some(NOW + 1.0), Some(0))).unwrap();
+            serde_json::from_str(&h.snapshot(NOW + 2.0, Some(NOW + 1.0), Some(0)).to_json())
+                .unwrap();
         assert_eq!(doc["parameters"], json!({"T:value": [[NOW + 1.5, 2]]}));
         let doc: Value =
-            serde_json::from_str(&h.to_json(NOW + 2.0, Some(NOW + 9.0), None)).unwrap();
+            serde_json::from_str(&h.snapshot(NOW + 2.0, Some(NOW + 9.0), None).to_json()).unwrap();
         assert_eq!(doc["parameters"], json!({"T:value": [], "p:_fault": []}));
         let mut s = String::new();
         for x in [0.5, 1e-7, -3.0, 1e300, 1_800_000_000.123_456] {

@@ -22,7 +22,7 @@ use crate::device::{
     DeviceAction, DeviceDone, DeviceHandle, DeviceReply, DeviceRequest, DeviceUpdates, ParamUpdate,
     Subscribe, SubscriberId,
 };
-use crate::history::{History, HistoryError, HistorySettings, Numeric};
+use crate::history::{History, HistoryError, HistorySettings, Numeric, Snapshot};
 use crate::metrics::{metrics, RECEIVED_ACTIONS};
 use crate::outbox::{CloseReason, Outbox, UpdateKey};
 use actix::prelude::*;
@@ -155,11 +155,11 @@ pub struct GetDescription;
 #[rtype(result = "NodeSnapshot")]
 pub struct GetSnapshot;
 
-/// The history of the numeric parameters (`GET /history`) as its JSON document:
-/// points newer than `since` (UNIX seconds), of one parameter (`module:parameter`) or
-/// of all.
+/// The history of the numeric parameters (`GET /history`): a copy of the points newer
+/// than `since` (UNIX seconds), of one parameter (`module:parameter`) or of all; the
+/// asker makes the JSON document of it ([`Snapshot::to_json`]).
 #[derive(Message)]
-#[rtype(result = "Result<String, HistoryError>")]
+#[rtype(result = "Result<Snapshot, HistoryError>")]
 pub struct GetHistory {
     pub since: Option<f64>,
     pub parameter: Option<String>,
@@ -915,7 +915,7 @@ impl Handler<GetSnapshot> for NodeActor {
 }
 
 impl Handler<GetHistory> for NodeActor {
-    type Result = Result<String, HistoryError>;
+    type Result = Result<Snapshot, HistoryError>;
 
     fn handle(&mut self, msg: GetHistory, _: &mut Self::Context) -> Self::Result {
         let history = self.history.as_ref().ok_or(HistoryError::Disabled)?;
@@ -930,7 +930,7 @@ impl Handler<GetHistory> for NodeActor {
                 Some(series.ok_or_else(|| HistoryError::NotNumeric(spec.clone()))?)
             }
         };
-        Ok(history.to_json(crate::device::now(), msg.since, only))
+        Ok(history.snapshot(crate::device::now(), msg.since, only))
     }
 }
 
