@@ -258,15 +258,32 @@ fn json_error(status: StatusCode, text: &str) -> HttpResponse {
         .json(serde_json::json!({ "error": text }))
 }
 
-/// History documents being built at once, in the whole process: each holds a copy of
-/// the points it shows and then its JSON text (about 40 bytes per point), so more
-/// requests wait for their turn instead of multiplying that memory.
-static HISTORY_BUILDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+/// History documents being sent at once, in the whole process: each holds a copy of
+/// the points it shows (16 bytes a point) until it is sent, so more requests wait for
+/// their turn instead of multiplying that memory.
+static HISTORY_TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Bytes of JSON written per piece of a history document.
+const HISTORY_CHUNK: usize = 64 * 1024;
+
+/// The pieces of a history document, holding a turn until the last is sent.
+struct HistoryBody {
+    chunks: secop_actors::history::JsonChunks,
+    _turn: tokio::sync::SemaphorePermit<'static>,
+}
+
+impl Iterator for HistoryBody {
+    type Item = Result<bytes::Bytes, std::convert::Infallible>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.chunks.next().map(|c| Ok(bytes::Bytes::from(c)))
+    }
+}
 
 /// `GET /history[?since=<unix s>][&parameter=module:parameter]`: the node's value
 /// history of its numeric parameters (see `secop_actors::history`). The node only
-/// copies the points; the JSON text is written on a blocking thread, so a large history
-/// does not hold up the node.
+/// copies the points; the JSON is written in pieces of 64 KiB as the client takes them
+/// (chunked), so a large history neither holds up the node nor its whole text in memory.
 async fn history(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
     let query = match web::Query::<HistoryQuery>::from_query(req.query_string()) {
         Ok(q) => q.into_inner(),
@@ -275,7 +292,7 @@ async fn history(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse 
     if query.since.is_some_and(|s| !s.is_finite()) {
         return json_error(StatusCode::BAD_REQUEST, "since must be a finite number");
     }
-    let Ok(_turn) = HISTORY_BUILDS.acquire().await else {
+    let Ok(turn) = HISTORY_TURNS.acquire().await else {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "history unavailable");
     };
     let ask = GetHistory {
@@ -283,13 +300,16 @@ async fn history(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse 
         parameter: query.parameter,
     };
     match state.node.send(ask).await {
-        Ok(Ok(snapshot)) => match web::block(move || snapshot.to_json()).await {
-            Ok(document) => HttpResponse::Ok()
+        Ok(Ok(snapshot)) => {
+            let body = HistoryBody {
+                chunks: snapshot.into_chunks(HISTORY_CHUNK),
+                _turn: turn,
+            };
+            HttpResponse::Ok()
                 .content_type("application/json")
                 .insert_header((header::CACHE_CONTROL, "no-store"))
-                .body(document),
-            Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "history not written"),
-        },
+                .streaming(futures_util::stream::iter(body))
+        }
         // Disabled, a parameter that is not in the description (hidden ones are not),
         // or one that is not a number.
         Ok(Err(e)) => json_error(StatusCode::NOT_FOUND, &e.to_string()),

@@ -420,41 +420,101 @@ impl Snapshot {
         self.series.iter().map(|(_, p)| p.len()).sum()
     }
 
+    /// The `GET /history` document in pieces of about `bytes` (at least one point
+    /// each), so that it can be sent while it is written; each series' copy is freed
+    /// once written. See [`Snapshot::to_json`].
+    pub fn into_chunks(self, bytes: usize) -> JsonChunks {
+        JsonChunks {
+            snapshot: self,
+            bytes: bytes.max(1),
+            started: false,
+            done: false,
+            series: 0,
+            point: 0,
+            opened: false,
+        }
+    }
+
     /// The `GET /history` document: `{"window":..,"resolution":..,"now":..,
     /// "parameters":{"mod:param":[[t,v],...],...}}`; `v` is `null` for a gap.
-    pub fn to_json(&self) -> String {
-        let mut out = String::with_capacity(96 + 32 * self.series.len() + 40 * self.points());
-        out.push_str("{\"window\":");
-        number(&mut out, self.settings.window);
-        out.push_str(",\"resolution\":");
-        number(&mut out, self.settings.resolution);
-        out.push_str(",\"now\":");
-        number(&mut out, self.now);
-        out.push_str(",\"parameters\":{");
-        for (i, (key, points)) in self.series.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&secop_proto::json::to_json(&**key));
-            out.push_str(":[");
-            for (j, p) in points.iter().enumerate() {
-                if j > 0 {
+    pub fn to_json(self) -> String {
+        self.into_chunks(1 << 16).collect()
+    }
+}
+
+/// The pieces of a history document; see [`Snapshot::into_chunks`].
+#[derive(Debug)]
+pub struct JsonChunks {
+    snapshot: Snapshot,
+    bytes: usize,
+    started: bool,
+    done: bool,
+    /// The series and point written next, and whether that series' key is written.
+    series: usize,
+    point: usize,
+    opened: bool,
+}
+
+impl Iterator for JsonChunks {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        if self.done {
+            return None;
+        }
+        let mut out = String::with_capacity(self.bytes.saturating_add(64).min(1 << 20));
+        if !self.started {
+            self.started = true;
+            let s = self.snapshot.settings;
+            out.push_str("{\"window\":");
+            number(&mut out, s.window);
+            out.push_str(",\"resolution\":");
+            number(&mut out, s.resolution);
+            out.push_str(",\"now\":");
+            number(&mut out, self.snapshot.now);
+            out.push_str(",\"parameters\":{");
+        }
+        while out.len() < self.bytes {
+            let Some((key, points)) = self.snapshot.series.get_mut(self.series) else {
+                out.push_str("}}");
+                self.done = true;
+                break;
+            };
+            if !self.opened {
+                if self.series > 0 {
                     out.push(',');
                 }
-                out.push('[');
-                number(&mut out, p.t);
-                out.push(',');
-                if p.is_gap() {
-                    out.push_str("null");
-                } else {
-                    number(&mut out, p.v);
-                }
-                out.push(']');
+                out.push_str(&secop_proto::json::to_json(&**key));
+                out.push_str(":[");
+                self.opened = true;
+                continue;
             }
-            out.push(']');
+            match points.get(self.point) {
+                Some(p) => {
+                    if self.point > 0 {
+                        out.push(',');
+                    }
+                    out.push('[');
+                    number(&mut out, p.t);
+                    out.push(',');
+                    if p.is_gap() {
+                        out.push_str("null");
+                    } else {
+                        number(&mut out, p.v);
+                    }
+                    out.push(']');
+                    self.point += 1;
+                }
+                None => {
+                    out.push(']');
+                    *points = Vec::new();
+                    self.series += 1;
+                    self.point = 0;
+                    self.opened = false;
+                }
+            }
         }
-        out.push_str("}}");
-        out
+        Some(out)
     }
 }
 
@@ -717,6 +777,33 @@ mod tests {
             number(&mut s, x);
             assert_eq!(s.parse::<f64>().unwrap(), x, "{s}");
         }
+    }
+
+    #[test]
+    fn the_document_comes_in_pieces_of_any_size() {
+        let mut h = history(3600.0, 1.0);
+        for i in 0..50 {
+            h.record(0, &Ok(json!(i)), NOW + i as f64, NOW + i as f64);
+        }
+        h.record(0, &error(), NOW + 50.0, NOW + 50.0);
+        let whole = h.snapshot(NOW + 51.0, None, None).to_json();
+        for bytes in [0, 1, 7, 100, 1 << 20] {
+            let pieces: Vec<String> = h
+                .snapshot(NOW + 51.0, None, None)
+                .into_chunks(bytes)
+                .collect();
+            assert_eq!(pieces.concat(), whole, "{bytes}");
+            assert!(pieces.iter().all(|p| !p.is_empty()), "{bytes}");
+            assert!(
+                bytes < 100 || pieces.len() < 30,
+                "{bytes}: {}",
+                pieces.len()
+            );
+        }
+        let doc: Value = serde_json::from_str(&whole).unwrap();
+        assert_eq!(doc["parameters"]["T:value"].as_array().unwrap().len(), 51);
+        assert_eq!(doc["parameters"]["p:_fault"], json!([]));
+        assert_eq!(h.snapshot(NOW + 51.0, None, None).points(), 51);
     }
 
     #[test]

@@ -78,7 +78,33 @@ async fn http_get(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("GET {path}: no status in {head:?}"))?;
-    Ok((status, buf.get(end + 4..).unwrap_or_default().to_vec()))
+    let body = buf.get(end + 4..).unwrap_or_default();
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    match chunked {
+        true => Ok((
+            status,
+            dechunk(body).ok_or_else(|| format!("GET {path}: bad chunked body"))?,
+        )),
+        false => Ok((status, body.to_vec())),
+    }
+}
+
+/// The body of a chunked response (`None` if malformed).
+fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::with_capacity(rest.len());
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size = std::str::from_utf8(rest.get(..line_end)?).ok()?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        let data = rest.get(line_end + 2..)?;
+        if size == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(data.get(..size)?);
+        rest = data.get(size..)?.strip_prefix(b"\r\n")?;
+    }
 }
 
 /// The sum of every series of a metric family (`name{...} value`).
@@ -168,15 +194,30 @@ pub async fn run(ctx: Arc<Ctx>, a: Args) -> Report {
     if let Some(rss0) = rss0 {
         r.metric("server_rss_before_kib", rss0, "KiB");
     }
+    // CPU and RSS over the fill, before GET /history adds its own.
+    watch.finish(&mut r, Some((updates.max(0.0) as u64, "update")));
+    let rss1 = ctx.server_sample().map(|s| s.rss_kib);
+    if let (Some(rss0), Some(rss1)) = (rss0, rss1) {
+        r.metric("server_rss_growth_kib", rss1 as f64 - rss0 as f64, "KiB");
+    }
     if !a.disabled {
         r.metric("history_points_before", points0, "");
         r.metric("history_bytes_before", bytes0, "B");
         r.metric("history_points", points1, "");
         r.metric("history_bytes", bytes1, "B");
         let t = Instant::now();
-        match http_get(addr, "/history", Duration::from_secs(60)).await {
+        let cpu0 = ctx.server_sample();
+        match http_get(addr, "/history", Duration::from_secs(120)).await {
             Ok((200, body)) => {
                 r.metric("get_history_ms", t.elapsed().as_secs_f64() * 1e3, "ms");
+                if let (Some(c0), Some(c1)) = (cpu0, ctx.server_sample()) {
+                    r.metric(
+                        "get_history_server_cpu_ms",
+                        crate::procstat::cpu_between(&c0, &c1) * 1e3,
+                        "ms",
+                    );
+                    r.metric("server_rss_after_get_kib", c1.rss_kib, "KiB");
+                }
                 r.metric("get_history_bytes", body.len(), "B");
                 let doc: Value = serde_json::from_slice(&body).unwrap_or_default();
                 let series: Vec<usize> = doc["parameters"]
@@ -228,9 +269,7 @@ pub async fn run(ctx: Arc<Ctx>, a: Args) -> Report {
             Err(e) => ctx.counters.fail(e),
         }
     }
-    watch.finish(&mut r, Some((updates.max(0.0) as u64, "update")));
-    if let (Some(rss0), Some(rss1)) = (rss0, ctx.server_sample().map(|s| s.rss_kib)) {
-        r.metric("server_rss_growth_kib", rss1 as f64 - rss0 as f64, "KiB");
+    if let (Some(rss0), Some(rss1)) = (rss0, rss1) {
         if !a.disabled && bytes1 > bytes0 {
             r.metric(
                 "rss_growth_per_history_byte",
@@ -256,5 +295,10 @@ mod tests {
         assert_eq!(points_per_parameter(3600.0, 1.0), 3600.0);
         assert_eq!(points_per_parameter(60.0, 0.1), 600.0);
         assert_eq!(points_per_parameter(3600.0, 0.01), 100_000.0);
+        assert_eq!(
+            dechunk(b"3\r\n{\"a\r\n2;x=1\r\n\":\r\n2\r\n1}\r\n0\r\n\r\n"),
+            Some(b"{\"a\":1}".to_vec())
+        );
+        assert_eq!(dechunk(b"5\r\nab"), None);
     }
 }
