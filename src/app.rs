@@ -346,6 +346,7 @@ fn node_settings(shared: &Shared, loaded: &config::Loaded, plan: &NodePlan) -> N
         export: plan.export.clone(),
         hide: plan.hide.clone(),
         audit: Some(shared.audit.clone()),
+        history: loaded.config.history.settings(),
     }
 }
 

@@ -56,6 +56,8 @@ pub struct GatewayConfig {
     pub audit: AuditConfig,
     #[serde(default)]
     pub state: StateConfig,
+    #[serde(default)]
+    pub history: HistoryConfig,
     #[serde(default, rename = "module")]
     pub modules: Vec<ModuleEntry>,
     #[serde(default, rename = "link")]
@@ -299,6 +301,43 @@ impl AuditConfig {
             keep_files: self.keep_files,
             queue_capacity: self.queue_capacity,
         }
+    }
+}
+
+/// `[history]`: the value history of numeric parameters that every node keeps for
+/// `GET /history`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Keep a history (default true).
+    pub enabled: bool,
+    /// Seconds of history per parameter (1 ..= 604800).
+    pub window: f64,
+    /// Seconds per point: at most one point per parameter in each such slot
+    /// (0.01 ..= 3600); `window / resolution` must not exceed
+    /// [`MAX_POINTS_PER_PARAMETER`](secop_actors::history::MAX_POINTS_PER_PARAMETER).
+    pub resolution: f64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        let d = secop_actors::history::HistorySettings::default();
+        HistoryConfig {
+            enabled: true,
+            window: d.window,
+            resolution: d.resolution,
+        }
+    }
+}
+
+impl HistoryConfig {
+    /// What every node gets: `None` when the history is off.
+    pub fn settings(&self) -> Option<secop_actors::history::HistorySettings> {
+        self.enabled
+            .then_some(secop_actors::history::HistorySettings {
+                window: self.window,
+                resolution: self.resolution,
+            })
     }
 }
 
@@ -812,6 +851,38 @@ fn budget_problems(l: &ListenConfig) -> Vec<String> {
     problems
 }
 
+/// Range checks of `[history]`: window, resolution, and the points per parameter they
+/// make.
+fn history_problems(h: &HistoryConfig) -> Vec<String> {
+    use secop_actors::history::{HistorySettings, MAX_POINTS_PER_PARAMETER};
+    let mut problems = Vec::new();
+    let window = limits::HISTORY_WINDOW.check("history.window", h.window);
+    let resolution = limits::HISTORY_RESOLUTION.check("history.resolution", h.resolution);
+    let both = window.is_ok() && resolution.is_ok();
+    problems.extend(
+        [window, resolution]
+            .into_iter()
+            .filter_map(|r| r.err())
+            .map(|e| e.to_string()),
+    );
+    let settings = HistorySettings {
+        window: h.window,
+        resolution: h.resolution,
+    };
+    let points = settings.points_per_parameter();
+    if both && points > MAX_POINTS_PER_PARAMETER {
+        problems.push(format!(
+            "history.resolution: window {} s / resolution {} s makes {points} points per parameter, \
+             more than the maximum of {MAX_POINTS_PER_PARAMETER} (history.max_points_per_parameter); \
+             use a resolution of at least {} s or a shorter window",
+            limits::show(h.window),
+            limits::show(h.resolution),
+            limits::show(h.window / MAX_POINTS_PER_PARAMETER as f64),
+        ));
+    }
+    problems
+}
+
 impl Loaded {
     /// Everything `run` would find wrong, with every value in its documented range
     /// (docs/configuration.md); each message names file (or environment variable), key
@@ -972,6 +1043,9 @@ impl Loaded {
         );
         if let Some(problem) = file_in_existing_dir("audit.file", a.file.as_deref()) {
             problems.push(problem);
+        }
+        for p in history_problems(&c.history) {
+            problems.push(p);
         }
         let rule_sets = std::iter::once(("node.access".to_owned(), Some(&c.node.access))).chain(
             c.extra_nodes
@@ -1438,6 +1512,10 @@ mod tests {
             ("listen.websocket", "ping_timeout", "1e300", "listen.websocket.ping_timeout: 1e300 s is outside"),
             ("listen.websocket", "max_message_bytes", "100", "listen.websocket.max_message_bytes: 100 bytes"),
             ("audit", "keep_files", "5000", "audit.keep_files: 5000 files"),
+            ("history", "window", "0.5", "history.window: 0.5 s is outside the valid range 1 ..= 604800 s"),
+            ("history", "window", "1e9", "history.window: 1e9 s is outside"),
+            ("history", "resolution", "0.001", "history.resolution: 0.001 s is outside the valid range 0.01 ..= 3600 s"),
+            ("history", "resolution", "7200", "history.resolution: 7200 s is outside"),
         ] {
             let text = match section {
                 "node" => format!("{BASE}{key} = {value}\n{T}"),
@@ -1478,6 +1556,35 @@ mod tests {
              [listen.websocket]\nping_interval = 3600\nping_timeout = 86400\n{T}"
         ));
         assert_eq!(p, "");
+    }
+
+    #[test]
+    fn history_points_per_parameter_are_capped() {
+        let h = HistoryConfig::default();
+        assert!(h.enabled && h.window == 3600.0 && h.resolution == 1.0);
+        assert!(history_problems(&h).is_empty());
+        let p = problems(&format!(
+            "{BASE}[history]\nwindow = 604800\nresolution = 0.01\n{T}"
+        ));
+        assert!(
+            p.contains("history.resolution: window 604800 s / resolution 0.01 s makes 60480000 points per parameter, more than the maximum of 100000 (history.max_points_per_parameter); use a resolution of at least 6.048 s"),
+            "{p}"
+        );
+        // The cap itself is fine, and so is a disabled history with valid ranges.
+        assert_eq!(
+            problems(&format!(
+                "{BASE}[history]\nwindow = 1000\nresolution = 0.01\n{T}"
+            )),
+            ""
+        );
+        let loaded = load_text(&format!("{BASE}[history]\nenabled = false\n{T}")).unwrap();
+        assert_eq!(loaded.config.history.settings(), None);
+        let p = problems(&format!(
+            "{BASE}[history]\nenabled = false\nwindow = 0\n{T}"
+        ));
+        assert!(p.contains("history.window: 0 s is outside"), "{p}");
+        let p = problems(&format!("{BASE}[history]\nsize = 5\n{T}"));
+        assert!(p.contains("unknown field `size`"), "{p}");
     }
 
     #[test]

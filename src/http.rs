@@ -1,5 +1,6 @@
 //! The HTTP side of the shared port: WebSocket upgrades (on `/` and `/ws`), the web
-//! client (`/` and `/assets/`, src/webclient.rs), the optional Autobahn echo endpoint, and 404 for everything else. HTTP parsing
+//! client (`/` and `/assets/`, src/webclient.rs), the value history (`/history`), the
+//! optional Autobahn echo endpoint, and 404 for everything else. HTTP parsing
 //! is actix-web's; we serve it on connections that the sniffer handed over.
 //!
 //! Every request passes the [`RequestPolicy`] (src/request_policy.rs) first: Host,
@@ -13,10 +14,10 @@ use actix::Addr;
 use actix_http::HttpService;
 use actix_service::{map_config, Service, ServiceFactory};
 use actix_web::dev::AppConfig;
-use actix_web::http::header;
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use secop_actors::input_budget::Holder;
-use secop_actors::node::{ClientInfo, GetDescription, NodeActor, SessionTransport};
+use secop_actors::node::{ClientInfo, GetDescription, GetHistory, NodeActor, SessionTransport};
 use secop_actors::outbox::SlowClientStats;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -224,6 +225,81 @@ async fn not_found() -> HttpResponse {
     HttpResponse::NotFound().body("not found\n")
 }
 
+/// The query of `GET /history`.
+#[derive(Debug, serde::Deserialize)]
+struct HistoryQuery {
+    /// Only points newer than this (UNIX seconds).
+    since: Option<f64>,
+    /// Only this parameter, `module:parameter`.
+    parameter: Option<String>,
+}
+
+/// `{"error": text}` with this status, not to be cached.
+fn json_error(status: StatusCode, text: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({ "error": text }))
+}
+
+/// History documents being sent at once, in the whole process: each holds a copy of
+/// the points it shows (16 bytes a point) until it is sent, so more requests wait for
+/// their turn instead of multiplying that memory.
+static HISTORY_TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Bytes of JSON written per piece of a history document.
+const HISTORY_CHUNK: usize = 64 * 1024;
+
+/// The pieces of a history document, holding a turn until the last is sent.
+struct HistoryBody {
+    chunks: secop_actors::history::JsonChunks,
+    _turn: tokio::sync::SemaphorePermit<'static>,
+}
+
+impl Iterator for HistoryBody {
+    type Item = Result<bytes::Bytes, std::convert::Infallible>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.chunks.next().map(|c| Ok(bytes::Bytes::from(c)))
+    }
+}
+
+/// `GET /history[?since=<unix s>][&parameter=module:parameter]`: the node's value
+/// history of its numeric parameters (see `secop_actors::history`). The node only
+/// copies the points; the JSON is written in pieces of 64 KiB as the client takes them
+/// (chunked), so a large history neither holds up the node nor its whole text in memory.
+async fn history(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
+    let query = match web::Query::<HistoryQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("bad query: {e}")),
+    };
+    if query.since.is_some_and(|s| !s.is_finite()) {
+        return json_error(StatusCode::BAD_REQUEST, "since must be a finite number");
+    }
+    let Ok(turn) = HISTORY_TURNS.acquire().await else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "history unavailable");
+    };
+    let ask = GetHistory {
+        since: query.since,
+        parameter: query.parameter,
+    };
+    match state.node.send(ask).await {
+        Ok(Ok(snapshot)) => {
+            let body = HistoryBody {
+                chunks: snapshot.into_chunks(HISTORY_CHUNK),
+                _turn: turn,
+            };
+            HttpResponse::Ok()
+                .content_type("application/json")
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .streaming(futures_util::stream::iter(body))
+        }
+        // Disabled, a parameter that is not in the description (hidden ones are not),
+        // or one that is not a number.
+        Ok(Err(e)) => json_error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "node not running"),
+    }
+}
+
 /// `GET /`: the built-in web client (src/webclient.rs), under the node's name.
 async fn index(state: &HttpState) -> HttpResponse {
     let Ok(description) = state.node.send(GetDescription).await else {
@@ -259,6 +335,7 @@ pub async fn service(
             "/assets/{name}",
             web::get().to(crate::webclient::serve_asset),
         )
+        .route("/history", web::get().to(history))
         .route("/echo", web::get().to(echo))
         .default_service(web::to(not_found));
     let factory = HttpService::<ConnIo, _, _>::build()

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod deadline;
 pub mod device;
 pub mod device_actor;
+pub mod history;
 pub mod input_budget;
 pub mod line_codec;
 pub mod metrics;

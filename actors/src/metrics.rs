@@ -49,6 +49,8 @@ pub struct Metrics {
     pub audit_write_errors: IntCounter,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: Gauge,
+    pub history_points: IntGaugeVec,
+    pub history_bytes: IntGaugeVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -127,6 +129,8 @@ impl Metrics {
             audit_write_errors: reg(&r, make(IntCounter::with_opts(opts("audit_write_errors_total", "Failed writes, flushes, rotations or reopenings of the audit file")))),
             config_reloads: reg(&r, make(IntCounterVec::new(opts("config_reloads_total", "Configuration reloads (SIGHUP), by result (ok, or refused: the running configuration stayed)"), &["result"]))),
             config_last_reload_success: reg(&r, make(Gauge::with_opts(opts("config_last_reload_success_timestamp_seconds", "UNIX time of the last successful configuration reload (0: none yet)")))),
+            history_points: reg(&r, make(IntGaugeVec::new(opts("history_points", "Points a node holds in its value history ([history], GET /history)"), &["node"]))),
+            history_bytes: reg(&r, make(IntGaugeVec::new(opts("history_bytes", "Bytes a node has reserved for its value history (16 per point of capacity)"), &["node"]))),
             registry: r,
         };
         for result in ["ok", "refused"] {

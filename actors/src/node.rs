@@ -22,6 +22,7 @@ use crate::device::{
     DeviceAction, DeviceDone, DeviceHandle, DeviceReply, DeviceRequest, DeviceUpdates, ParamUpdate,
     Subscribe, SubscriberId,
 };
+use crate::history::{History, HistoryError, HistorySettings, Numeric, Snapshot};
 use crate::metrics::{metrics, RECEIVED_ACTIONS};
 use crate::outbox::{CloseReason, Outbox, UpdateKey};
 use actix::prelude::*;
@@ -65,6 +66,8 @@ pub struct NodeSettings {
     pub hide: Vec<String>,
     /// Where every `change` and `do` is recorded (none in tests and tools).
     pub audit: Option<AuditLog>,
+    /// The value history of numeric parameters (`GET /history`); `None`: off.
+    pub history: Option<HistorySettings>,
 }
 
 impl Default for NodeSettings {
@@ -76,6 +79,7 @@ impl Default for NodeSettings {
             export: None,
             hide: Vec::new(),
             audit: None,
+            history: None,
         }
     }
 }
@@ -89,6 +93,8 @@ struct ParamState {
     /// activated cost no formatting.
     update_line: Bytes,
     value: Result<Value, SecopError>,
+    /// The parameter's series in the node's history (numeric parameters).
+    series: Option<usize>,
 }
 
 struct ModuleState {
@@ -166,6 +172,16 @@ pub struct GetDescription;
 #[rtype(result = "NodeSnapshot")]
 pub struct GetSnapshot;
 
+/// The history of the numeric parameters (`GET /history`): a copy of the points newer
+/// than `since` (UNIX seconds), of one parameter (`module:parameter`) or of all; the
+/// asker makes the JSON document of it ([`Snapshot::to_json`]).
+#[derive(Message)]
+#[rtype(result = "Result<Snapshot, HistoryError>")]
+pub struct GetHistory {
+    pub since: Option<f64>,
+    pub parameter: Option<String>,
+}
+
 /// The answer to [`GetSnapshot`].
 pub struct NodeSnapshot {
     pub description: Arc<NodeDescription>,
@@ -206,6 +222,8 @@ pub struct NodeActor {
     /// Per module: how many sessions have it activated, and how many asked for its
     /// log. Kept so that an update nobody receives costs no walk over all sessions.
     interest: Vec<Interest>,
+    /// The value history of numeric parameters, if on.
+    history: Option<History>,
 }
 
 /// See [`NodeActor::interest`].
@@ -269,7 +287,15 @@ impl NodeActor {
             updates_emitted: metrics().updates_emitted.with_label_values(&[equipment_id]),
             module_status: Vec::new(),
             interest: Vec::new(),
+            history: None,
         };
+        if let Some(h) = node.settings.history {
+            let gauges = (
+                metrics().history_points.with_label_values(&[equipment_id]),
+                metrics().history_bytes.with_label_values(&[equipment_id]),
+            );
+            node.history = Some(History::new(h, Some(gauges)));
+        }
         node.assemble()?;
         Ok(node)
     }
@@ -279,6 +305,8 @@ impl NodeActor {
     fn assemble(&mut self) -> Result<(), Vec<String>> {
         let mut modules = Vec::new();
         let mut states = Vec::new();
+        // The numeric parameters, in the order of their series.
+        let mut numeric = Vec::new();
         for (device_index, device) in self.devices.iter().enumerate() {
             let exported = exported_modules(&self.settings, device.modules.clone());
             for m in exported {
@@ -293,10 +321,16 @@ impl NodeActor {
                         .map(|a| {
                             (!a.is_command() && a.constant.is_none()).then(|| {
                                 let err = SecopError::read_failed("no value read yet");
+                                let series = Numeric::of(&a.datainfo).map(|kind| {
+                                    numeric
+                                        .push((Arc::from(format!("{}:{}", m.name, a.name)), kind));
+                                    numeric.len() - 1
+                                });
                                 ParamState {
                                     report: Bytes::from(error_report(&err, None)),
                                     update_line: Bytes::new(),
                                     value: Err(err),
+                                    series,
                                 }
                             })
                         })
@@ -336,6 +370,9 @@ impl NodeActor {
             .collect();
         self.description = Arc::new(description);
         self.modules = states;
+        if let Some(h) = &mut self.history {
+            h.rebuild(numeric);
+        }
         // Count the sessions afresh (they keep their connection when what this node
         // exports is unchanged).
         self.interest = vec![Interest::default(); self.modules.len()];
@@ -406,6 +443,14 @@ impl NodeActor {
         });
         state.value = update.value.clone();
         state.update_line = Bytes::new();
+        if let (Some(history), Some(series)) = (&mut self.history, state.series) {
+            history.record(
+                series,
+                &update.value,
+                update.timestamp,
+                crate::device::now(),
+            );
+        }
         let report = state.report.clone();
         if update.parameter.as_ref() == "status" {
             if let Some(code) = update
@@ -883,6 +928,26 @@ impl Handler<GetSnapshot> for NodeActor {
             description: self.description.clone(),
             values,
         })
+    }
+}
+
+impl Handler<GetHistory> for NodeActor {
+    type Result = Result<Snapshot, HistoryError>;
+
+    fn handle(&mut self, msg: GetHistory, _: &mut Self::Context) -> Self::Result {
+        let history = self.history.as_ref().ok_or(HistoryError::Disabled)?;
+        let only = match &msg.parameter {
+            None => None,
+            Some(spec) => {
+                let unknown = || HistoryError::UnknownParameter(spec.clone());
+                let (module, parameter) = spec.split_once(':').ok_or_else(unknown)?;
+                let (m, p) = self.parameter(module, parameter).map_err(|_| unknown())?;
+                let state = self.modules[m].params[p].as_ref();
+                let series = state.and_then(|s| s.series);
+                Some(series.ok_or_else(|| HistoryError::NotNumeric(spec.clone()))?)
+            }
+        };
+        Ok(history.snapshot(crate::device::now(), msg.since, only))
     }
 }
 

@@ -16,6 +16,7 @@ mod connections;
 mod ctx;
 mod describe;
 mod fanout;
+mod history;
 mod latency;
 mod node;
 mod pipelined;
@@ -76,6 +77,8 @@ enum Scenario {
     Connections(connections::Args),
     /// sequential describe round trips
     Describe(describe::Args),
+    /// the memory of the node's value history (GET /history) while it fills
+    History(history::Args),
     /// a long run: activated clients, T ramping, periodic reconnects; RSS and fds sampled
     Soak(soak::Args),
     /// a hostile client (pipelined HTTP, WebSocket non-readers, unfinished lines or
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
             Scenario::SlowConsumer(a) => fanout::run_slow(c, a).await,
             Scenario::Connections(a) => connections::run(c, a).await,
             Scenario::Describe(a) => describe::run(c, a).await,
+            Scenario::History(a) => history::run(c, a).await,
             Scenario::Soak(a) => soak::run(c, a).await,
             Scenario::Attack(a) => attack::run(c, a).await,
         }

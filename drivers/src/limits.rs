@@ -56,6 +56,18 @@ pub const MOVE_TIMEOUT: Seconds = Seconds {
     max: 604800.0,
 };
 
+/// `history.window`: from a second to a week.
+pub const HISTORY_WINDOW: Seconds = Seconds {
+    min: 1.0,
+    max: 604800.0,
+};
+
+/// `history.resolution`: the time per point of the history.
+pub const HISTORY_RESOLUTION: Seconds = Seconds {
+    min: 0.01,
+    max: 3600.0,
+};
+
 /// A time constant of a simulation.
 pub const TIME_CONSTANT: Seconds = Seconds {
     min: 0.001,

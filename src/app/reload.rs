@@ -74,6 +74,12 @@ fn fixed_changes(old: &config::Loaded, new: &config::Loaded) -> Vec<String> {
             format!("{:?}", o.state),
             format!("{:?}", n.state),
         ),
+        // Each node sized its history buffers at start.
+        (
+            "[history]",
+            format!("{:?}", o.history),
+            format!("{:?}", n.history),
+        ),
         // The metrics port enforces the main node's rules too.
         (
             "node.access",

@@ -76,6 +76,7 @@ GATEWAY_METRICS = {
     'secop_gateway_unfinished_lines_total', 'secop_gateway_discovery_dropped_total',
     'secop_gateway_config_reloads_total',
     'secop_gateway_config_last_reload_success_timestamp_seconds',
+    'secop_gateway_history_points', 'secop_gateway_history_bytes',
 }
 # Families a parallel branch adds: in the contract already (so that merging is easy), but
 # the dashboard need not show them until that branch brings its panels.

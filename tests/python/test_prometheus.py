@@ -91,6 +91,8 @@ METRIC_TYPES = {
     'secop_gateway_discovery_dropped_total': ('counter', set()),
     'secop_gateway_config_reloads_total': ('counter', {'result'}),
     'secop_gateway_config_last_reload_success_timestamp_seconds': ('gauge', set()),
+    'secop_gateway_history_points': ('gauge', {'node'}),
+    'secop_gateway_history_bytes': ('gauge', {'node'}),
 }
 # Families whose series appear only once their event happened: labelled families nobody's
 # traffic here creates (no poll cycle of a simulated device overruns, no connection or
