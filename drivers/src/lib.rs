@@ -14,6 +14,7 @@ pub mod fit;
 pub mod limits;
 pub mod link;
 pub mod modbus;
+pub mod quoted;
 pub mod remote;
 pub mod sim;
 pub mod state;

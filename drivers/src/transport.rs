@@ -375,10 +375,9 @@ impl Transport {
         let took = started.elapsed();
         match result {
             Ok(Ok(reply)) => {
+                // Not proved yet: the protocol decides whether the reply is the right
+                // instrument's (an identification must match first).
                 self.record(Outcome::Ok, took);
-                if reply.is_some() {
-                    self.proved();
-                }
                 Ok(reply)
             }
             Ok(Err(e)) => {
@@ -395,7 +394,7 @@ impl Transport {
                 self.record(Outcome::Timeout, took);
                 let reason = format!(
                     "no reply to {} within {} s",
-                    crate::ascii::line_safety::Quoted(line),
+                    crate::quoted::Quoted(line),
                     self.settings.timeout
                 );
                 // A late reply must not be taken as the answer to the next question.

@@ -598,10 +598,12 @@ def test_a_stall_is_one_error_episode(kind, start_gateway, pty_sim, modbus_tcp, 
 # --- d) a device that accepts connections and never answers --------------------------
 
 class SilentDevice:
-    """A TCP server on 127.0.0.1 that accepts every connection and never sends a byte;
+    """A TCP server on 127.0.0.1 that accepts every connection and never sends a byte
+    (or, with `answer`, answers every line with it: the wrong instrument);
     `accepted` holds the time.monotonic() of each accepted connection."""
 
-    def __init__(self):
+    def __init__(self, answer=None):
+        self.answer = answer
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(('127.0.0.1', 0))
@@ -624,6 +626,25 @@ class SilentDevice:
                 return
             self.accepted.append(time.monotonic())
             self.connections.append(conn)     # kept open, never read, never answered
+            if self.answer is not None:
+                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        conn.settimeout(0.1)
+        while not self.stopped:
+            try:
+                data = conn.recv(1024)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            for _ in range(data.count(b'\n')):
+                try:
+                    conn.sendall(self.answer)
+                except OSError:
+                    return
 
     def stop(self):
         self.stopped = True
@@ -638,16 +659,18 @@ def backoff_waits(reconnect_min, reconnect_max, n):
     return [min(reconnect_min * 2 ** k, reconnect_max) for k in range(n)]
 
 
-@pytest.mark.parametrize('protocol', ['ascii', 'modbus'])
+@pytest.mark.parametrize('protocol', ['ascii', 'modbus', 'wrong_instrument'])
 def test_a_silent_device_is_reconnected_with_backoff(protocol, start_gateway):
     """d) every failed session backs off, also when the connection opened but the device
     never answered: over ~8 s with reconnect_min 0.25, reconnect_max 2 and timeout 0.3
     the attempts follow 0.25, 0.5, 1, 2, 2 ... s; the log has a line per state change,
     not per attempt, and no "link connected" (identify never passed)."""
-    device = SilentDevice()
+    # The wrong instrument answers, but not what identify_expect wants: a failed session
+    # like a silent one.
+    device = SilentDevice(b'ACME,OTHER,0,1.0\n' if protocol == 'wrong_instrument' else None)
     try:
         link = dict(timeout=0.3, reconnect_min=0.25, reconnect_max=2.0, pollinterval=0.2)
-        if protocol == 'ascii':
+        if protocol in ('ascii', 'wrong_instrument'):
             config = NODE + f'''
 [[link]]
 name = "silent"
@@ -659,6 +682,7 @@ reconnect_max = {link["reconnect_max"]}
 pollinterval = {link["pollinterval"]}
 [link.ascii]
 identify = "*IDN?"
+identify_expect = "^LSCI,MODEL336"
 
 [[module]]
 name = "T"
@@ -698,7 +722,7 @@ query = "KRDG? A"
     assert len(connected) + len(lost) <= 2, \
         f'{len(connected)} "link connected" and {len(lost)} "link lost" lines:\n' \
         + '\n'.join((connected + lost)[:6])
-    if protocol == 'ascii':
+    if protocol != 'modbus':
         assert not connected, f'"link connected" before identify passed:\n{connected[0]}'
     about_link = [l for l in log.splitlines() if 'link=silent' in l]
     assert len(about_link) <= 3, \

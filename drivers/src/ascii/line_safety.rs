@@ -17,6 +17,7 @@
 //! when the config is loaded, so a config that could never be sent is refused by
 //! `check-config` rather than at the first write.
 
+pub use crate::quoted::Quoted;
 use secop_proto::SecopError;
 
 /// The names of the ASCII control characters 0x00..=0x1F.
@@ -188,38 +189,5 @@ mod tests {
         assert_eq!(check("SETP 1,12.500", &["\n"]), Ok(()));
         // An empty write terminator adds nothing to refuse.
         assert_eq!(check("*IDN?", &["", "\n"]), Ok(()));
-    }
-}
-
-/// Instrument text quoted for messages to clients: in double quotes, with control
-/// characters, quotes, backslashes and everything outside ASCII escaped
-/// (`"\u{fffd}0"`). Garbled replies end up in error and status texts, and clients
-/// (frappy among them) drop messages with non-ASCII characters.
-pub struct Quoted<'a>(pub &'a str);
-
-impl std::fmt::Display for Quoted<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"")?;
-        for c in self.0.chars() {
-            match c {
-                '"' => f.write_str("\\\"")?,
-                ' '..='~' if c != '\\' => write!(f, "{c}")?,
-                c => write!(f, "{}", c.escape_default())?,
-            }
-        }
-        f.write_str("\"")
-    }
-}
-
-#[cfg(test)]
-mod quoted_tests {
-    use super::Quoted;
-
-    #[test]
-    fn garbled_replies_are_quoted_in_ascii() {
-        assert_eq!(Quoted("T=1.5 K").to_string(), "\"T=1.5 K\"");
-        let s = Quoted("\u{fffd}0\r\n\"é\\").to_string();
-        assert!(s.is_ascii(), "{s}");
-        assert_eq!(s, "\"\\u{fffd}0\\r\\n\\\"\\u{e9}\\\\\"");
     }
 }

@@ -185,6 +185,8 @@ pub struct ConfiguredDevice<P: Protocol> {
     state: Option<crate::state::StateStore>,
     restore: Vec<(ParamId, Value)>,
     restored_in: Option<u64>,
+    /// `remember` values, shown with the first poll (then forgotten here).
+    remembered: Vec<ParamId>,
 }
 
 /// The shortest time between two polls of a moving Drivable, so that clients see a
@@ -235,6 +237,7 @@ impl<P: Protocol> ConfiguredDevice<P> {
             state: None,
             restore: Vec::new(),
             restored_in: None,
+            remembered: Vec::new(),
         }
     }
 
@@ -263,6 +266,8 @@ impl<P: Protocol> ConfiguredDevice<P> {
                     Ok(value) => {
                         if spec.persist == Persist::Restore {
                             self.restore.push((id, value.clone()));
+                        } else {
+                            self.remembered.push(id);
                         }
                         self.param_mut(id).value = Some(value);
                     }
@@ -672,11 +677,18 @@ impl<P: Protocol> Backend for ConfiguredDevice<P> {
 
     async fn poll(&mut self, item: usize) -> Vec<Produced> {
         // A new session first gets the persisted setpoints back.
-        let restored = if item == 0 {
+        let mut restored = if item == 0 {
             self.restore_values().await
         } else {
             Vec::new()
         };
+        // `remember` values are shown (not written) until the device is read.
+        for id in std::mem::take(&mut self.remembered) {
+            if let Some(value) = self.param(id).value.clone() {
+                let module = self.modules[id.module].name.clone();
+                restored.push((module, self.param(id).spec.name.clone(), Ok(value)));
+            }
+        }
         let mut out = self.poll_item(item).await;
         if !restored.is_empty() {
             out.splice(0..0, restored);
