@@ -39,6 +39,8 @@ pub struct ReloadSummary {
     pub nodes_removed: Vec<String>,
     pub nodes_described_anew: Vec<String>,
     pub nodes_rebound: Vec<String>,
+    /// Steps that failed while the new configuration was applied.
+    pub failures: Vec<String>,
 }
 
 /// The sections that cannot change at run time, with what differs.
@@ -196,65 +198,79 @@ impl Running {
             }
         }
 
-        // Nodes kept (reconfigured, rebound if needed) and added.
+        // Nodes kept (reconfigured, rebound if needed) and added. From here on the new
+        // configuration is being applied: a step that still fails (a node actor that
+        // died, a port taken between the check and the bind) is logged as a failure of
+        // the reload, and every node stays accounted for, so that later reloads and the
+        // shutdown still reach them.
         let mut nodes = Vec::new();
         for (plan, (needs_listener, listener)) in plans.iter().zip(prebound) {
             let position = kept_nodes.iter().position(|n| n.key == plan.key);
-            let mut run = match position {
-                Some(i) => {
-                    let run = kept_nodes.swap_remove(i);
-                    let changed = run
-                        .node
-                        .send(Reconfigure {
-                            settings: node_settings(&self.shared, &new, plan),
-                            description: plan.description.clone(),
-                            properties: node_properties(&new, plan),
-                            devices: handles.clone(),
-                            fresh: fresh.clone(),
-                        })
-                        .await
-                        .map_err(|e| ReloadError::NodeGone {
-                            node: node_name(plan),
-                            reason: e.to_string(),
-                        })?
-                        .map_err(|problems| ReloadError::Node {
-                            node: node_name(plan),
-                            problems,
-                        })?;
-                    if changed {
-                        summary.nodes_described_anew.push(node_name(plan));
+            let Some(i) = position else {
+                match self.add_node(&new, plan, handles.clone(), listener).await {
+                    Ok(run) => {
+                        summary.nodes_added.push(node_name(plan));
+                        nodes.push(run);
                     }
-                    run
+                    Err(e) => summary
+                        .failures
+                        .push(format!("adding {}: {e}", node_name(plan))),
                 }
-                None => {
-                    let node = start_node(&self.shared, &new, plan, handles.clone()).await?;
-                    let listener = match listener {
-                        Some(l) => l,
-                        None => bind(plan.address).map_err(|source| AppError::Bind {
-                            address: plan.address,
-                            source,
-                        })?,
-                    };
-                    let run = serve_node(&self.shared, plan, node, listener).await?;
-                    self.register_health(&run);
-                    summary.nodes_added.push(node_name(plan));
-                    nodes.push(run);
-                    continue;
-                }
+                continue;
             };
+            let mut run = kept_nodes.swap_remove(i);
+            let reconfigured = run
+                .node
+                .send(Reconfigure {
+                    settings: node_settings(&self.shared, &new, plan),
+                    description: plan.description.clone(),
+                    properties: node_properties(&new, plan),
+                    devices: handles.clone(),
+                    fresh: fresh.clone(),
+                })
+                .await;
+            match reconfigured {
+                Ok(Ok(true)) => summary.nodes_described_anew.push(node_name(plan)),
+                Ok(Ok(false)) => {}
+                Ok(Err(problems)) => summary.failures.push(
+                    ReloadError::Node {
+                        node: node_name(plan),
+                        problems,
+                    }
+                    .to_string(),
+                ),
+                Err(e) => summary.failures.push(
+                    ReloadError::NodeGone {
+                        node: node_name(plan),
+                        reason: e.to_string(),
+                    }
+                    .to_string(),
+                ),
+            }
             if needs_listener {
                 // Its old listener goes first when the address stays the same.
                 run.listener.abort();
                 let _ = (&mut run.listener).await;
                 let listener = match listener {
-                    Some(l) => l,
+                    Some(l) => Ok(l),
                     None => bind(plan.address).map_err(|source| AppError::Bind {
                         address: plan.address,
                         source,
-                    })?,
+                    }),
                 };
-                run = serve_node(&self.shared, plan, run.node.clone(), listener).await?;
-                summary.nodes_rebound.push(node_name(plan));
+                let served = match listener {
+                    Ok(l) => serve_node(&self.shared, plan, run.node.clone(), l).await,
+                    Err(e) => Err(e),
+                };
+                match served {
+                    Ok(rebound) => {
+                        run = rebound;
+                        summary.nodes_rebound.push(node_name(plan));
+                    }
+                    Err(e) => summary
+                        .failures
+                        .push(format!("rebinding {}: {e}", node_name(plan))),
+                }
             }
             nodes.push(run);
         }
@@ -273,6 +289,27 @@ impl Running {
         self.devices = devices;
         self.loaded = new;
         Ok(summary)
+    }
+
+    /// Start, serve and register a node that the new configuration adds.
+    async fn add_node(
+        &mut self,
+        new: &config::Loaded,
+        plan: &NodePlan,
+        handles: Vec<secop_actors::device::DeviceHandle>,
+        listener: Option<tokio::net::TcpListener>,
+    ) -> Result<NodeRun, AppError> {
+        let node = start_node(&self.shared, new, plan, handles).await?;
+        let listener = match listener {
+            Some(l) => l,
+            None => bind(plan.address).map_err(|source| AppError::Bind {
+                address: plan.address,
+                source,
+            })?,
+        };
+        let run = serve_node(&self.shared, plan, node, listener).await?;
+        self.register_health(&run);
+        Ok(run)
     }
 
     /// Stop a node: no new connections, its clients closed, out of the health checks.
@@ -311,6 +348,9 @@ impl Running {
                     nodes_rebound = ?s.nodes_rebound,
                     "configuration reloaded"
                 );
+                if !s.failures.is_empty() {
+                    tracing::error!(failures = ?s.failures, "configuration reloaded, but some steps failed");
+                }
                 true
             }
             Err(e) => {
