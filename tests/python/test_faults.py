@@ -1111,3 +1111,50 @@ def test_error_after_seconds_waits_for_a_lasting_fault(start_gateway, pty_sim, r
     assert t_status - t_err >= 2.5, \
         f'ERROR {t_status - t_err:.2f} s after the first failure (error_after_seconds 3)'
     rec.wait_for('update T:status [[1', since=before, timeout=5)
+
+
+def test_a_section_of_another_protocol_is_refused(tmp_path):
+    """`protocol` is a tagged choice: `[link.modbus]` on an ASCII link is an error."""
+    text = NODE + ascii_link('/dev/null-not-used') + '[link.modbus]\nunit_id = 3\n' \
+        + lakeshore_module()
+    out = check_config(tmp_path, text)
+    assert out.returncode == 2, out
+    assert '[link.modbus] belongs to protocol = "modbus", but this link has protocol = ' \
+        '"ascii"' in out.stderr, out.stderr
+
+
+def test_a_failed_read_back_does_not_fail_a_write_the_device_took(start_gateway, pty_sim):
+    """point 9: the device took the setpoint, only the read-back reply is garbled: the
+    client gets `changed` with the written value, not an error, and the device has it."""
+    inst = pty_sim(rate=0.0)
+    sim = inst.instrument
+    gw = start_gateway(NODE + ascii_link(inst.path) + lakeshore_module(), 'readback')
+    c = Line(gw)
+    sim.replies['SETP? 1'] = '#garbage'
+    reply = c.ask('change T:target 250')
+    assert reply.startswith('changed T:target [250'), reply
+    with sim.lock:
+        assert sim.setpoint == 250.0
+    c.close()
+
+
+def test_status_is_not_ok_before_a_value_was_read_after_a_reconnect(start_gateway, pty_sim,
+                                                                     recorders):
+    """point 9: after the device comes back, the status leaves ERROR only together with
+    or after the first value read in the new session, never before it."""
+    inst = pty_sim(rate=0.0)
+    sim = inst.instrument
+    gw = start_gateway(NODE + ascii_link(inst.path) + lakeshore_module(), 'ok-after-read')
+    rec = recorders(gw)
+    assert rec.ask('activate') == 'active'
+    stalled = rec.mark()
+    sim.stall = True
+    rec.wait_for('update T:status [[4', since=stalled, timeout=10)
+    start = rec.mark()
+    sim.stall = False
+    rec.wait_for('update T:status [[1', since=start, timeout=10)
+    lines = [l for _, l in rec.lines(start)]
+    first_ok = next(i for i, l in enumerate(lines) if l.startswith('update T:status [[1'))
+    first_value = next((i for i, l in enumerate(lines) if l.startswith('update T:value [')),
+                       None)
+    assert first_value is not None and first_value < first_ok, lines[:first_ok + 1]
