@@ -1248,6 +1248,7 @@
     },
     resetStats() { S.lagN = 0; S.transportN = 0; S.updates = 0; },
     historyLength(key) { const p = S.params.get(key); return p && p.hist ? p.hist.t.length : null; },
+    historyOldest(key) { const p = S.params.get(key); return p && p.hist && p.hist.t.length ? p.hist.t[0] : null; },
   };
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

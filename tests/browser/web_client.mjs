@@ -33,7 +33,7 @@ import readline from 'node:readline';
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 
 function parseArgs(argv) {
-  const args = { url: null, scenario: 'main', shots: null, idn: null, timeout: 20, fakeHistory: false };
+  const args = { url: null, scenario: 'main', shots: null, idn: null, timeout: 20, fakeHistory: false, historyBefore: 0 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -44,6 +44,7 @@ function parseArgs(argv) {
     else if (a === '--shots') args.shots = value();
     else if (a === '--idn') args.idn = value();
     else if (a === '--fake-history') args.fakeHistory = true;
+    else if (a === '--history-before') args.historyBefore = Number(value());
     else if (a === '--timeout') args.timeout = Number(value());
     else if (!args.url && !a.startsWith('--')) args.url = a;
     else throw new Error(`unknown argument ${a}`);
@@ -148,7 +149,7 @@ async function main() {
     if (args.scenario === 'main') await scenarioMain({ page, check, waitFor, text, valueOf, shot });
     else if (args.scenario === 'reconnect') await scenarioReconnect({ page, check, waitFor, waitLive, valueOf, shot, timeoutMs });
     else if (args.scenario === 'readonly') await scenarioReadOnly({ page, check, waitFor, valueOf, shot });
-    else if (args.scenario === 'live') await scenarioLive({ page, check, waitFor, valueOf, shot, idn: args.idn, fakeHistory: args.fakeHistory });
+    else if (args.scenario === 'live') await scenarioLive({ page, check, waitFor, valueOf, shot, idn: args.idn, fakeHistory: args.fakeHistory, historyBefore: args.historyBefore });
     else throw new Error(`unknown scenario ${args.scenario}`);
 
     // --- every scenario: same origin only, no CSP violation, no script error
@@ -388,7 +389,8 @@ async function scenarioReadOnly({ page, check, waitFor, valueOf, shot }) {
   await shot('read-only');
 }
 
-async function scenarioLive({ page, check, waitFor, valueOf, shot, idn, fakeHistory }) {
+async function scenarioLive({ page, check, waitFor, valueOf, shot, idn, fakeHistory, historyBefore }) {
+  const loaded = await page.evaluate(() => Date.now() / 1000);
   const idnShown = await page.textContent('#idn');
   check('identification shown', idnShown === idn, idnShown);
   await waitFor('values painted', () => document.getElementById('v:T:value').textContent !== '');
@@ -407,6 +409,12 @@ async function scenarioLive({ page, check, waitFor, valueOf, shot, idn, fakeHist
     return { pixels: n, points: window.secopClient.historyLength('T:value') };
   });
   check('history plotted', inked.pixels > (fakeHistory ? 100 : 4) && inked.points >= minPoints, inked);
+  if (historyBefore > 0) {
+    // from the gateway's own GET /history: points from before the page was opened
+    const oldest = await page.evaluate(() => window.secopClient.historyOldest('T:value'));
+    check('history from before the page', oldest !== null && oldest <= loaded - historyBefore,
+          { oldest, loaded, historyBefore });
+  }
   await shot(fakeHistory ? 'history' : 'custom-identification');
 }
 

@@ -220,3 +220,14 @@ def test_history_loaded_and_plotted(gateway, browser_tools):
                                      '--idn', 'ISSE,SECoP,,v2.0')
     assert_passed(code, result, log, 'history plotted', 'values update')
     assert any(u.endswith('/history') for u in result['requests']), log
+
+
+def test_a_page_opened_later_shows_the_gateways_history(start_gateway, browser_tools):
+    """the real GET /history (no stub): a page opened 4 s after the start plots points of
+    T:value from before it was opened, which live updates cannot give it"""
+    gw = start_gateway(DEFAULT_CONFIG.read_text(), name='web_real_history')
+    time.sleep(4.0)
+    code, result, log = run_scenario(browser_tools, url_of(gw), 'live',
+                                     '--idn', 'ISSE,SECoP,,v2.0', '--history-before', '2.5')
+    assert_passed(code, result, log, 'history plotted', 'history from before the page')
+    assert any(u.endswith('/history') for u in result['requests']), log
