@@ -221,7 +221,7 @@ pub async fn start(loaded: config::Loaded) -> Result<Running, AppError> {
         m.connections_open.with_label_values(&[transport]).set(0);
     }
     let health = http::Health {
-        required_devices: required,
+        required_devices: Arc::new(std::sync::RwLock::new(required)),
         nodes: Default::default(),
     };
     if let Some(address) = &loaded.config.metrics.address {
@@ -279,21 +279,16 @@ pub async fn start(loaded: config::Loaded) -> Result<Running, AppError> {
         if let Ok(mut list) = shared.health.nodes.lock() {
             list.push(run.node.clone());
         }
-        identities.push((
-            discovery::Identity {
-                equipment_id: plan.equipment_id.clone(),
-                ..identity(&loaded)
-            },
-            run.bound.port(),
-        ));
+        identities.push((identity(&loaded, &plan), run.bound.port()));
         nodes.push(run);
     }
-    let udp = start_discovery(&loaded, identities).await;
+    let discovery = start_discovery(&loaded, identities).await;
     Ok(Running {
         loaded,
         devices,
         nodes,
-        udp,
+        udp: discovery.iter().map(|d| d.bound.clone()).collect(),
+        discovery,
         shared,
         state,
     })
@@ -440,6 +435,7 @@ pub struct Running {
     nodes: Vec<NodeRun>,
     /// The bound UDP discovery address, if any.
     pub udp: Vec<String>,
+    discovery: Option<Discovery>,
     shared: Shared,
     state: Option<secop_drivers::state::StateStore>,
 }
@@ -538,37 +534,59 @@ struct NodePlan {
     access: Arc<access_rules::AccessRules>,
 }
 
-fn identity(loaded: &config::Loaded) -> discovery::Identity {
+/// How a node presents itself in discovery: its own equipment id and description.
+fn identity(loaded: &config::Loaded, plan: &NodePlan) -> discovery::Identity {
     let props = loaded.node_properties();
     discovery::Identity {
-        equipment_id: loaded.config.node.equipment_id.clone(),
+        equipment_id: plan.equipment_id.clone(),
         firmware: props
             .get("firmware")
             .and_then(|v| v.as_str())
             .unwrap_or_default()
             .to_owned(),
-        description: loaded.config.node.description.clone(),
+        description: plan.description.clone(),
     }
 }
 
-/// Start answering UDP discovery and announce the node once. A failure to bind is
-/// logged, not fatal: the node works without discovery. Returns the bound addresses.
-async fn start_discovery(
-    loaded: &config::Loaded,
-    nodes: Vec<(discovery::Identity, u16)>,
-) -> Vec<String> {
+/// UDP discovery as it runs: a reload replaces the nodes it answers for and announces
+/// the nodes it added or changed.
+struct Discovery {
+    /// The bound address (the ready file's `udp`).
+    bound: String,
+    socket: Arc<tokio::net::UdpSocket>,
+    nodes: tokio::sync::watch::Sender<discovery::Nodes>,
+    targets: Vec<std::net::SocketAddr>,
+}
+
+impl Discovery {
+    /// Answer for `nodes` from now on; announce those that were not in the list before.
+    async fn replace(&self, nodes: discovery::Nodes) {
+        let old = self.nodes.send_replace(nodes.clone());
+        let before: Vec<Vec<u8>> = old
+            .iter()
+            .map(|(id, port)| discovery::node_datagram(id, *port))
+            .collect();
+        let new: Vec<_> = nodes
+            .into_iter()
+            .filter(|(id, port)| !before.contains(&discovery::node_datagram(id, *port)))
+            .collect();
+        discovery::announce(&self.socket, &new, &self.targets).await;
+    }
+}
+
+/// Start answering UDP discovery and announce the nodes once. A failure to bind is
+/// logged, not fatal: the node works without discovery.
+async fn start_discovery(loaded: &config::Loaded, nodes: discovery::Nodes) -> Option<Discovery> {
     let d = &loaded.config.discovery;
     if !d.enabled {
-        return Vec::new();
+        return None;
     }
-    let Ok(address) = d.address.parse::<std::net::SocketAddr>() else {
-        return Vec::new();
-    };
+    let address = d.address.parse::<std::net::SocketAddr>().ok()?;
     let socket = match discovery::bind_shared(address) {
-        Ok(s) => s,
+        Ok(s) => Arc::new(s),
         Err(e) => {
             tracing::warn!(%address, "UDP discovery disabled: cannot bind: {e}");
-            return Vec::new();
+            return None;
         }
     };
     let bound = socket
@@ -579,8 +597,14 @@ async fn start_discovery(
         d.announce.iter().filter_map(|a| a.parse().ok()).collect();
     discovery::announce(&socket, &nodes, &targets).await;
     tracing::info!(address = %bound, "answering UDP discovery");
-    actix::spawn(discovery::serve(socket, nodes));
-    vec![bound]
+    let (sender, receiver) = tokio::sync::watch::channel(nodes);
+    actix::spawn(discovery::serve(socket.clone(), receiver));
+    Some(Discovery {
+        bound,
+        socket,
+        nodes: sender,
+        targets,
+    })
 }
 
 /// Tell systemd (Type=notify) that we are ready, and keep its watchdog fed while every

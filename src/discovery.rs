@@ -1,6 +1,6 @@
 //! UDP discovery (SECoP RFC-105): answer `{"SECoP":"discover"}` datagrams with the
-//! node's port and identity, announce the node at start-up, and find nodes for the
-//! `discover` subcommand.
+//! node's port and identity, announce the node at start-up (and the nodes a reload adds
+//! or changes), and find nodes for the `discover` subcommand.
 //!
 //! The listener binds with SO_REUSEPORT so several gateways (and frappy servers) share
 //! port 10767 on one host. Announcements go only to the configured addresses (loopback
@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
+use tokio::sync::watch;
 
 /// Discovery requests answered per second, from all sources together (each answer is
 /// one datagram per node).
@@ -139,11 +140,19 @@ pub fn bind_shared(address: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// Answer discovery requests (one datagram per node and port) until the future is
-/// dropped, within the rate limit of [`ReplyLimiter`]. Garbage gets no answer and never
-/// stops the listener.
-pub async fn serve(socket: UdpSocket, nodes: Vec<(Identity, u16)>) {
-    let replies: Vec<Vec<u8>> = nodes.iter().map(|(id, p)| node_datagram(id, *p)).collect();
+/// The nodes of the process and their ports, as discovery answers for them; a reload
+/// replaces the list (nodes added, removed, rebound).
+pub type Nodes = Vec<(Identity, u16)>;
+
+fn datagrams(nodes: &Nodes) -> Vec<Vec<u8>> {
+    nodes.iter().map(|(id, p)| node_datagram(id, *p)).collect()
+}
+
+/// Answer discovery requests (one datagram per node and port, for the nodes `nodes`
+/// holds at that moment) until the future is dropped, within the rate limit of
+/// [`ReplyLimiter`]. Garbage gets no answer and never stops the listener.
+pub async fn serve(socket: std::sync::Arc<UdpSocket>, mut nodes: watch::Receiver<Nodes>) {
+    let mut replies = datagrams(&nodes.borrow_and_update());
     let mut limiter = ReplyLimiter::new(Instant::now());
     let dropped = &secop_actors::metrics::metrics().discovery_dropped;
     let mut buf = vec![0u8; 2048];
@@ -163,6 +172,9 @@ pub async fn serve(socket: UdpSocket, nodes: Vec<(Identity, u16)>) {
             dropped.inc();
             continue;
         }
+        if nodes.has_changed().unwrap_or(false) {
+            replies = datagrams(&nodes.borrow_and_update());
+        }
         for reply in &replies {
             if let Err(e) = socket.send_to(reply, from).await {
                 tracing::debug!(%from, "discovery reply failed: {e}");
@@ -171,7 +183,8 @@ pub async fn serve(socket: UdpSocket, nodes: Vec<(Identity, u16)>) {
     }
 }
 
-/// Announce the nodes once to each configured address.
+/// Announce the nodes once to each configured address (at start, and the nodes a
+/// reload added or changed).
 pub async fn announce(socket: &UdpSocket, nodes: &[(Identity, u16)], targets: &[SocketAddr]) {
     for (identity, port) in nodes {
         let datagram = node_datagram(identity, *port);

@@ -38,7 +38,8 @@ pub struct HttpState {
 /// whose modules are marked `required`.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
-    pub required_devices: Vec<String>,
+    /// The devices behind modules marked `required` (replaced by a reload).
+    pub required_devices: Arc<std::sync::RwLock<Vec<String>>>,
     /// The node actors, added as they start (the metrics port serves from its own thread).
     pub nodes: Arc<std::sync::Mutex<Vec<Addr<NodeActor>>>>,
 }
@@ -75,14 +76,27 @@ impl Health {
         Ok(())
     }
 
-    /// The required devices whose link is down.
-    fn down(&self) -> Vec<&str> {
+    /// The required devices, and those of them whose link is down.
+    fn required_and_down(&self) -> (Vec<String>, Vec<String>) {
+        let required = match self.required_devices.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
         let up = &secop_actors::metrics::metrics().device_up;
-        self.required_devices
+        let down = required
             .iter()
             .filter(|d| up.with_label_values(&[d.as_str()]).get() != 1)
-            .map(String::as_str)
-            .collect()
+            .cloned()
+            .collect();
+        (required, down)
+    }
+
+    /// Replace the required devices (a reload changed the configuration).
+    pub fn set_required_devices(&self, devices: Vec<String>) {
+        match self.required_devices.write() {
+            Ok(mut r) => *r = devices,
+            Err(poisoned) => *poisoned.into_inner() = devices,
+        }
     }
 }
 
@@ -105,11 +119,10 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
         return HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({"status": "failing", "reason": e.to_string()}));
     }
-    let down = health.down();
+    let (required, down) = health.required_and_down();
     if down.is_empty() {
-        HttpResponse::Ok().json(
-            serde_json::json!({"status": "ready", "required_devices": health.required_devices}),
-        )
+        HttpResponse::Ok()
+            .json(serde_json::json!({"status": "ready", "required_devices": required}))
     } else {
         HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({"status": "not ready", "down": down}))

@@ -539,7 +539,7 @@
     }
     info.append(headline);
 
-    // modules by group (ungrouped first), then importance (higher first), then name
+    // modules by group, then importance (higher first), then name
     const entries = Object.entries(desc.modules);
     const groups = new Map();
     for (const [name, m] of entries) {

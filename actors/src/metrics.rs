@@ -141,6 +141,63 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Forget a device that a reload removed: its series go, so that the `device_up 0`
+    /// of a link that no longer exists neither stays on a dashboard nor keeps an alert
+    /// firing. Called after the device's actor has stopped (it holds its handles; a
+    /// handle of a removed series updates nothing).
+    pub fn forget_device(&self, device: &str) {
+        let d = ("device", device);
+        remove_where(&self.device_transactions, d);
+        remove_where(&self.device_transaction_duration, d);
+        remove_where(&self.device_cache_hits, d);
+        remove_where(&self.device_reconnects, d);
+        remove_where(&self.device_up, d);
+        remove_where(&self.device_last_success, d);
+        remove_where(&self.poll_cycle_duration, d);
+        remove_where(&self.poll_overruns, d);
+    }
+
+    /// Forget a node that a reload removed (its requests, updates, module statuses,
+    /// audit counts and history sizes).
+    pub fn forget_node(&self, node: &str) {
+        let n = ("node", node);
+        remove_where(&self.requests, n);
+        remove_where(&self.request_duration, n);
+        remove_where(&self.updates_emitted, n);
+        remove_where(&self.module_status, n);
+        remove_where(&self.audit_records, n);
+        remove_where(&self.history_points, n);
+        remove_where(&self.history_bytes, n);
+    }
+
+    /// Forget the status of a module that a reload took out of a node.
+    pub fn forget_module(&self, node: &str, module: &str) {
+        let _ = self.module_status.remove_label_values(&[node, module]);
+    }
+}
+
+/// Remove every series of `vec` whose label `name` has `value`, whatever its other
+/// labels (the crate removes only by a complete set of label values).
+fn remove_where<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    (name, value): (&str, &str),
+) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: std::collections::HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|p| (p.name(), p.value()))
+                .collect();
+            if labels.get(name) == Some(&value) {
+                let _ = vec.remove(&labels);
+            }
+        }
+    }
+}
+
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// The process's metrics.
@@ -327,5 +384,36 @@ mod tests {
         assert_eq!(error_class(b"error_x  [\"Bogus\",\"\",{}]"), "other");
         assert_eq!(RECEIVED_ACTIONS[received_action_index("*IDN?")], "idn");
         assert_eq!(RECEIVED_ACTIONS[received_action_index("foo")], "other");
+    }
+
+    #[test]
+    fn forgetting_removes_only_the_named_device_node_or_module() {
+        let m = metrics();
+        for device in ["forget_gone", "forget_kept"] {
+            m.device_up.with_label_values(&[device]).set(0);
+            m.device_transactions
+                .with_label_values(&[device, "timeout"])
+                .inc();
+            m.poll_cycle_duration
+                .with_label_values(&[device])
+                .observe(0.1);
+        }
+        for (node, module) in [("forget_n1", "a"), ("forget_n1", "b"), ("forget_n2", "a")] {
+            m.module_status.with_label_values(&[node, module]).set(400);
+            m.requests.with_label_values(&[node, "read"]).inc();
+        }
+        m.forget_device("forget_gone");
+        m.forget_module("forget_n1", "a");
+        let text = render();
+        assert!(!text.contains("\"forget_gone\""), "{text}");
+        assert!(text.contains("secop_gateway_device_up{device=\"forget_kept\"} 0"));
+        assert!(text.contains("device=\"forget_kept\",result=\"timeout\""));
+        assert!(!text.contains("module=\"a\",node=\"forget_n1\""), "{text}");
+        assert!(text.contains("module=\"b\",node=\"forget_n1\""));
+        m.forget_node("forget_n1");
+        let text = render();
+        assert!(!text.contains("\"forget_n1\""), "{text}");
+        assert!(text.contains("module=\"a\",node=\"forget_n2\""));
+        assert!(text.contains("action=\"read\",node=\"forget_n2\""));
     }
 }

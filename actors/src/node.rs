@@ -1017,6 +1017,13 @@ impl Handler<Reconfigure> for NodeActor {
                 }
             }
         }
+        // The status series of modules no longer exported go (an ERROR gauge of a
+        // module that is gone would keep an alert firing).
+        for old in &old_description.modules {
+            if !self.module_index.contains_key(&old.name) {
+                metrics().forget_module(&self.description.equipment_id, &old.name);
+            }
+        }
         let changed = self.describing != before;
         if changed {
             tracing::warn!(node = %self.description.equipment_id,

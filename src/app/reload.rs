@@ -2,11 +2,14 @@
 //! configuration stays) or apply the difference: devices whose configuration changed
 //! restart, unchanged ones keep their actor, connection and cache; nodes are added,
 //! removed, reconfigured (clients closed only if the node's description changed) and
-//! rebound when their listen address or access rules changed.
+//! rebound when their listen address or access rules changed. What depends on the
+//! configuration elsewhere follows: `/readyz`'s required devices, the nodes discovery
+//! answers for (new ones are announced), and the metric series of removed devices,
+//! nodes and modules go.
 
 use super::{
-    bind, device_specs, node_plans, node_properties, node_settings, serve_node, start_device,
-    start_node, AppError, Device, NodePlan, NodeRun, Running,
+    bind, device_specs, identity, node_plans, node_properties, node_settings, serve_node,
+    start_device, start_node, AppError, Device, NodePlan, NodeRun, Running,
 };
 use crate::config;
 use secop_actors::device::StopDevice;
@@ -81,6 +84,12 @@ fn fixed_changes(old: &config::Loaded, new: &config::Loaded) -> Vec<String> {
             "[history]",
             format!("{:?}", o.history),
             format!("{:?}", n.history),
+        ),
+        // Metrics, audit records and the history name the main node by it.
+        (
+            "node.equipment_id",
+            o.node.equipment_id.clone(),
+            n.node.equipment_id.clone(),
         ),
         // The metrics port enforces the main node's rules too.
         (
@@ -276,17 +285,44 @@ impl Running {
         }
         self.nodes = nodes;
 
-        // Devices no longer used (removed, or replaced by a changed one) stop.
-        for old in &self.devices {
+        // Devices no longer used (removed, or replaced by a changed one) stop; the
+        // series of a removed one go once it has stopped (a changed one keeps its name
+        // and its series).
+        for old in std::mem::take(&mut self.devices) {
             let reused = devices
                 .iter()
                 .any(|d| *d.handle.name == *old.handle.name && d.key == old.key);
-            if !reused {
-                summary.devices_stopped.push(old.handle.name.to_string());
+            if reused {
+                continue;
+            }
+            summary.devices_stopped.push(old.handle.name.to_string());
+            if devices.iter().any(|d| *d.handle.name == *old.handle.name) {
                 old.handle.stop.do_send(StopDevice);
+            } else {
+                let stopped = old.handle.stop.send(StopDevice);
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), stopped).await;
+                secop_actors::metrics::metrics().forget_device(&old.handle.name);
             }
         }
         self.devices = devices;
+        self.shared.health.set_required_devices(
+            device_specs(&new)
+                .into_iter()
+                .filter(|d| d.required)
+                .map(|d| d.name)
+                .collect(),
+        );
+        if let Some(discovery) = &self.discovery {
+            let nodes = self
+                .nodes
+                .iter()
+                .filter_map(|run| {
+                    let plan = plans.iter().find(|p| p.key == run.key)?;
+                    Some((identity(&new, plan), run.bound.port()))
+                })
+                .collect();
+            discovery.replace(nodes).await;
+        }
         self.loaded = new;
         Ok(summary)
     }
@@ -319,6 +355,9 @@ impl Running {
         let _ = run.node.send(CloseSessions).await;
         if let Ok(mut list) = self.shared.health.nodes.lock() {
             list.retain(|n| *n != run.node);
+        }
+        if let Some(equipment_id) = &run.key {
+            secop_actors::metrics::metrics().forget_node(equipment_id);
         }
     }
 

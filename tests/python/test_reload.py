@@ -3,6 +3,7 @@ touched, a broken file changes nothing (issue 16)."""
 
 import json
 import signal
+import socket
 import threading
 import time
 
@@ -11,7 +12,7 @@ import pytest
 from modbus_sim import ModbusSim
 from rawsecop import Line
 from test_modbus import fill
-from test_prometheus import free_port, scrape, wait_for
+from test_prometheus import free_port, http_get, scrape, wait_for
 
 POLL = 0.2   # s, the poll interval of T
 
@@ -214,3 +215,118 @@ def test_reloading_an_unchanged_file_touches_nothing(start_gateway, sim):
     assert sim.total_received() > received
     assert 'devices_started=[]' in gw.log_text()
     main.close()
+
+
+DISCOVERY = """
+[discovery]
+enabled = true
+address = "127.0.0.1:0"
+announce = ["127.0.0.1:{announce}"]
+"""
+
+NEW_NODE = """
+[[extra_node]]
+equipment_id = "reload_new"
+description = "added by a reload"
+listen = "127.0.0.1:0"
+modules = ["T"]
+"""
+
+
+def discover(gw, source):
+    """the nodes that answer a discovery request sent from loopback address `source`
+    (one source per question: answers to one source are at least 1 s apart)"""
+    udp = json.loads(gw.ready_file.read_text())['udp'][0]
+    host, _, port = udp.rpartition(':')
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        s.settimeout(0.3)
+        s.sendto(b'{"SECoP":"discover"}', (host, int(port)))
+        return received(s)
+
+
+def received(s, wait=1.0):
+    """the node datagrams arriving on `s` within `wait`, by equipment id"""
+    nodes = {}
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            data, _ = s.recvfrom(2048)
+        except TimeoutError:
+            continue
+        v = json.loads(data)
+        nodes[v['equipment_id']] = v
+    return nodes
+
+
+def node_series(exposition, **match):
+    """every series of the gateway's per-device and per-node families with these labels"""
+    return [(n, l) for n, l, _ in exposition.samples
+            if all(l.get(k) == v for k, v in match.items())]
+
+
+def test_readiness_discovery_and_metrics_follow_a_reload(start_gateway):
+    """a reload that adds a node and a required device and removes a module: /readyz
+    waits for the new required device, discovery answers for (and announces) the new
+    node, the removed module's and device's series go; a second reload takes them back"""
+    metrics = free_port()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(('127.0.0.1', 0))
+    listener.settimeout(0.3)
+    base = BASE.format(metrics=metrics) + DISCOVERY.format(announce=listener.getsockname()[1])
+    gw = start_gateway(base, 'follow')
+    try:
+        assert set(received(listener)) == {'reload_main', 'reload_view'}
+        status, _, body = http_get(f'http://127.0.0.1:{metrics}/readyz')
+        assert status == 200 and json.loads(body)['required_devices'] == [], body
+        before = scrape('127.0.0.1', metrics)
+        assert node_series(before, device='p') and node_series(before, module='p')
+        found = discover(gw, '127.0.0.2')
+        assert set(found) == {'reload_main', 'reload_view'}, found
+        assert found['reload_view']['description'] == 'a view with T only'
+
+        # p goes; a required Modbus module on a port nobody listens on and a node come
+        without_p = base.replace(base[base.index('[[module]]\nname = "p"'):base.index('[discovery]')], '')
+        plc = MODBUS.format(port=free_port()).replace(
+            'name = "flow"\n', 'name = "flow"\nrequired = true\n')
+        gw.config.write_text(without_p + NEW_NODE + plc)
+        reload(gw, metrics)
+        status, _, body = http_get(f'http://127.0.0.1:{metrics}/readyz')
+        assert status == 503 and json.loads(body)['down'] == ['plc'], (status, body)
+        after = scrape('127.0.0.1', metrics)
+        assert not node_series(after, device='p'), node_series(after, device='p')
+        assert not node_series(after, module='p'), node_series(after, module='p')
+        assert after.get('secop_gateway_module_status', node='reload_main', module='T') is not None
+        announced = received(listener)
+        assert set(announced) == {'reload_new'}, announced
+        new_port = int(json.loads(gw.ready_file.read_text())['tcp'][2].rpartition(':')[2])
+        found = discover(gw, '127.0.0.3')
+        assert set(found) == {'reload_main', 'reload_view', 'reload_new'}, found
+        assert found['reload_new']['port'] == new_port
+        assert found['reload_new']['description'] == 'added by a reload'
+
+        # and back: the node and the link go, with their series; ready again
+        gw.config.write_text(without_p)
+        reload(gw, metrics)
+        status, _, body = http_get(f'http://127.0.0.1:{metrics}/readyz')
+        assert status == 200, (status, body)
+        last = scrape('127.0.0.1', metrics)
+        assert not node_series(last, device='plc'), node_series(last, device='plc')
+        assert not node_series(last, node='reload_new'), node_series(last, node='reload_new')
+        assert node_series(last, node='reload_view')
+        found = discover(gw, '127.0.0.4')
+        assert set(found) == {'reload_main', 'reload_view'}, found
+    finally:
+        listener.close()
+
+
+def test_a_new_main_equipment_id_is_refused_by_name(start_gateway):
+    metrics = free_port()
+    gw = start_gateway(BASE.format(metrics=metrics), 'renamed')
+    gw.config.write_text(BASE.format(metrics=metrics).replace(
+        'equipment_id = "reload_main"', 'equipment_id = "reload_renamed"'))
+    reload(gw, metrics, result='refused')
+    assert 'node.equipment_id' in gw.log_text()
+    line = Line(gw)
+    assert json.loads(line.ask('describe').split(' ', 2)[2])['equipment_id'] == 'reload_main'
+    line.close()

@@ -1,6 +1,6 @@
 """Node downtime for a reload of a 100-module config with one changed module.
 
-Usage: python3 bench/scripts/reload_downtime.py [path/to/secop-gateway] [runs]
+Usage: python3 scripts/bench/reload_downtime.py [path/to/secop-gateway] [runs]
 Main node: 100 simulated modules; extra node "view": module m0 only. Each run changes
 module m99's description text and sends SIGHUP. Measured per run:
   unaffected: the view client's longest gap between m0 updates around the reload, and
