@@ -133,39 +133,45 @@ impl Running {
         let plans = node_plans(&new)?;
         let mut summary = ReloadSummary::default();
 
-        // Devices: reuse those whose configuration is unchanged, start the others.
-        let mut devices = Vec::new();
+        // Devices: reuse those whose configuration is unchanged, start the new ones now
+        // (a failure refuses the reload). A changed device is replaced only once every
+        // check has passed: its old actor must let go of its port first (a serial port
+        // is opened exclusively), so it cannot run next to the new one.
+        let mut slots: Vec<Option<Device>> = Vec::new();
         let mut fresh = Vec::new();
-        for spec in device_specs(&new) {
+        let mut replace = Vec::new();
+        let specs = device_specs(&new);
+        for (slot, spec) in specs.iter().enumerate() {
             let kept = self
                 .devices
                 .iter()
                 .find(|d| *d.handle.name == *spec.name && d.key == spec.key);
-            match kept {
-                Some(d) => {
-                    summary.devices_kept += 1;
-                    devices.push(Device {
-                        key: d.key.clone(),
-                        handle: d.handle.clone(),
-                    });
-                }
-                None => match start_device(&new, &spec, self.state.as_ref()).await {
+            if let Some(d) = kept {
+                summary.devices_kept += 1;
+                slots.push(Some(Device {
+                    key: d.key.clone(),
+                    handle: d.handle.clone(),
+                }));
+            } else if self.devices.iter().any(|d| *d.handle.name == *spec.name) {
+                replace.push(slot);
+                slots.push(None);
+            } else {
+                match start_device(&new, spec, self.state.as_ref()).await {
                     Ok(handle) => {
                         fresh.push(handle.name.clone());
                         summary.devices_started.push(spec.name.clone());
-                        devices.push(Device {
-                            key: spec.key,
+                        slots.push(Some(Device {
+                            key: spec.key.clone(),
                             handle,
-                        });
+                        }));
                     }
                     Err(e) => {
-                        stop_fresh(&devices, &fresh);
+                        stop_fresh(&slots, &fresh);
                         return Err(e.into());
                     }
-                },
+                }
             }
         }
-        let handles: Vec<_> = devices.iter().map(|d| d.handle.clone()).collect();
 
         // Listeners on addresses no node of ours holds now are bound before anything
         // changes, so that a busy port refuses the reload.
@@ -180,7 +186,7 @@ impl Running {
                 match bind(plan.address) {
                     Ok(l) => Some(l),
                     Err(source) => {
-                        stop_fresh(&devices, &fresh);
+                        stop_fresh(&slots, &fresh);
                         return Err(AppError::Bind {
                             address: plan.address,
                             source,
@@ -193,6 +199,36 @@ impl Running {
             };
             prebound.push((needs, listener));
         }
+
+        // From here on the new configuration is being applied: a step that still
+        // fails (a device that does not start, a node actor that died, a port taken
+        // between the check and the bind) is logged as a failure of the reload, and
+        // every node stays accounted for, so that later reloads and the shutdown still
+        // reach them.
+        //
+        // Changed devices: the old actor stops (and its transport closes), then the
+        // new one starts under the same name.
+        for slot in replace {
+            let spec = &specs[slot];
+            if let Some(old) = self.devices.iter().find(|d| *d.handle.name == *spec.name) {
+                stop_and_wait(&old.handle).await;
+            }
+            match start_device(&new, spec, self.state.as_ref()).await {
+                Ok(handle) => {
+                    fresh.push(handle.name.clone());
+                    summary.devices_started.push(spec.name.clone());
+                    slots[slot] = Some(Device {
+                        key: spec.key.clone(),
+                        handle,
+                    });
+                }
+                Err(e) => summary
+                    .failures
+                    .push(format!("restarting device {}: {e}", spec.name)),
+            }
+        }
+        let devices: Vec<Device> = slots.into_iter().flatten().collect();
+        let handles: Vec<_> = devices.iter().map(|d| d.handle.clone()).collect();
 
         // Nodes gone: their listener stops, their clients are closed.
         let mut kept_nodes = Vec::new();
@@ -207,11 +243,7 @@ impl Running {
             }
         }
 
-        // Nodes kept (reconfigured, rebound if needed) and added. From here on the new
-        // configuration is being applied: a step that still fails (a node actor that
-        // died, a port taken between the check and the bind) is logged as a failure of
-        // the reload, and every node stays accounted for, so that later reloads and the
-        // shutdown still reach them.
+        // Nodes kept (reconfigured, rebound if needed) and added.
         let mut nodes = Vec::new();
         for (plan, (needs_listener, listener)) in plans.iter().zip(prebound) {
             let position = kept_nodes.iter().position(|n| n.key == plan.key);
@@ -285,9 +317,8 @@ impl Running {
         }
         self.nodes = nodes;
 
-        // Devices no longer used (removed, or replaced by a changed one) stop; the
-        // series of a removed one go once it has stopped (a changed one keeps its name
-        // and its series).
+        // Devices no longer used stop (changed ones have already); the series of a
+        // removed one go once it has stopped (a changed one keeps its name and series).
         for old in std::mem::take(&mut self.devices) {
             let reused = devices
                 .iter()
@@ -296,11 +327,8 @@ impl Running {
                 continue;
             }
             summary.devices_stopped.push(old.handle.name.to_string());
-            if devices.iter().any(|d| *d.handle.name == *old.handle.name) {
-                old.handle.stop.do_send(StopDevice);
-            } else {
-                let stopped = old.handle.stop.send(StopDevice);
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), stopped).await;
+            if !specs.iter().any(|s| *s.name == *old.handle.name) {
+                stop_and_wait(&old.handle).await;
                 secop_actors::metrics::metrics().forget_device(&old.handle.name);
             }
         }
@@ -404,10 +432,24 @@ impl Running {
 }
 
 /// Undo the devices a refused reload started.
-fn stop_fresh(devices: &[Device], fresh: &[std::sync::Arc<str>]) {
-    for d in devices {
+fn stop_fresh(devices: &[Option<Device>], fresh: &[std::sync::Arc<str>]) {
+    for d in devices.iter().flatten() {
         if fresh.contains(&d.handle.name) {
             d.handle.stop.do_send(StopDevice);
         }
+    }
+}
+
+/// How long a reload waits for a device actor to end (it ends at its next turn on the
+/// event loop; its transport closes with it).
+const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Stop a device and wait (at most [`STOP_DEADLINE`]) until its actor is gone, so that
+/// its port, connection and metric handles are released.
+async fn stop_and_wait(device: &secop_actors::device::DeviceHandle) {
+    let deadline = tokio::time::Instant::now() + STOP_DEADLINE;
+    let _ = tokio::time::timeout_at(deadline, device.stop.send(StopDevice)).await;
+    while device.stop.connected() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
 }
