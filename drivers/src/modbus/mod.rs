@@ -566,12 +566,9 @@ impl Protocol for ModbusProtocol {
                 .map_err(|e| SecopError::communication_failed(format!("{}: {e}", param.name)))
                 .and_then(|slice| {
                     let raw = format!("registers {slice:?}");
-                    to_value(param, slice)
-                        .map_err(|e| SecopError::hardware(format!("{}: {e}", param.name)))
-                        .and_then(|v| {
-                            crate::fit::register_value(&param.datainfo, v, slice)
-                                .map_err(|e| e.context(&param.name))
-                        })
+                    param
+                        .reading(slice)
+                        .map_err(|e| e.context(&param.name))
                         .map(|value| Reading { value, raw })
                 });
             out.push((id, value));
@@ -705,8 +702,50 @@ fn member_registers(
     })
 }
 
+impl Param {
+    fn reading(&self, regs: &[u16]) -> Result<Value, SecopError> {
+        let mapping = RegisterMapping {
+            kind: self.kind,
+            order: self.order,
+            scale: self.scale,
+            offset: self.offset,
+            bit: self.bit,
+        };
+        register_reading(&self.datainfo, &mapping, regs)
+    }
+}
+
+/// How a parameter's value sits in its registers (the `type`, `word_order`,
+/// `byte_order`, `scale`, `offset` and `bit` keys).
+#[derive(Debug, Clone, Copy)]
+pub struct RegisterMapping {
+    pub kind: RegType,
+    pub order: Order,
+    pub scale: f64,
+    pub offset: f64,
+    pub bit: Option<u8>,
+}
+
+/// The value a parameter shows for the registers a device sent: decoded, scaled and
+/// fitted to its datainfo, or `HardwareError` / `OutOfRange` naming the registers.
+/// The registers are hostile input (any device, any reply): this never panics and
+/// never returns a value outside the datainfo (fuzzed, `fuzz/checks/drivers.rs`).
+pub fn register_reading(
+    datainfo: &DataInfo,
+    mapping: &RegisterMapping,
+    regs: &[u16],
+) -> Result<Value, SecopError> {
+    let value =
+        to_value(datainfo, mapping, regs).map_err(|e| SecopError::hardware(e.to_string()))?;
+    crate::fit::register_value(datainfo, value, regs)
+}
+
 /// Registers of one parameter → its value.
-fn to_value(param: &Param, regs: &[u16]) -> Result<Value, ReplyError> {
+fn to_value(
+    datainfo: &DataInfo,
+    param: &RegisterMapping,
+    regs: &[u16],
+) -> Result<Value, ReplyError> {
     if let Some(bit) = param.bit {
         let word = regs.first().ok_or(ReplyError::NoRegister)?;
         return Ok(Value::Bool(
@@ -714,7 +753,7 @@ fn to_value(param: &Param, regs: &[u16]) -> Result<Value, ReplyError> {
         ));
     }
     let raw = codec::decode(regs, param.kind, param.order)?;
-    match &param.datainfo.kind {
+    match &datainfo.kind {
         Kind::Double { .. } => {
             let x = raw.as_f64().ok_or(ReplyError::Not("a number"))? * param.scale + param.offset;
             secop_proto::json::number(x).ok_or(ReplyError::Not("a finite number"))
