@@ -88,20 +88,6 @@ pub fn device_reply(data: &[u8]) {
     }
 }
 
-const REGISTER_TYPES: [RegType; 11] = [
-    RegType::Bool,
-    RegType::U16,
-    RegType::I16,
-    RegType::U32,
-    RegType::I32,
-    RegType::U64,
-    RegType::I64,
-    RegType::F32,
-    RegType::F64,
-    RegType::Str(1),
-    RegType::Str(3),
-];
-
 /// Registers a Modbus device sent for a parameter: a datainfo (JSON) or a selector
 /// byte; then a byte choosing the register type, word and byte order, scale and bit;
 /// then the registers (two bytes each, big-endian). Fewer or more registers than the
@@ -114,7 +100,11 @@ pub fn registers(data: &[u8]) {
         return;
     };
     let choice = usize::from(*choice);
-    let kind = REGISTER_TYPES[choice % REGISTER_TYPES.len()];
+    let types: Vec<RegType> = RegType::FIXED
+        .into_iter()
+        .chain([RegType::Str(1), RegType::Str(3)])
+        .collect();
+    let kind = types[choice % types.len()];
     let mapping = RegisterMapping {
         kind,
         order: Order {

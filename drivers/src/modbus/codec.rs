@@ -47,6 +47,19 @@ pub enum RegType {
 }
 
 impl RegType {
+    /// Every type of a fixed size (a string's size is its configured length).
+    pub const FIXED: [RegType; 9] = [
+        RegType::Bool,
+        RegType::U16,
+        RegType::I16,
+        RegType::U32,
+        RegType::I32,
+        RegType::U64,
+        RegType::I64,
+        RegType::F32,
+        RegType::F64,
+    ];
+
     /// The type named `name` (the `type` key); the error is the reason alone.
     pub fn parse(name: &str, length: Option<u16>) -> Result<RegType, ConfigError> {
         Ok(match name {
@@ -353,18 +366,7 @@ mod tests {
     /// Every type, given too few, too many or no registers: an error, never a panic.
     #[test]
     fn wrong_register_counts_are_errors() {
-        for kind in [
-            RegType::Bool,
-            RegType::U16,
-            RegType::I16,
-            RegType::U32,
-            RegType::I32,
-            RegType::U64,
-            RegType::I64,
-            RegType::F32,
-            RegType::F64,
-            RegType::Str(3),
-        ] {
+        for kind in RegType::FIXED.into_iter().chain([RegType::Str(3)]) {
             let n = usize::from(kind.registers());
             for len in [0, n - 1, n + 1] {
                 let regs = vec![0x4141u16; len];
