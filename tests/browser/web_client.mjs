@@ -19,6 +19,15 @@
 //   live       live; the identification line shown is --idn (a custom one); with
 //              --fake-history, GET /history is answered here (an hour of T:value with a
 //              gap) and the plot of T:value must show it
+//   editors    the editors of the non-scalar types, partly with the keyboard only: the expert
+//              switch (Space), io:communicate's argument form (Enter) and the enum select of
+//              ps:mode (arrow key, Tab, Enter) reached with Tab; ps:mode again with the
+//              mouse; the struct ps:_limits through its member fields (an out-of-range member
+//              refused by the page, nothing sent; an optional member left empty is not
+//              sent); the tuple T:target_limits through its fields with the keyboard (the
+//              page narrows T:target's input to it; a member out of range refused by the
+//              page, min above max by the gateway). result.final holds what the page shows
+//              at the end, for the test to compare with the gateway's own values
 // Every scenario: no request to another origin (the browser's request and WebSocket log),
 // no Content-Security-Policy violation, no script error. Screenshots go to --shots.
 //
@@ -149,6 +158,7 @@ async function main() {
     if (args.scenario === 'main') await scenarioMain({ page, check, waitFor, text, valueOf, shot });
     else if (args.scenario === 'reconnect') await scenarioReconnect({ page, check, waitFor, waitLive, valueOf, shot, timeoutMs });
     else if (args.scenario === 'readonly') await scenarioReadOnly({ page, check, waitFor, valueOf, shot });
+    else if (args.scenario === 'editors') await scenarioEditors({ page, check, waitFor, valueOf, shot, result });
     else if (args.scenario === 'live') await scenarioLive({ page, check, waitFor, valueOf, shot, idn: args.idn, fakeHistory: args.fakeHistory, historyBefore: args.historyBefore });
     else throw new Error(`unknown scenario ${args.scenario}`);
 
@@ -348,6 +358,266 @@ async function scenarioMain({ page, check, waitFor, text, valueOf, shot }) {
     return { tag: a.tagName, type: a.type, outline: getComputedStyle(a).outlineStyle };
   });
   check('Tab reaches the set button', focused.tag === 'BUTTON' && focused.type === 'submit', focused);
+  const labelled = await page.evaluate(() => [...document.querySelectorAll('main input, main select')]
+    .filter((i) => !(i.labels && i.labels.length) && !i.getAttribute('aria-label')).map((i) => i.id));
+  check('every input has a label', labelled.length === 0, labelled);
+}
+
+// Press Tab (Shift+Tab with back) until the element `selector` first matches has the
+// focus; the number of presses, or -1 after `max`.
+async function tabTo(page, selector, { back = false, max = 150 } = {}) {
+  for (let i = 1; i <= max; i++) {
+    await page.keyboard.press(back ? 'Shift+Tab' : 'Tab');
+    if (await page.evaluate((s) => document.activeElement !== null && document.activeElement === document.querySelector(s), selector)) return i;
+  }
+  return -1;
+}
+
+// The focused element: what it is and whether its focus is visible.
+const focusInfo = (page) => page.evaluate(() => {
+  const a = document.activeElement;
+  return { tag: a.tagName, type: a.type || null, acc: a.closest('[data-acc]') ? a.closest('[data-acc]').dataset.acc : null,
+           id: a.id, focusVisible: a.matches(':focus-visible'), outline: getComputedStyle(a).outlineStyle };
+});
+
+// The lines the page sent (window.secopClient.sent) from index `from` on.
+const sentFrom = async (page, from) => (await page.evaluate(() => window.secopClient.sent)).slice(from);
+const sentCount = async (page) => (await page.evaluate(() => window.secopClient.sent)).length;
+
+// The message next to a control: its text, its source (page or gateway), aria-invalid.
+const formMsg = (page, key) => page.evaluate((k) => {
+  const f = document.querySelector(`form[data-acc="${k}"]`);
+  const m = f.querySelector('.msg');
+  return { text: m.textContent, source: m.dataset.source || null,
+           invalid: [...f.querySelectorAll('input, select')].map((i) => i.getAttribute('aria-invalid')) };
+}, key);
+
+// The JSON value of the last "change <key> <json>" line in `lines`, or undefined.
+function changeValue(lines, key) {
+  const prefix = `change ${key} `;
+  const l = lines.filter((x) => x.startsWith(prefix)).pop();
+  if (l === undefined) return undefined;
+  try { return JSON.parse(l.slice(prefix.length)); } catch (e) { return `unparsable: ${l}`; }
+}
+
+const fmt3 = (x) => x.toFixed(3);
+const sameJson = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+
+async function scenarioEditors({ page, check, waitFor, valueOf, shot, result }) {
+  const keys = ['T:target', 'T:target_limits', 'ps:mode', 'ps:_limits'];
+  await waitFor('values painted', (ks) => ks.every((k) => {
+    const e = document.getElementById(`v:${k}`);
+    return e && e.textContent !== '';
+  }), keys);
+  const members = { off: 0, constant_voltage: 1, constant_current: 2 };
+  const initial = {};
+  for (const k of keys) initial[k] = await valueOf(k);
+  result.initial = initial;
+  await shot('start');
+
+  // --- keyboard only: the expert switch, with Space, is the first stop of Tab
+  const toExpert = await tabTo(page, '#expert', { max: 10 });
+  check('Tab reaches the expert switch', toExpert > 0, { presses: toExpert, focused: await focusInfo(page) });
+  await page.keyboard.press('Space');
+  const expertOn = await waitFor('expert switch with Space', () => document.body.classList.contains('expert')
+    && getComputedStyle(document.querySelector('tr[data-acc="ps:_limits"]')).display !== 'none'
+    && getComputedStyle(document.getElementById('m:io')).display !== 'none');
+  if (expertOn) check('expert switch with Space', true, await page.evaluate(() => document.getElementById('expert').checked));
+
+  // --- a command with an argument form (io:communicate), with the keyboard
+  const cmdKey = 'io:communicate';
+  const cmdSel = `form[data-acc="${cmdKey}"] input`;
+  // (the io card builds its rows once it is shown and scrolled into view)
+  const cmdForm = await waitFor('command has an argument form', (k) => {
+    const f = document.querySelector(`form[data-acc="${k}"]`);
+    return f !== null && f.querySelectorAll('input').length === 1 && f.querySelectorAll('button[type=submit]').length === 1;
+  }, cmdKey);
+  if (cmdForm) check('command has an argument form', true, await page.$eval(cmdSel, (i) => ({ type: i.type, maxLength: i.maxLength })));
+  const toCmd = await tabTo(page, cmdSel);
+  check('Tab reaches the command argument', toCmd > 0, { presses: toCmd, focused: await focusInfo(page) });
+  const words = `hello secop ${Date.now() % 100000}`;
+  let mark = await sentCount(page);
+  await page.keyboard.type(`ECHO ${words}`);
+  await page.keyboard.press('Enter');
+  const echoed = await waitFor('command result shown', (w) => document.getElementById('r:io:communicate').textContent === w, words);
+  if (echoed) check('command result shown', true, await page.textContent('[id="r:io:communicate"]'));
+  const cmdSent = await sentFrom(page, mark);
+  check('command sent with its argument', cmdSent.includes(`do ${cmdKey} ${JSON.stringify(`ECHO ${words}`)}`), cmdSent);
+  await shot('command-result');
+
+  // --- enum: ps:mode with the keyboard (Tab to the select, an arrow key, Tab, Enter)
+  const modeSel = 'form[data-acc="ps:mode"] select';
+  const modeBefore = initial['ps:mode'];
+  const selectShown = await page.$eval(modeSel, (s) => ({ value: s.value, text: s.options[s.selectedIndex].text, options: [...s.options].map((o) => [o.text, o.value]) }));
+  check('enum select shows the current member', modeBefore in members && selectShown.value === String(members[modeBefore]) && selectShown.text === modeBefore,
+        { shown: modeBefore, select: selectShown });
+  check('enum select lists every member by name', sameJson(selectShown.options, Object.entries(members).map(([n, v]) => [n, String(v)])), selectShown.options);
+  const toSelect = await tabTo(page, modeSel);
+  const onSelect = await focusInfo(page);
+  check('Tab reaches the enum select', toSelect > 0, { presses: toSelect, focused: onSelect });
+  check('keyboard focus visible', onSelect.focusVisible && onSelect.outline !== 'none', onSelect);
+  const last = Math.max(...Object.values(members));
+  const arrow = members[modeBefore] === last ? 'ArrowUp' : 'ArrowDown';
+  await page.keyboard.press(arrow);
+  const picked = await page.$eval(modeSel, (s) => ({ value: Number(s.value), text: s.options[s.selectedIndex].text }));
+  check('arrow key picks another member', picked.text !== modeBefore && members[picked.text] === picked.value, { before: modeBefore, arrow, picked });
+  mark = await sentCount(page);
+  await page.keyboard.press('Tab');
+  const onSet = await focusInfo(page);
+  check('Tab from the select reaches its set button', onSet.tag === 'BUTTON' && onSet.type === 'submit' && onSet.acc === 'ps:mode', onSet);
+  await shot('enum-keyboard');
+  await page.keyboard.press('Enter');
+  await waitFor('enum change sent', () => window.secopClient.sent.some((l) => l.startsWith('change ps:mode ')));
+  const modeLines = (await sentFrom(page, mark)).filter((l) => l.startsWith('change ps:mode'));
+  check('enum change sent as the member number', sameJson(modeLines, [`change ps:mode ${picked.value}`]), { picked, sent: modeLines });
+  const modeShown = await waitFor('enum shows the new member name', (n) => document.getElementById('v:ps:mode').textContent === n, picked.text);
+  if (modeShown) check('enum shows the new member name', true, await valueOf('ps:mode'));
+  await waitFor('enum change confirmed', () => document.querySelector('form[data-acc="ps:mode"] .msg').textContent === 'set'
+    || document.querySelector('form[data-acc="ps:mode"] .msg').classList.contains('err'), null, 5000);
+  const modeMsg = await formMsg(page, 'ps:mode');
+  check('enum change confirmed', modeMsg.text === 'set', modeMsg);
+  await shot('enum-changed');
+
+  // --- enum with the mouse: the third member
+  const third = Object.keys(members).find((n) => n !== modeBefore && n !== picked.text);
+  mark = await sentCount(page);
+  await page.selectOption(modeSel, String(members[third]));
+  await page.click('form[data-acc="ps:mode"] button[type=submit]');
+  const thirdShown = await waitFor('enum changed with the mouse', (n) => document.getElementById('v:ps:mode').textContent === n, third);
+  const thirdLines = (await sentFrom(page, mark)).filter((l) => l.startsWith('change ps:mode'));
+  if (thirdShown) check('enum changed with the mouse', sameJson(thirdLines, [`change ps:mode ${members[third]}`]), { shown: await valueOf('ps:mode'), sent: thirdLines });
+  await page.waitForTimeout(300);
+  const selectAfter = await page.$eval(modeSel, (s) => s.options[s.selectedIndex].text);
+  check('enum select shows the new member', selectAfter === third, selectAfter);
+
+  // --- struct: ps:_limits through its member fields
+  const limKey = 'ps:_limits';
+  const limForm = `form[data-acc="${limKey}"]`;
+  const parseStruct = (t) => {
+    const m = /^\{voltage: (-?\d+\.\d{3}) V, current: (-?\d+\.\d{3}) A\}$/.exec(t || '');
+    return m ? { voltage: Number(m[1]), current: Number(m[2]) } : null;
+  };
+  const limBefore = parseStruct(await valueOf(limKey));
+  const fields = await page.$$eval(`${limForm} fieldset > label`, (ls) => ls.map((l) => ({
+    name: l.firstChild.textContent, value: l.querySelector('input').value, min: l.querySelector('input').min, max: l.querySelector('input').max,
+    unit: l.querySelector('.unit') ? l.querySelector('.unit').textContent : null })));
+  check('struct has a field per member', fields.length === 2 && fields[0].name === 'voltage' && fields[1].name === 'current'
+    && fields[0].unit === 'V' && fields[1].unit === 'A' && fields[0].max === '30' && fields[1].max === '5', fields);
+  check('struct fields show the current values', limBefore !== null && fields.length === 2
+    && Number(fields[0].value) === limBefore.voltage && Number(fields[1].value) === limBefore.current, { shown: await valueOf(limKey), fields });
+  const volt = page.locator(`${limForm} input`).nth(0);
+  const curr = page.locator(`${limForm} input`).nth(1);
+  const newLim = {
+    voltage: limBefore && limBefore.voltage === 24.5 ? 23.5 : 24.5,
+    current: limBefore && limBefore.current === 2.75 ? 2.25 : 2.75,
+  };
+  mark = await sentCount(page);
+  await volt.fill(String(newLim.voltage));
+  await curr.fill(String(newLim.current));
+  await page.click(`${limForm} button[type=submit]`);
+  const limText = `{voltage: ${fmt3(newLim.voltage)} V, current: ${fmt3(newLim.current)} A}`;
+  const limShown = await waitFor('struct shows the new values', (t) => document.getElementById('v:ps:_limits').textContent === t, limText);
+  if (limShown) check('struct shows the new values', true, await valueOf(limKey));
+  check('struct change sent', sameJson(changeValue(await sentFrom(page, mark), limKey), newLim), await sentFrom(page, mark));
+  await shot('struct-changed');
+
+  // an out-of-range member: refused by the page, inline, nothing sent
+  for (const [field, member, bad] of [[volt, 'voltage', 31], [curr, 'current', -0.5]]) {
+    const name = member === 'voltage' ? 'struct member above its max refused by the page' : 'struct member below its min refused by the page';
+    mark = await sentCount(page);
+    await volt.fill(String(newLim.voltage));
+    await curr.fill(String(newLim.current));
+    await field.fill(String(bad));
+    await page.click(`${limForm} button[type=submit]`);
+    await waitFor(name, () => /RangeError/.test(document.querySelector('form[data-acc="ps:_limits"] .msg').textContent));
+    const m = await formMsg(page, limKey);
+    check(name, m.source === 'page' && m.text.startsWith(`RangeError: ${member}: `) && m.invalid.every((x) => x === 'true'), m);
+    await page.waitForTimeout(300);
+    const after = await sentFrom(page, mark);
+    check(`nothing sent for a refused ${member}`, !after.some((l) => l.startsWith(`change ${limKey}`)), after);
+    check(`refused ${member} changed nothing`, await valueOf(limKey) === limText, await valueOf(limKey));
+    if (member === 'voltage') await shot('struct-refused');
+  }
+
+  // an optional member left empty: only the other one is sent, the node keeps the first
+  const partial = { voltage: newLim.voltage === 20 ? 21 : 20 };
+  mark = await sentCount(page);
+  await volt.fill(String(partial.voltage));
+  await curr.fill('');
+  await page.click(`${limForm} button[type=submit]`);
+  const partText = `{voltage: ${fmt3(partial.voltage)} V, current: ${fmt3(newLim.current)} A}`;
+  const partShown = await waitFor('struct with an empty optional member', (t) => document.getElementById('v:ps:_limits').textContent === t, partText);
+  check('only the given member sent', sameJson(changeValue(await sentFrom(page, mark), limKey), partial), await sentFrom(page, mark));
+  if (partShown) check('struct with an empty optional member', true, await valueOf(limKey));
+  const limMsg = await formMsg(page, limKey);
+  check('struct message cleared after success', !limMsg.text.includes('Error') && limMsg.invalid.every((x) => x === null), limMsg);
+  await page.waitForTimeout(300);
+  const refilled = await page.$$eval(`${limForm} input`, (is) => is.map((i) => i.value));
+  check('struct fields show the node value after the change', Number(refilled[0]) === partial.voltage && Number(refilled[1]) === newLim.current, refilled);
+  await shot('struct-partial');
+
+  // --- tuple: T:target_limits through its fields, with the keyboard
+  const tlKey = 'T:target_limits';
+  const tlForm = `form[data-acc="${tlKey}"]`;
+  const parseTuple = (t) => {
+    const m = /^\((-?\d+\.\d{3}) K, (-?\d+\.\d{3}) K\)$/.exec(t || '');
+    return m ? [Number(m[1]), Number(m[2])] : null;
+  };
+  const tlBefore = parseTuple(initial[tlKey]);
+  const tlFields = await page.$$eval(`${tlForm} input`, (is) => is.map((i) => i.value));
+  check('tuple fields show the current values', tlBefore !== null && tlFields.length === 2
+    && Number(tlFields[0]) === tlBefore[0] && Number(tlFields[1]) === tlBefore[1], { shown: initial[tlKey], fields: tlFields });
+  const newTl = tlBefore && tlBefore[0] === 10.5 ? [12.5, 340.75] : [10.5, 350.25];
+  const toTuple = await tabTo(page, `${tlForm} input`, { back: true });
+  check('Shift+Tab reaches the tuple fields', toTuple > 0, { presses: toTuple, focused: await focusInfo(page) });
+  mark = await sentCount(page);
+  await page.keyboard.press('Control+A');
+  await page.keyboard.type(String(newTl[0]));
+  await page.keyboard.press('Tab');
+  const second = await focusInfo(page);
+  check('Tab moves to the second tuple member', second.tag === 'INPUT' && second.acc === tlKey
+    && await page.evaluate((s) => document.activeElement === document.querySelectorAll(s)[1], `${tlForm} input`), second);
+  await page.keyboard.press('Control+A');
+  await page.keyboard.type(String(newTl[1]));
+  await page.keyboard.press('Enter');
+  const tlText = `(${fmt3(newTl[0])} K, ${fmt3(newTl[1])} K)`;
+  const tlShown = await waitFor('tuple shows the new values', (t) => document.getElementById('v:T:target_limits').textContent === t, tlText);
+  if (tlShown) check('tuple shows the new values', true, await valueOf(tlKey));
+  check('tuple change sent', sameJson(changeValue(await sentFrom(page, mark), tlKey), newTl), await sentFrom(page, mark));
+  const narrowed = await waitFor('target field narrowed to the new limits', (w) => {
+    const i = document.querySelector('form[data-acc="T:target"] input');
+    return Number(i.min) === w[0] && Number(i.max) === w[1];
+  }, newTl, 5000);
+  if (narrowed) check('target field narrowed to the new limits', true, await page.$eval('form[data-acc="T:target"] input', (i) => [i.min, i.max]));
+  await shot('tuple-changed');
+
+  // a member out of its datainfo range: refused by the page, nothing sent
+  mark = await sentCount(page);
+  await page.fill(`${tlForm} input >> nth=0`, '1');
+  await page.fill(`${tlForm} input >> nth=1`, String(newTl[1]));
+  await page.click(`${tlForm} button[type=submit]`);
+  await waitFor('tuple member out of range refused by the page', () => /RangeError/.test(document.querySelector('form[data-acc="T:target_limits"] .msg').textContent));
+  const tlMsg = await formMsg(page, tlKey);
+  check('tuple member out of range refused by the page', tlMsg.source === 'page' && /^RangeError: 0: 1 is outside \[1\.5, 400\]/.test(tlMsg.text), tlMsg);
+  await page.waitForTimeout(300);
+  const tlAfter = await sentFrom(page, mark);
+  check('nothing sent for a refused tuple', !tlAfter.some((l) => l.startsWith(`change ${tlKey}`)), tlAfter);
+  await shot('tuple-refused');
+
+  // min above max: each member in range, so it is sent; the node refuses it, inline
+  mark = await sentCount(page);
+  await page.fill(`${tlForm} input >> nth=0`, '300');
+  await page.fill(`${tlForm} input >> nth=1`, '200');
+  await page.click(`${tlForm} button[type=submit]`);
+  await waitFor('gateway refuses min above max inline', () => document.querySelector('form[data-acc="T:target_limits"] .msg').dataset.source === 'gateway');
+  const gwMsg = await formMsg(page, tlKey);
+  check('gateway refuses min above max inline', /^RangeError: /.test(gwMsg.text) && gwMsg.source === 'gateway', gwMsg);
+  check('min above max was sent', sameJson(changeValue(await sentFrom(page, mark), tlKey), [300, 200]), await sentFrom(page, mark));
+  await page.waitForTimeout(300);
+  check('refused tuple changed nothing', await valueOf(tlKey) === tlText, await valueOf(tlKey));
+  await shot('tuple-gateway-refused');
+
+  result.final = { 'ps:mode': await valueOf('ps:mode'), 'ps:_limits': parseStruct(await valueOf(limKey)), 'T:target_limits': parseTuple(await valueOf(tlKey)) };
   const labelled = await page.evaluate(() => [...document.querySelectorAll('main input, main select')]
     .filter((i) => !(i.labels && i.labels.length) && !i.getAttribute('aria-label')).map((i) => i.id));
   check('every input has a label', labelled.length === 0, labelled);

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Gateway
+from rawsecop import Line, value_of
 from test_browser import (BROWSER_DIR, CHROMIUM, DEFAULT_CONFIG, REPO_ROOT, browser_tools,  # noqa: F401
                           free_loopback_port)
 
@@ -140,6 +141,66 @@ def test_web_client_shows_and_drives_the_default_node(gateway, browser_tools):
                   'io:communicate answers', 'stop button on the Drivable', 'stop ended the ramp',
                   'error value shown', 'bool switch', 'Tab reaches the set button',
                   'every input has a label')
+
+
+EDITED = ('ps:mode', 'ps:_limits', 'T:target_limits')   # what the 'editors' scenario changes
+
+
+def test_web_client_editors_and_keyboard(gateway, browser_tools):
+    """the editors of enum (ps:mode), struct (ps:_limits) and tuple (T:target_limits) and
+    io:communicate's argument form: changes sent as SECoP wants them and shown; members out
+    of range refused by the page (nothing sent), an empty optional struct member not sent,
+    min above max refused by the gateway inline; the command, the enum and the tuple driven
+    with the keyboard only. Afterwards the gateway holds what the page showed; the values
+    are put back for the other tests of this module."""
+    checker = Line(gateway)
+    try:
+        before = {}
+        for key in EDITED:
+            reply = checker.ask(f'read {key}')
+            assert reply.startswith(f'reply {key} '), reply
+            before[key] = value_of(reply)
+        try:
+            code, result, log = run_scenario(browser_tools, url_of(gateway), 'editors')
+            assert_passed(
+                code, result, log, 'Tab reaches the expert switch', 'expert switch with Space',
+                'command has an argument form', 'Tab reaches the command argument',
+                'command result shown', 'command sent with its argument',
+                'enum select shows the current member', 'enum select lists every member by name',
+                'Tab reaches the enum select', 'keyboard focus visible',
+                'arrow key picks another member', 'Tab from the select reaches its set button',
+                'enum change sent as the member number', 'enum shows the new member name',
+                'enum change confirmed', 'enum changed with the mouse',
+                'enum select shows the new member',
+                'struct has a field per member', 'struct fields show the current values',
+                'struct shows the new values', 'struct change sent',
+                'struct member above its max refused by the page', 'nothing sent for a refused voltage',
+                'refused voltage changed nothing',
+                'struct member below its min refused by the page', 'nothing sent for a refused current',
+                'refused current changed nothing',
+                'only the given member sent', 'struct with an empty optional member',
+                'struct message cleared after success',
+                'struct fields show the node value after the change',
+                'tuple fields show the current values', 'Shift+Tab reaches the tuple fields',
+                'Tab moves to the second tuple member', 'tuple shows the new values',
+                'tuple change sent', 'target field narrowed to the new limits',
+                'tuple member out of range refused by the page', 'nothing sent for a refused tuple',
+                'gateway refuses min above max inline', 'min above max was sent',
+                'refused tuple changed nothing', 'every input has a label')
+            # the gateway's own values: what the page showed at the end
+            final = result['final']
+            members = {'off': 0, 'constant_voltage': 1, 'constant_current': 2}
+            held = {key: value_of(checker.ask(f'read {key}')) for key in EDITED}
+            assert held['ps:mode'] == members[final['ps:mode']], (held, final)
+            assert held['ps:mode'] != before['ps:mode'], (held, before)
+            assert held['ps:_limits'] == pytest.approx(final['ps:_limits']), (held, final)
+            assert held['T:target_limits'] == pytest.approx(final['T:target_limits']), (held, final)
+        finally:
+            for key in EDITED:
+                reply = checker.ask(f'change {key} {json.dumps(before[key])}')
+                assert reply.startswith(f'changed {key} '), reply
+    finally:
+        checker.close()
 
 
 def test_web_client_reconnects_after_a_restart(tmp_path, browser_tools):
