@@ -367,20 +367,24 @@
     const optional = struct ? di.optional || [] : [];
     const parts = names.map((name, i) => {
       const mdi = struct ? di.members[name] : di.members[i];
-      const sub = editorFor(mdi, `${label} ${name}`);
-      const lab = el("label", null, struct ? name : `[${i}]`);
-      lab.append(sub.el);
-      fs.append(lab);
-      return { name, sub };
+      const caption = struct ? name : `[${i}]`;
+      // The member's own (screen-reader) label names it; this caption is for the eye.
+      const sub = editorFor(mdi, `${label} ${caption}`);
+      const member = el("span", "member");
+      const shown = el("span", null, caption);
+      shown.setAttribute("aria-hidden", "true");
+      member.append(shown, sub.el);
+      fs.append(member);
+      return { name, caption, sub };
     });
     return {
       el: fs, inputs: parts.flatMap((p) => p.sub.inputs), pristine: true,
       read() {
         const out = struct ? {} : [];
-        for (const { name, sub } of parts) {
+        for (const { name, caption, sub } of parts) {
           if (struct && optional.includes(name) && sub.inputs.length === 1 && sub.inputs[0].value === "") continue;
           const r = sub.read();
-          if (r.error) return err(r.error[0], `${name}: ${r.error[1]}`);
+          if (r.error) return err(r.error[0], `${caption}: ${r.error[1]}`);
           if (struct) out[name] = r.value; else out.push(r.value);
         }
         const e = check(out, di, "");

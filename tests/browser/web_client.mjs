@@ -498,7 +498,7 @@ async function scenarioEditors({ page, check, waitFor, valueOf, shot, result }) 
     return m ? { voltage: Number(m[1]), current: Number(m[2]) } : null;
   };
   const limBefore = parseStruct(await valueOf(limKey));
-  const fields = await page.$$eval(`${limForm} fieldset > label`, (ls) => ls.map((l) => ({
+  const fields = await page.$$eval(`${limForm} fieldset > .member`, (ls) => ls.map((l) => ({
     name: l.firstChild.textContent, value: l.querySelector('input').value, min: l.querySelector('input').min, max: l.querySelector('input').max,
     unit: l.querySelector('.unit') ? l.querySelector('.unit').textContent : null })));
   check('struct has a field per member', fields.length === 2 && fields[0].name === 'voltage' && fields[1].name === 'current'
@@ -536,7 +536,16 @@ async function scenarioEditors({ page, check, waitFor, valueOf, shot, result }) 
     const after = await sentFrom(page, mark);
     check(`nothing sent for a refused ${member}`, !after.some((l) => l.startsWith(`change ${limKey}`)), after);
     check(`refused ${member} changed nothing`, await valueOf(limKey) === limText, await valueOf(limKey));
-    if (member === 'voltage') await shot('struct-refused');
+    if (member === 'voltage') {
+      // the message wraps inside the module's card instead of running past its edge
+      const inside = await page.evaluate(() => {
+        const msg = document.querySelector('form[data-acc="ps:_limits"] .msg').getBoundingClientRect();
+        const card = document.getElementById('m:ps').getBoundingClientRect();
+        return { msgRight: msg.right, cardRight: card.right, msgWidth: msg.width };
+      });
+      check('message stays inside the card', inside.msgWidth > 0 && inside.msgRight <= inside.cardRight, inside);
+      await shot('struct-refused');
+    }
   }
 
   // an optional member left empty: only the other one is sent, the node keeps the first
@@ -598,7 +607,7 @@ async function scenarioEditors({ page, check, waitFor, valueOf, shot, result }) 
   await page.click(`${tlForm} button[type=submit]`);
   await waitFor('tuple member out of range refused by the page', () => /RangeError/.test(document.querySelector('form[data-acc="T:target_limits"] .msg').textContent));
   const tlMsg = await formMsg(page, tlKey);
-  check('tuple member out of range refused by the page', tlMsg.source === 'page' && /^RangeError: 0: 1 is outside \[1\.5, 400\]/.test(tlMsg.text), tlMsg);
+  check('tuple member out of range refused by the page', tlMsg.source === 'page' && /^RangeError: \[0\]: 1 is outside \[1\.5, 400\]/.test(tlMsg.text), tlMsg);
   await page.waitForTimeout(300);
   const tlAfter = await sentFrom(page, mark);
   check('nothing sent for a refused tuple', !tlAfter.some((l) => l.startsWith(`change ${tlKey}`)), tlAfter);
@@ -621,6 +630,8 @@ async function scenarioEditors({ page, check, waitFor, valueOf, shot, result }) 
   const labelled = await page.evaluate(() => [...document.querySelectorAll('main input, main select')]
     .filter((i) => !(i.labels && i.labels.length) && !i.getAttribute('aria-label')).map((i) => i.id));
   check('every input has a label', labelled.length === 0, labelled);
+  const nested = await page.$$eval('label label', (ls) => ls.length);
+  check('no label inside another', nested === 0, nested);
 }
 
 async function scenarioReconnect({ page, check, waitFor, waitLive, valueOf, shot, timeoutMs }) {

@@ -186,7 +186,8 @@ def test_web_client_editors_and_keyboard(gateway, browser_tools):
                 'tuple change sent', 'target field narrowed to the new limits',
                 'tuple member out of range refused by the page', 'nothing sent for a refused tuple',
                 'gateway refuses min above max inline', 'min above max was sent',
-                'refused tuple changed nothing', 'every input has a label')
+                'refused tuple changed nothing', 'every input has a label',
+                'no label inside another', 'message stays inside the card')
             # the gateway's own values: what the page showed at the end
             final = result['final']
             members = {'off': 0, 'constant_voltage': 1, 'constant_current': 2}
