@@ -284,6 +284,16 @@ def test_unit_settings():
     assert service.get('PrivateDevices', ['no'])[-1] == 'no', 'would hide serial ports'
 
 
+def test_notify_reload_drop_in():
+    """the drop-in for systemd >= 253: notify-reload, and the unit's kill -HUP removed
+    (systemd sends the signal itself; with both, the gateway would reload twice)"""
+    settings = unit_settings((UNIT.parent / 'notify-reload.conf').read_text())
+    assert settings == [('Service', 'Type', 'notify-reload'), ('Service', 'ExecReload', '')], \
+        settings
+    # the default signal of notify-reload is the one the gateway reloads on
+    assert 'ReloadSignal' not in UNIT.read_text()
+
+
 def unit_for_verify(tmp_path):
     """the unit with ExecStart on the built binary (verify needs an existing executable)"""
     binary = gateway_binary()
