@@ -132,6 +132,7 @@ def main():
     ap.add_argument('--duration', type=float, default=20)
     ap.add_argument('--json', type=Path)
     args = ap.parse_args()
+    args.gateway_bin = args.gateway_bin.resolve()   # the gateways run in their own folders
     node = shutil.which('node') or sys.exit('node (Node.js >= 20) not found')
     if not (ROOT / 'tests/browser/node_modules/playwright-core').is_dir():
         sys.exit('playwright-core missing: (cd tests/browser && npm ci)')
