@@ -167,11 +167,6 @@ pub struct CloseSessions;
 #[rtype(result = "Arc<NodeDescription>")]
 pub struct GetDescription;
 
-/// The description and every cached value, for status pages.
-#[derive(Message)]
-#[rtype(result = "NodeSnapshot")]
-pub struct GetSnapshot;
-
 /// The history of the numeric parameters (`GET /history`): a copy of the points newer
 /// than `since` (UNIX seconds), of one parameter (`module:parameter`) or of all; the
 /// asker makes the JSON document of it ([`Snapshot::to_json`]).
@@ -180,13 +175,6 @@ pub struct GetSnapshot;
 pub struct GetHistory {
     pub since: Option<f64>,
     pub parameter: Option<String>,
-}
-
-/// The answer to [`GetSnapshot`].
-pub struct NodeSnapshot {
-    pub description: Arc<NodeDescription>,
-    /// (module, parameter, `[value,{qualifiers}]` or `["Class","text",{}]`, is error)
-    pub values: Vec<(String, String, String, bool)>,
 }
 
 /// See the module documentation.
@@ -904,30 +892,6 @@ impl Handler<GetDescription> for NodeActor {
 
     fn handle(&mut self, _: GetDescription, _: &mut Self::Context) -> Self::Result {
         self.description.clone()
-    }
-}
-
-impl Handler<GetSnapshot> for NodeActor {
-    type Result = MessageResult<GetSnapshot>;
-
-    fn handle(&mut self, _: GetSnapshot, _: &mut Self::Context) -> Self::Result {
-        let mut values = Vec::new();
-        for (m, module) in self.modules.iter().enumerate() {
-            for (p, state) in module.params.iter().enumerate() {
-                if let Some(state) = state {
-                    values.push((
-                        module.name.to_string(),
-                        self.description.modules[m].accessibles[p].name.clone(),
-                        String::from_utf8_lossy(&state.report).into_owned(),
-                        state.value.is_err(),
-                    ));
-                }
-            }
-        }
-        MessageResult(NodeSnapshot {
-            description: self.description.clone(),
-            values,
-        })
     }
 }
 
