@@ -229,19 +229,28 @@ impl Default for DiscoveryConfig {
 }
 
 /// A file the gateway writes (audit trail, state) must be a file name in a folder that
-/// exists: the problem, naming `key`, if it is not.
+/// exists, and if it exists, a regular file (not a device such as `/dev/zero`, which
+/// would never end when read, nor a directory or a pipe): the problem, naming `key`, if
+/// it is not.
 fn file_in_existing_dir(key: &str, file: Option<&Path>) -> Option<String> {
     let file = file?;
     let dir = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    (file.file_name().is_none() || !dir.is_dir()).then(|| {
-        format!(
+    if file.file_name().is_none() || !dir.is_dir() {
+        return Some(format!(
             "{key}: {} is not a file in an existing directory",
             file.display()
-        )
-    })
+        ));
+    }
+    match std::fs::metadata(file) {
+        Ok(m) if !m.is_file() => Some(format!(
+            "{key}: {} exists and is not a regular file",
+            file.display()
+        )),
+        _ => None,
+    }
 }
 
 /// `[state]`: the file that keeps the values of persisted parameters (`persist =
@@ -1512,6 +1521,9 @@ mod tests {
             ("listen.websocket", "ping_timeout", "1e300", "listen.websocket.ping_timeout: 1e300 s is outside"),
             ("listen.websocket", "max_message_bytes", "100", "listen.websocket.max_message_bytes: 100 bytes"),
             ("audit", "keep_files", "5000", "audit.keep_files: 5000 files"),
+            ("state", "file", "'/dev/zero'", "state.file: /dev/zero exists and is not a regular file"),
+            ("state", "file", "'/tmp'", "state.file: /tmp exists and is not a regular file"),
+            ("audit", "file", "'/dev/zero'", "audit.file: /dev/zero exists and is not a regular file"),
             ("history", "window", "0.5", "history.window: 0.5 s is outside the valid range 1 ..= 604800 s"),
             ("history", "window", "1e9", "history.window: 1e9 s is outside"),
             ("history", "resolution", "0.001", "history.resolution: 0.001 s is outside the valid range 0.01 ..= 3600 s"),

@@ -24,6 +24,8 @@ pub enum StateError {
     },
     #[error("{path}: not a state file: {reason}")]
     Corrupt { path: String, reason: String },
+    #[error("{path}: not a regular file")]
+    NotRegular { path: String },
 }
 
 /// How a parameter is persisted (`persist` of a `[[module.parameter]]`).
@@ -87,6 +89,12 @@ impl StateStore {
             }
             Ok(None) => {
                 tracing::info!(file = %path.display(), "no state file yet; it is written after the first change of a persisted parameter");
+                Map::new()
+            }
+            // Not a file to replace (a device, a directory): left alone; the writes
+            // fail and say so.
+            Err(e @ StateError::NotRegular { .. }) => {
+                tracing::warn!("state file ignored: {e}");
                 Map::new()
             }
             Err(e) => {
@@ -168,23 +176,38 @@ fn corrupt_name(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The largest state file read. The gateway writes one value per persisted parameter,
+/// far below this; a larger file is not one of ours (or was damaged) and is set aside,
+/// so that a start never reads without end.
+pub const MAX_STATE_BYTES: u64 = 16 << 20;
+
 /// The values of a state file; `None` if there is none.
 pub fn load(path: &Path) -> Result<Option<Map<String, Value>>, StateError> {
+    use std::io::Read;
     let shown = path.display().to_string();
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(StateError::Io {
-                path: shown,
-                source,
-            })
-        }
+    let io = |source| StateError::Io {
+        path: shown.clone(),
+        source,
     };
     let corrupt = |reason: String| StateError::Corrupt {
         path: shown.clone(),
         reason,
     };
+    // Looked at before it is opened: opening a pipe would wait for a writer.
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => return Err(StateError::NotRegular { path: shown }),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(io(source)),
+    }
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut text = Vec::new();
+    file.take(MAX_STATE_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_STATE_BYTES {
+        return Err(corrupt(format!("larger than {MAX_STATE_BYTES} bytes")));
+    }
     let json: Value = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
     match (json.get("version"), json.get("values")) {
         (Some(v), Some(Value::Object(values))) if v == 1 => Ok(Some(values.clone())),
@@ -244,6 +267,32 @@ mod tests {
             load(&corrupt_name(&path)),
             Err(StateError::Corrupt { .. })
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A file too large to be ours is not read to its end (a device such as /dev/zero
+    /// would never end) and is set aside; a path that is not a regular file is left
+    /// alone.
+    #[test]
+    fn oversized_and_irregular_files_are_refused_without_reading_them_whole() {
+        let dir = std::env::temp_dir().join(format!("secop-state-big-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        let big = std::fs::File::create(&path).unwrap();
+        big.set_len(MAX_STATE_BYTES + 1).unwrap(); // sparse: no disk used
+        drop(big);
+        assert!(
+            matches!(load(&path), Err(StateError::Corrupt { reason, .. }) if reason.contains("larger than"))
+        );
+        let store = StateStore::open(&path, Duration::from_millis(1));
+        assert_eq!(store.get("T:target"), None);
+        assert!(corrupt_name(&path).exists(), "set aside");
+        assert!(!path.exists());
+        assert!(matches!(
+            load(Path::new("/dev/zero")),
+            Err(StateError::NotRegular { .. })
+        ));
+        assert!(matches!(load(&dir), Err(StateError::NotRegular { .. })));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
