@@ -9,7 +9,7 @@
 
 use super::{
     bind, device_specs, identity, node_plans, node_properties, node_settings, serve_node,
-    start_device, start_node, AppError, Device, NodePlan, NodeRun, Running,
+    start_device, start_node, AppError, Device, DeviceKind, NodePlan, NodeRun, Running,
 };
 use crate::config;
 use secop_actors::device::StopDevice;
@@ -134,9 +134,12 @@ impl Running {
         let mut summary = ReloadSummary::default();
 
         // Devices: reuse those whose configuration is unchanged, start the new ones now
-        // (a failure refuses the reload). A changed device is replaced only once every
+        // (a failure refuses the reload). A changed link is replaced only once every
         // check has passed: its old actor must let go of its port first (a serial port
-        // is opened exclusively), so it cannot run next to the new one.
+        // is opened exclusively, a Modbus TCP device may take one connection only), so
+        // it cannot run next to the new one. A changed simulated module or remote node
+        // holds nothing exclusive: its successor starts now and the old one serves
+        // until the nodes have switched.
         let mut slots: Vec<Option<Device>> = Vec::new();
         let mut fresh = Vec::new();
         let mut replace = Vec::new();
@@ -152,7 +155,9 @@ impl Running {
                     key: d.key.clone(),
                     handle: d.handle.clone(),
                 }));
-            } else if self.devices.iter().any(|d| *d.handle.name == *spec.name) {
+            } else if matches!(spec.kind, DeviceKind::Link(_))
+                && self.devices.iter().any(|d| *d.handle.name == *spec.name)
+            {
                 replace.push(slot);
                 slots.push(None);
             } else {
@@ -206,8 +211,8 @@ impl Running {
         // every node stays accounted for, so that later reloads and the shutdown still
         // reach them.
         //
-        // Changed devices: the old actor stops (and its transport closes), then the
-        // new one starts under the same name.
+        // Changed links: the old actor stops (and its transport closes), then the new
+        // one starts under the same name.
         for slot in replace {
             let spec = &specs[slot];
             if let Some(old) = self.devices.iter().find(|d| *d.handle.name == *spec.name) {
@@ -317,7 +322,7 @@ impl Running {
         }
         self.nodes = nodes;
 
-        // Devices no longer used stop (changed ones have already); the series of a
+        // Devices no longer used stop (changed links have already); the series of a
         // removed one go once it has stopped (a changed one keeps its name and series).
         for old in std::mem::take(&mut self.devices) {
             let reused = devices
@@ -327,7 +332,9 @@ impl Running {
                 continue;
             }
             summary.devices_stopped.push(old.handle.name.to_string());
-            if !specs.iter().any(|s| *s.name == *old.handle.name) {
+            if specs.iter().any(|s| *s.name == *old.handle.name) {
+                old.handle.stop.do_send(StopDevice);
+            } else {
                 stop_and_wait(&old.handle).await;
                 secop_actors::metrics::metrics().forget_device(&old.handle.name);
             }

@@ -365,3 +365,26 @@ def test_a_changed_serial_link_takes_over_its_port_without_an_error(start_gatewa
         rec.close()
     finally:
         inst.stop()
+
+
+def test_a_changed_simulated_module_is_replaced_and_its_old_actor_stops(start_gateway):
+    """a changed simulated module (no port to hand over) starts its successor first and
+    the old actor stops once the node has switched: reads never fail, nothing leaks"""
+    metrics = free_port()
+    gw = start_gateway(BASE.format(metrics=metrics), 'sim-change')
+    line = Line(gw)
+    for version in (1, 2):
+        gw.config.write_text(BASE.format(metrics=metrics).replace(
+            'driver = "sim_pressure"', f'driver = "sim_pressure"\ndescription = "v{version}"'))
+        reload(gw, metrics)
+        reply = line.ask('read p:value') if not closed(line, 0.2) else None
+        if reply is None:   # the description changed: the node closed this client
+            line = Line(gw)
+            reply = line.ask('read p:value')
+        assert reply.startswith('reply p:value'), reply
+    log = gw.log_text()
+    assert log.count('devices_started=["p"]') == 2, log[-3000:]
+    wait_for(lambda: gw.log_text().count('device stopped') >= 2, 5, 'both old actors of p stopped')
+    stopped = [l for l in gw.log_text().splitlines() if 'device stopped' in l]
+    assert all('device=p' in l for l in stopped), stopped
+    line.close()
