@@ -154,7 +154,8 @@
         };
       }
       case "matrix":
-        return (v) => (v && Array.isArray(v.len) ? `matrix ${v.len.join("×")} of ${(di.elementtype && di.elementtype.type) || "?"}${b64len(v.blob) >= 0 ? ` (${b64len(v.blob)} bytes)` : ""}` : JSON.stringify(v));
+        // elementtype is a numpy-style type string ("<f4"); an object is accepted too
+        return (v) => (v && Array.isArray(v.len) ? `matrix ${v.len.join("×")} of ${(typeof di.elementtype === "string" ? di.elementtype : di.elementtype && di.elementtype.type) || "?"}${b64len(v.blob) >= 0 ? ` (${b64len(v.blob)} bytes)` : ""}` : JSON.stringify(v));
       default:
         return (v) => JSON.stringify(v);
     }
@@ -687,8 +688,10 @@
     p.valueText = document.createTextNode("");
     td.append(p.valueText);
     p.valueEl = td;
-    const plot = el("td", "p");
+    const editable = !S.readOnly && a.readonly === false;
+    tr.append(th, td);
     if (p.hist) {
+      const plot = el("td", "p");
       p.canvas = el("canvas", "plot");
       const dpr = window.devicePixelRatio || 1;
       p.canvas.width = Math.round(128 * dpr);
@@ -697,12 +700,19 @@
       p.canvas.setAttribute("aria-label", `recent history of ${p.key}`);
       p.plotDirty = p.hist.t.length > 0;
       plot.append(p.canvas);
+      tr.append(plot);
+    } else {
+      // no plot (not a number): a long text, blob or matrix takes the plot's place, and
+      // the control's as well when there is none
+      td.colSpan = editable ? 2 : 3;
     }
-    const ctl = el("td", "c");
-    if (!S.readOnly && a.readonly === false) {
+    if (editable) {
+      const ctl = el("td", "c");
       ctl.append(changeForm(p, a, level === "r" || modLevel === "r"));
+      tr.append(ctl);
+    } else if (p.hist) {
+      tr.append(el("td", "c"));
     }
-    tr.append(th, td, plot, ctl);
     return tr;
   }
 

@@ -3,7 +3,7 @@
 // the results. Run by tests/python/test_web_client.py.
 //
 //   node web_client.mjs http://127.0.0.1:PORT/ --scenario NAME [--shots DIR] [--idn TEXT]
-//                       [--timeout SECONDS]
+//                       [--timeout SECONDS] [--expect JSON]
 //
 // Scenarios:
 //   main       every module of the default config with units and formatted values; T:target
@@ -28,6 +28,17 @@
 //              page narrows T:target's input to it; a member out of range refused by the
 //              page, min above max by the gateway). result.final holds what the page shows
 //              at the end, for the test to compare with the gateway's own values
+//   display    a node of the test's own (tests/python/test_web_client.py, DISPLAY_*): --expect
+//              JSON gives what it must show. Values that the default node does not have, each
+//              compared with its exact text: an array of doubles with its unit and fmtstr, a
+//              blob (size and hex bytes), a matrix (its dimensions and element type), a long
+//              UTF-8 string (whole, inside its card), scaled values (with and without
+//              fmtstr), an int with unit; a value the instrument sent above its max shown
+//              as the error class and text (red), never as a value, and its module's ERROR
+//              status; the modules by group, then importance (higher first), then name,
+//              modules without a group last; a description of several lines shown as its
+//              first line, the rest on demand (a click on it); a "_" parameter only with the
+//              expert switch on. result.shown holds every text checked
 // Every scenario: no request to another origin (the browser's request and WebSocket log),
 // no Content-Security-Policy violation, no script error. Screenshots go to --shots.
 //
@@ -42,7 +53,7 @@ import readline from 'node:readline';
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 
 function parseArgs(argv) {
-  const args = { url: null, scenario: 'main', shots: null, idn: null, timeout: 20, fakeHistory: false, historyBefore: 0 };
+  const args = { url: null, scenario: 'main', shots: null, idn: null, timeout: 20, fakeHistory: false, historyBefore: 0, expect: null };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -55,6 +66,7 @@ function parseArgs(argv) {
     else if (a === '--fake-history') args.fakeHistory = true;
     else if (a === '--history-before') args.historyBefore = Number(value());
     else if (a === '--timeout') args.timeout = Number(value());
+    else if (a === '--expect') args.expect = JSON.parse(value());
     else if (!args.url && !a.startsWith('--')) args.url = a;
     else throw new Error(`unknown argument ${a}`);
   }
@@ -160,6 +172,7 @@ async function main() {
     else if (args.scenario === 'readonly') await scenarioReadOnly({ page, check, waitFor, valueOf, shot });
     else if (args.scenario === 'editors') await scenarioEditors({ page, check, waitFor, valueOf, shot, result });
     else if (args.scenario === 'live') await scenarioLive({ page, check, waitFor, valueOf, shot, idn: args.idn, fakeHistory: args.fakeHistory, historyBefore: args.historyBefore });
+    else if (args.scenario === 'display') await scenarioDisplay({ page, check, waitFor, valueOf, shot, result, expect: args.expect });
     else throw new Error(`unknown scenario ${args.scenario}`);
 
     // --- every scenario: same origin only, no CSP violation, no script error
@@ -697,6 +710,194 @@ async function scenarioLive({ page, check, waitFor, valueOf, shot, idn, fakeHist
           { oldest, loaded, historyBefore });
   }
   await shot(fakeHistory ? 'history' : 'custom-identification');
+}
+
+// A parameter's value cell once its card was built (cards are built when they scroll
+// into view): scrolled to, then waited for until it shows something.
+async function shownValue(page, waitFor, key) {
+  const module = key.split(':')[0];
+  await page.locator(`[id="m:${module}"]`).scrollIntoViewIfNeeded();
+  await waitFor(`${key} painted`, (k) => {
+    const e = document.getElementById(`v:${k}`);
+    return e !== null && e.textContent !== '';
+  }, key);
+  return page.evaluate((k) => {
+    const e = document.getElementById(`v:${k}`);
+    return e ? e.textContent : null;
+  }, key);
+}
+
+async function scenarioDisplay({ page, check, waitFor, valueOf, shot: fullShot, result, expect }) {
+  if (!expect) throw new Error('the display scenario needs --expect JSON');
+  // a full-page screenshot of a scrolled page draws the sticky header in its middle
+  const shot = async (name) => { await page.evaluate(() => window.scrollTo(0, 0)); await fullShot(name); };
+  const shown = result.shown = {};
+
+  // --- the order: groups (by their most important module, then name), within a group
+  // importance (higher first, none last), then name; modules without a group last
+  const layout = await page.evaluate(() => ({
+    sections: [...document.querySelectorAll('main section.group')].map((s) => ({
+      group: s.dataset.group,
+      heading: s.querySelector(':scope > h2') ? s.querySelector(':scope > h2').textContent : null,
+      modules: [...s.querySelectorAll('section.module')].map((m) => m.dataset.module),
+      top: s.getBoundingClientRect().top,
+    })),
+    modules: [...document.querySelectorAll('main section.module')].map((m) => m.dataset.module),
+  }));
+  shown.order = layout;
+  check('modules in order', JSON.stringify(layout.modules) === JSON.stringify(expect.order), { shown: layout.modules, expected: expect.order });
+  check('groups in order, headed by their names', JSON.stringify(layout.sections.map((s) => [s.group, s.heading, s.modules]))
+    === JSON.stringify(expect.groups), { shown: layout.sections.map((s) => [s.group, s.heading, s.modules]), expected: expect.groups });
+  check('groups stacked in order on screen', layout.sections.every((s, i) => i === 0 || s.top > layout.sections[i - 1].top),
+    layout.sections.map((s) => [s.group, s.top]));
+  // cards of a group read row by row: on screen in the same order as in the document
+  const reading = await page.evaluate(() => [...document.querySelectorAll('main section.module')]
+    .map((m) => { const r = m.getBoundingClientRect(); return [m.dataset.module, Math.round(r.top), Math.round(r.left)]; }));
+  const byPosition = [...reading].sort((a, b) => a[1] - b[1] || a[2] - b[2]).map((x) => x[0]);
+  check('cards read in the same order on screen', JSON.stringify(byPosition) === JSON.stringify(expect.order), reading);
+  await shot('overview');
+
+  // --- values, each with its exact text
+  for (const [key, want] of Object.entries(expect.values)) {
+    const got = await shownValue(page, waitFor, key);
+    shown[key] = got;
+    const err = await page.evaluate((k) => document.getElementById(`v:${k}`).classList.contains('err'), key);
+    check(`shown: ${key}`, got === want && !err, { shown: got, expected: want, err });
+  }
+
+  // a matrix: its dimensions and element type, readable (the page's text is not fixed by
+  // any rule, so this asks for what a user needs: 2x3 of <f4 elements, 24 bytes)
+  {
+    const key = expect.matrix.key;
+    const got = await shownValue(page, waitFor, key);
+    shown[key] = got;
+    check('matrix shows its dimensions', typeof got === 'string' && got.includes(expect.matrix.dims), got);
+    check('matrix shows its element type', typeof got === 'string' && got.includes(expect.matrix.elementtype) && !/\?/.test(got),
+      { shown: got, elementtype: expect.matrix.elementtype });
+    check('matrix shows its size', typeof got === 'string' && got.includes(`${expect.matrix.bytes} bytes`), got);
+    check('matrix not shown as raw JSON', typeof got === 'string' && !got.includes('"blob"') && !got.includes('{'), got);
+  }
+
+  // a long string: whole, wrapped inside its card (no horizontal overflow)
+  {
+    const key = expect.long.key;
+    const fits = await page.evaluate((k) => {
+      const td = document.getElementById(`v:${k}`);
+      const card = td.closest('section.module');
+      const t = td.getBoundingClientRect();
+      const c = card.getBoundingClientRect();
+      return { tdRight: t.right, cardRight: c.right, lines: Math.round(t.height / parseFloat(getComputedStyle(td).lineHeight || '16')),
+               cardScroll: card.scrollWidth - card.clientWidth, pageScroll: document.documentElement.scrollWidth - document.documentElement.clientWidth };
+    }, key);
+    check('long string wraps inside its card', fits.tdRight <= fits.cardRight && fits.cardScroll <= 0 && fits.pageScroll <= 0, fits);
+    // a read-only string has no plot and no control: its text may take the row's width
+    // instead of wrapping in a narrow column next to empty cells
+    const row = await page.evaluate((k) => {
+      const td = document.getElementById(`v:${k}`);
+      const tr = td.closest('tr');
+      const empty = [...tr.querySelectorAll('td')].filter((c) => c !== td && c.textContent === '' && c.children.length === 0);
+      const card = td.closest('section.module').getBoundingClientRect().width;
+      const lh = parseFloat(getComputedStyle(td).lineHeight);
+      return { valueWidth: Math.round(td.getBoundingClientRect().width), rowWidth: Math.round(tr.getBoundingClientRect().width),
+               cardWidth: Math.round(card), emptyCellsWidth: Math.round(empty.reduce((w, c) => w + c.getBoundingClientRect().width, 0)),
+               lines: Math.round(td.getBoundingClientRect().height / lh) };
+    }, key);
+    shown[`${key} layout`] = row;
+    check('long string uses the width of its row', row.valueWidth >= 0.6 * row.rowWidth, row);
+  }
+
+  // --- a value the instrument sent out of range: the error class and text, red, not a value
+  {
+    const key = expect.error.key;
+    await page.locator(`[id="m:${key.split(':')[0]}"]`).scrollIntoViewIfNeeded();
+    await waitFor(`${key} shows an error`, (k) => {
+      const e = document.getElementById(`v:${k}`);
+      return e !== null && e.textContent !== '';
+    }, key);
+    const e = await page.evaluate((k) => {
+      const td = document.getElementById(`v:${k}`);
+      return { text: td.textContent, err: td.classList.contains('err'), color: getComputedStyle(td).color };
+    }, key);
+    shown[key] = e.text;
+    check('error value shown as class and text', e.text === expect.error.text, { shown: e.text, expected: expect.error.text });
+    check('error value marked as an error', e.err && e.color === 'rgb(198, 40, 40)', e);
+    check('error value not shown as a number', !e.text.includes(expect.error.notShown), e.text);
+    const module = key.split(':')[0];
+    const status = await waitFor(`${module} status ERROR`, (m) => {
+      const s = document.getElementById(`v:${m}:status`);
+      return s && Number(s.dataset.code) >= 400 && Number(s.dataset.code) < 500;
+    }, module);
+    const st = await page.evaluate((m) => {
+      const s = document.getElementById(`v:${m}:status`);
+      return { text: s.textContent, cls: s.className, card: document.getElementById(`m:${m}`).className };
+    }, module);
+    shown[`${module}:status`] = st.text;
+    if (status) check(`${module} status ERROR`, st.text === expect.error.status && st.cls.includes('st-error') && st.card.includes('st-error'),
+      { shown: st, expected: expect.error.status });
+    // it stays an error over several polls (no flicker back to a value)
+    await page.waitForTimeout(1000);
+    const later = await page.evaluate((k) => document.getElementById(`v:${k}`).textContent, key);
+    check('error value stays', later === expect.error.text, later);
+    await page.locator(`[id="m:${module}"]`).scrollIntoViewIfNeeded();
+    await shot('error-value');
+  }
+
+  // --- a description of several lines: the first line, the rest on demand
+  {
+    const d = expect.description;
+    const sel = `[id="m:${d.module}"] .desc`;
+    await page.locator(`[id="m:${d.module}"]`).scrollIntoViewIfNeeded();
+    const closed = await page.evaluate((s) => {
+      const desc = document.querySelector(s);
+      const more = desc.querySelector('.more');
+      const summary = desc.querySelector('summary');
+      return { visible: desc.innerText.trim(), summary: summary ? summary.textContent : null,
+               moreRendered: more ? more.checkVisibility() : null };
+    }, sel);
+    check('description shows its first line', closed.visible === d.first && closed.summary === d.first, closed);
+    check('rest of the description hidden at first', closed.moreRendered === false, closed);
+    await page.click(`${sel} summary`);
+    const open = await waitFor('rest of the description on a click', (s) => {
+      const more = document.querySelector(s).querySelector('.more');
+      return more && more.checkVisibility();
+    }, sel, 5000);
+    const opened = await page.evaluate((s) => {
+      const more = document.querySelector(s).querySelector('.more');
+      return { text: more.innerText, lines: Math.round(more.getBoundingClientRect().height / parseFloat(getComputedStyle(more).lineHeight)) };
+    }, sel);
+    if (open) check('rest of the description on a click', opened.text === d.rest && opened.lines >= d.rest.split('\n').length, { shown: opened, expected: d.rest });
+    await shot('description-open');
+    await page.click(`${sel} summary`);
+    const closedAgain = await page.evaluate((s) => !document.querySelector(s).querySelector('.more').checkVisibility(), sel);
+    check('description folds again', closedAgain, closedAgain);
+    const single = await page.evaluate((m) => {
+      const desc = document.querySelector(`[id="m:${m}"] .desc`);
+      return { text: desc.textContent, details: desc.querySelectorAll('details').length };
+    }, d.single.module);
+    check('one-line description shown as it is', single.text === d.single.text && single.details === 0, single);
+  }
+
+  // --- a "_" parameter: only with the expert switch on
+  {
+    const key = expect.expert.key;
+    const row = `tr[data-acc="${key}"]`;
+    await page.locator(`[id="m:${key.split(':')[0]}"]`).scrollIntoViewIfNeeded();
+    await waitFor(`${key} row built`, (s) => document.querySelector(s) !== null, row);
+    const hidden = await page.evaluate((s) => getComputedStyle(document.querySelector(s)).display === 'none', row);
+    check('expert parameter hidden without the switch', hidden && !(await page.isChecked('#expert')), hidden);
+    const others = await page.evaluate((m) => [...document.querySelectorAll(`[id="m:${m}"] tr[data-acc]`)]
+      .filter((r) => getComputedStyle(r).display !== 'none').map((r) => r.dataset.acc), key.split(':')[0]);
+    check('other parameters of its module shown', others.length > 0 && !others.includes(key), others);
+    await page.check('#expert');
+    const visible = await waitFor('expert parameter shown with the switch', (s) => getComputedStyle(document.querySelector(s)).display !== 'none', row, 5000);
+    const text = await shownValue(page, waitFor, key);
+    shown[key] = text;
+    if (visible) check('expert parameter shown with the switch', text === expect.expert.text, { shown: text, expected: expect.expert.text });
+    await shot('expert');
+    await page.uncheck('#expert');
+    const again = await waitFor('expert parameter hidden again', (s) => getComputedStyle(document.querySelector(s)).display === 'none', row, 5000);
+    if (again) check('expert parameter hidden again', true, null);
+  }
 }
 
 main().catch((e) => {

@@ -5,6 +5,7 @@ result; see there for every check). Screenshots of each state go to target/web-c
 Needs what test_browser.py needs: Debian's chromium and `npm ci` in tests/browser.
 """
 
+import base64
 import gzip
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Gateway
+from instruments import LakeShoreSim, TcpInstrument
 from rawsecop import Line, value_of
 from test_browser import (BROWSER_DIR, CHROMIUM, DEFAULT_CONFIG, REPO_ROOT, browser_tools,  # noqa: F401
                           free_loopback_port)
@@ -293,3 +295,298 @@ def test_a_page_opened_later_shows_the_gateways_history(start_gateway, browser_t
                                      '--idn', 'ISSE,SECoP,,v2.0', '--history-before', '2.5')
     assert_passed(code, result, log, 'history plotted', 'history from before the page')
     assert any(u.endswith('/history') for u in result['requests']), log
+
+
+# --- the 'display' scenario: a node of its own, on an ASCII instrument over TCP --------
+
+DISPLAY_LONG_TEXT = (
+    'Sample stick 3 in the orange cryostat: Cernox CX-1050 on the cold finger, RuOx on the '
+    'sample holder; helium level checked 2024-03-12 by the local contact, refill due '
+    '\u00b12 days, gap 25 \u00b5m')
+DISPLAY_BLOB = bytes(range(16))
+DISPLAY_MATRIX = {'len': [2, 3], 'blob': 'AACAPwAAAEAAAEBAAACAQAAAoEAAAMBA'}   # <f4 1..6
+DISPLAY_DESCRIPTION = ('sample temperature', 'Cernox sensor on the sample stick,\n'
+                                             'calibrated 2024-03 (curve 21)')
+# the instrument's fixed answers (LakeShoreSim answers KRDG? A itself: 295 K)
+DISPLAY_REPLIES = {
+    'SHIELD?': '40.5,41.25,39',
+    'NOTE?': DISPLAY_LONG_TEXT,
+    'FIELD?': '1.234',
+    'RAMP?': '0.35',
+    'CURR?': '480.96',          # above max 100: an error, never a value
+    'COUNT?': '12345',
+    'RAW?': base64.b64encode(DISPLAY_BLOB).decode(),
+    'IMG?': json.dumps(DISPLAY_MATRIX),
+    'SERIAL?': 'CX-1050-SD X123456',
+}
+
+
+def display_config(port):
+    """modules on one ASCII link: groups "magnet" (field 45, psu_current 5) and "cryo"
+    (T_sample 40, T_shield 10, cryo_note without importance), and without a group counter
+    (importance 50), image and raw"""
+    first, rest = DISPLAY_DESCRIPTION
+    return f'''
+[node]
+equipment_id = "display_test"
+description = "values that the default node does not have"
+
+[discovery]
+enabled = false
+
+[[link]]
+name = "dev"
+protocol = "ascii"
+tcp = "127.0.0.1:{port}"
+timeout = 0.5
+reconnect_min = 0.1
+reconnect_max = 0.5
+pollinterval = 0.3
+[link.ascii]
+write_terminator = "\\r\\n"
+read_terminator = "\\r\\n"
+identify = "*IDN?"
+identify_expect = "^LSCI,MODEL336"
+
+[[module]]
+name = "T_sample"
+link = "dev"
+class = "Readable"
+description = {json.dumps(first + chr(10) + rest)}
+[module.properties]
+group = "cryo"
+meaning = {{ function = "temperature", importance = 40 }}
+[[module.parameter]]
+name = "value"
+datainfo = {{ type = "double", unit = "K", fmtstr = "%.3f" }}
+query = "KRDG? A"
+reply = '^\\+?(?P<value>[-0-9.]+)$'
+[[module.parameter]]
+name = "_serial"
+datainfo = {{ type = "string", maxchars = 32 }}
+query = "SERIAL?"
+
+[[module]]
+name = "T_shield"
+link = "dev"
+class = "Readable"
+description = "radiation shield temperatures"
+[module.properties]
+group = "cryo"
+meaning = {{ function = "temperature", importance = 10 }}
+[[module.parameter]]
+name = "value"
+datainfo = {{ type = "array", maxlen = 8, members = {{ type = "double", unit = "K", fmtstr = "%.2f" }} }}
+query = "SHIELD?"
+
+[[module]]
+name = "cryo_note"
+link = "dev"
+class = "Readable"
+description = "what the local contact wrote"
+[module.properties]
+group = "cryo"
+[[module.parameter]]
+name = "value"
+datainfo = {{ type = "string", maxchars = 400, isUTF8 = true }}
+query = "NOTE?"
+
+[[module]]
+name = "field"
+link = "dev"
+class = "Readable"
+description = "magnetic field"
+[module.properties]
+group = "magnet"
+meaning = {{ function = "magneticfield", importance = 45 }}
+[[module.parameter]]
+name = "value"
+datainfo = {{ type = "scaled", scale = 0.001, min = -9000, max = 9000, unit = "T" }}
+query = "FIELD?"
+[[module.parameter]]
+name = "ramp"
+datainfo = {{ type = "scaled", scale = 0.01, min = 0, max = 100, unit = "T/min", fmtstr = "%.3f" }}
+query = "RAMP?"
+
+[[module]]
+name = "psu_current"
+link = "dev"
+class = "Readable"
+description = "magnet power supply current"
+[module.properties]
+group = "magnet"
+meaning = {{ function = "current", importance = 5 }}
+[[module.parameter]]
+name = "value"
+datainfo = {{ type = "double", min = 0, max = 100, unit = "A" }}
+query = "CURR?"
+
+[[module]]
+name = "counter"
+link = "dev"
+class = "Readable"
+description = "neutron monitor"
+[module.properties]
+meaning = {{ function = "counts", importance = 50 }}
+[[module.parameter]]
+name = "value"
+datainfo = {{ type = "int", min = 0, max = 1000000, unit = "cts" }}
+query = "COUNT?"
+
+[[module]]
+name = "raw"
+link = "dev"
+class = "Readable"
+description = "raw detector frame header"
+[[module.parameter]]
+name = "value"
+datainfo = {{ type = "blob", maxbytes = 64 }}
+query = "RAW?"
+
+[[module]]
+name = "image"
+link = "dev"
+class = "Readable"
+description = "detector image"
+[[module.parameter]]
+name = "value"
+datainfo = {{ type = "matrix", names = ["x", "y"], maxlen = [16, 16], elementtype = "<f4" }}
+query = "IMG?"
+'''
+
+
+# what the gateway must send for DISPLAY_REPLIES (wire values)
+DISPLAY_WIRE = {
+    'T_sample:value': 295.0,
+    'T_sample:_serial': 'CX-1050-SD X123456',
+    'T_shield:value': [40.5, 41.25, 39.0],
+    'cryo_note:value': DISPLAY_LONG_TEXT,
+    'field:value': 1234,
+    'field:ramp': 35,
+    'counter:value': 12345,
+    'raw:value': base64.b64encode(DISPLAY_BLOB).decode(),
+    'image:value': DISPLAY_MATRIX,
+}
+DISPLAY_ERROR = ('psu_current:value', 'OutOfRange', 'value: reply "480.96" is above max 100')
+
+
+def gateway_display_lines(gw):
+    """describe and activate over raw TCP: (description, {spec: (action, data)}), the
+    last update or error_update of each parameter, after psu_current's status is ERROR"""
+    c = Line(gw)
+    try:
+        reply = c.ask('describe')
+        assert reply.startswith('describing . '), reply
+        description = json.loads(reply.split(' ', 2)[2])
+        c.send('activate')
+        seen = {}
+        deadline = time.monotonic() + 10
+        active = False
+        while time.monotonic() < deadline:
+            line = c.line(max(0.01, deadline - time.monotonic()))
+            if line is None:
+                break
+            assert line.isascii(), f'non-ASCII on the wire: {line!r}'   # the note's ± and µ escaped
+            action, _, rest = line.partition(' ')
+            if action == 'active':
+                active = True
+            elif action in ('update', 'error_update'):
+                spec, _, data = rest.partition(' ')
+                seen[spec] = (action, json.loads(data))
+            status = seen.get('psu_current:status')
+            if active and status and status[1][0][0] == 400:
+                break
+        return description, seen
+    finally:
+        c.close()
+
+
+def display_expectation(error, status):
+    """what the 'display' scenario must find (its --expect), for the gateway's
+    error_update data `error` of DISPLAY_ERROR and status value `status` of its module"""
+    return {
+        'order': ['field', 'psu_current', 'T_sample', 'T_shield', 'cryo_note',
+                  'counter', 'image', 'raw'],
+        'groups': [['magnet', 'magnet', ['field', 'psu_current']],
+                   ['cryo', 'cryo', ['T_sample', 'T_shield', 'cryo_note']],
+                   ['', 'other modules', ['counter', 'image', 'raw']]],
+        'values': {
+            'T_sample:value': '295.000 K',
+            'T_sample:pollinterval': '0.3 s',
+            'T_shield:value': '[40.50, 41.25, 39.00] K',
+            'cryo_note:value': DISPLAY_LONG_TEXT,
+            'field:value': '1.234 T',
+            'field:ramp': '0.350 T/min',
+            'counter:value': '12345 cts',
+            'raw:value': '16 bytes: 00 01 02 03 04 05 06 07 08 09 0a 0b \u2026',
+        },
+        'matrix': {'key': 'image:value', 'dims': '2\u00d73', 'elementtype': '<f4', 'bytes': 24},
+        'long': {'key': 'cryo_note:value'},
+        'error': {'key': DISPLAY_ERROR[0], 'text': f'{error[0]}: {error[1]}', 'notShown': '480.96 A',
+                  'status': f'ERROR: {status[1]}'},
+        'description': {'module': 'T_sample', 'first': DISPLAY_DESCRIPTION[0],
+                        'rest': DISPLAY_DESCRIPTION[1],
+                        'single': {'module': 'T_shield', 'text': 'radiation shield temperatures'}},
+        'expert': {'key': 'T_sample:_serial', 'text': DISPLAY_WIRE['T_sample:_serial']},
+    }
+
+
+def test_web_client_displays_other_types(start_gateway, browser_tools):
+    """a node of its own (an ASCII instrument over TCP with fixed answers): an array with
+    unit and fmtstr, a blob, a matrix, a long UTF-8 string, scaled values, an int with
+    unit, each shown with its exact text; a reply above max shown as the error class and
+    text, never as a value; the modules by group and importance, ungrouped last; a
+    description of several lines folded to its first; a "_" parameter with the expert
+    switch only. What the gateway sends is checked over raw TCP first, and what the page
+    must show is derived from that."""
+    inst = TcpInstrument(LakeShoreSim(rate=0.0, replies=DISPLAY_REPLIES)).start()
+    try:
+        gw = start_gateway(display_config(inst.port), name='web_display')
+        description, seen = gateway_display_lines(gw)
+        problems = []   # gateway problems, reported together with the page's
+
+        # --- what the gateway sends
+        modules = description['modules']
+        props = {name: (m.get('group'), (m.get('meaning') or {}).get('importance'))
+                 for name, m in modules.items()}
+        assert props == {'T_sample': ('cryo', 40), 'T_shield': ('cryo', 10),
+                         'cryo_note': ('cryo', None), 'field': ('magnet', 45),
+                         'psu_current': ('magnet', 5), 'counter': (None, 50),
+                         'raw': (None, None), 'image': (None, None)}, props
+        assert modules['T_sample']['description'] == '\n'.join(DISPLAY_DESCRIPTION)
+        for spec, wire in DISPLAY_WIRE.items():
+            got = seen.get(spec)
+            assert got is not None and got[0] == 'update' and got[1][0] == wire, (spec, got, wire)
+        key, cls, text = DISPLAY_ERROR
+        action, data = seen[key]
+        assert action == 'error_update' and data[0] == cls and data[1] == text, seen[key]
+        status = seen['psu_current:status'][1][0]
+        assert status[0] == 400, status
+        # the ERROR status names the parameter and the error (docs/configuration.md), once
+        if status[1] != text:
+            problems.append(f'gateway: psu_current:status is {status!r}; expected the text '
+                            f'{text!r} (the parameter named once)')
+
+        # --- what the page must show
+        expect = display_expectation(data, status)
+        code, result, log = run_scenario(browser_tools, url_of(gw), 'display',
+                                         '--expect', json.dumps(expect))
+    finally:
+        inst.stop()
+    page_failures = result.get('failures') or []
+    assert not problems, '\n'.join(problems + [f'page: {f}' for f in page_failures]) + f'\n{log}'
+    assert_passed(code, result, log, 'modules in order', 'groups in order, headed by their names',
+                  'groups stacked in order on screen', 'cards read in the same order on screen',
+                  *(f'shown: {k}' for k in expect['values']),
+                  'matrix shows its dimensions', 'matrix shows its element type',
+                  'matrix shows its size', 'matrix not shown as raw JSON',
+                  'long string wraps inside its card', 'long string uses the width of its row',
+                  'error value shown as class and text', 'error value marked as an error',
+                  'error value not shown as a number', 'psu_current status ERROR',
+                  'error value stays',
+                  'description shows its first line', 'rest of the description hidden at first',
+                  'rest of the description on a click', 'description folds again',
+                  'one-line description shown as it is',
+                  'expert parameter hidden without the switch',
+                  'other parameters of its module shown',
+                  'expert parameter shown with the switch', 'expert parameter hidden again')

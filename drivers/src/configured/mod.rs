@@ -543,7 +543,7 @@ impl<P: Protocol> ConfiguredDevice<P> {
             .and_then(|p| p.fault.error().map(|e| (p, e)));
         let computed = match (down, persisting) {
             (Some(reason), _) => json!([st::ERROR, reason]),
-            (None, Some((p, e))) => json!([st::ERROR, format!("{}: {}", p.spec.name, e.text)]),
+            (None, Some((p, e))) => json!([st::ERROR, named(&p.spec.name, &e.text)]),
             (None, None) if module.confirmed_in != Some(session) && module.has_readable() => {
                 return module.status.clone()
             }
@@ -600,6 +600,15 @@ pub fn ascii_only(text: &str) -> String {
         }
     }
     out
+}
+
+/// An error text for the module's status, naming the parameter once: the drivers'
+/// error texts mostly name it already (`value: reply "480.96" is above max 100`).
+fn named(parameter: &str, text: &str) -> String {
+    match text.strip_prefix(parameter) {
+        Some(rest) if rest.starts_with(": ") => text.to_owned(),
+        _ => format!("{parameter}: {text}"),
+    }
 }
 
 fn is_error(status: &Value) -> bool {
@@ -914,5 +923,15 @@ mod tests {
             "reply \"\\u{fffd}0\"\\u{d}"
         );
         assert_eq!(ascii_only("ok"), "ok");
+    }
+
+    #[test]
+    fn a_status_names_the_parameter_once() {
+        assert_eq!(
+            named("value", "value: reply \"480.96\" is above max 100"),
+            "value: reply \"480.96\" is above max 100"
+        );
+        assert_eq!(named("value", "no reply"), "value: no reply");
+        assert_eq!(named("value", "values: x"), "value: values: x");
     }
 }
