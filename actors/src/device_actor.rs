@@ -6,7 +6,10 @@
 //! them in order; the backend sits behind an async mutex that the poll cycle takes
 //! per poll item, so polls and client requests interleave. The actor polls on its own
 //! timer, remembers the last value of every parameter so that polls push only
-//! changes, and fans values out to every subscribed node.
+//! changes (and an unchanged value again at most every [`REFRESH_INTERVAL`], so that
+//! the node's cache carries the time the value was last confirmed: a client that
+//! activates gets a recent `t`, not the time the value last changed; the node sends
+//! clients only changes), and fans values out to every subscribed node.
 
 use crate::device::{
     now, DeviceAction, DeviceCall, DeviceReply, DeviceRequest, DeviceUpdates, ParamUpdate,
@@ -233,6 +236,16 @@ async fn poll_cycle<B: Backend>(
     (values, wire)
 }
 
+/// How often an unchanged value is passed on to the nodes again (they refresh its
+/// timestamp and history, and send clients nothing).
+pub const REFRESH_INTERVAL: f64 = 1.0;
+
+/// The last value of a parameter, and when it was last passed on.
+struct Remembered {
+    value: Result<Value, SecopError>,
+    reported_at: f64,
+}
+
 /// See the module documentation.
 pub struct DeviceActor<B: Backend> {
     name: Arc<str>,
@@ -240,7 +253,7 @@ pub struct DeviceActor<B: Backend> {
     subscribers: Vec<(SubscriberId, Recipient<DeviceUpdates>)>,
     // foldhash: these are looked up for every value, and their keys come from the
     // configuration, not from clients.
-    last: HashMap<ParamKey, Result<Value, SecopError>, FastHash>,
+    last: HashMap<ParamKey, Remembered, FastHash>,
     interned: HashMap<String, Arc<str>, FastHash>,
     /// Client requests waiting for the link, in arrival order.
     queue: VecDeque<DeviceRequest>,
@@ -289,7 +302,8 @@ impl<B: Backend> DeviceActor<B> {
         out
     }
 
-    /// Remember one value; the update to report if it changed (or `all` is set).
+    /// Remember one value; the update to report if it changed, if `all` is set, or if
+    /// it was last reported [`REFRESH_INTERVAL`] ago or more.
     fn remember(
         &mut self,
         module: Arc<str>,
@@ -300,14 +314,24 @@ impl<B: Backend> DeviceActor<B> {
     ) -> Option<ParamUpdate> {
         let key = (module, parameter);
         match self.last.get_mut(&key) {
-            Some(last) if *last == value => {
-                if !all {
+            Some(last) if last.value == value => {
+                if !all && t - last.reported_at < REFRESH_INTERVAL {
                     return None;
                 }
+                last.reported_at = t;
             }
-            Some(last) => *last = value.clone(),
+            Some(last) => {
+                last.value = value.clone();
+                last.reported_at = t;
+            }
             None => {
-                self.last.insert(key.clone(), value.clone());
+                self.last.insert(
+                    key.clone(),
+                    Remembered {
+                        value: value.clone(),
+                        reported_at: t,
+                    },
+                );
             }
         }
         Some(ParamUpdate {
@@ -634,18 +658,24 @@ mod tests {
         assert_eq!(&*first[0].module, "m");
         assert_eq!(&*first[1].parameter, "q");
         assert!(d
-            .record_at(vec![value("p", json!(1))], false, 2.0)
+            .record_at(vec![value("p", json!(1))], false, 1.5)
+            .is_empty());
+        // unchanged for REFRESH_INTERVAL: passed on again (the node refreshes `t`)
+        let again = d.record_at(vec![value("p", json!(1))], false, 2.0);
+        assert_eq!((again.len(), again[0].timestamp), (1, 2.0), "refreshed");
+        assert!(d
+            .record_at(vec![value("p", json!(1))], false, 2.9)
             .is_empty());
         let read = d.record_at(vec![value("p", json!(1))], true, 3.0);
         assert_eq!((read.len(), read[0].timestamp), (1, 3.0), "a read reports");
-        let changed = d.record_at(vec![value("p", json!(2))], false, 4.0);
+        let changed = d.record_at(vec![value("p", json!(2))], false, 3.5);
         assert_eq!(changed[0].value, Ok(json!(2)));
         // the read-back path: the module name is shared, the parameter interned
         let module: Arc<str> = Arc::from("m");
         let p = d.intern("p");
         assert!(Arc::ptr_eq(&p, &d.intern("p")));
         assert!(d
-            .remember(module.clone(), p.clone(), Ok(json!(2)), false, 5.0)
+            .remember(module.clone(), p.clone(), Ok(json!(2)), false, 4.0)
             .is_none());
         let error = Err(SecopError::internal("gone"));
         let e = d.remember(module, p, error.clone(), false, 6.0);

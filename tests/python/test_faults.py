@@ -1158,3 +1158,25 @@ def test_status_is_not_ok_before_a_value_was_read_after_a_reconnect(start_gatewa
     first_value = next((i for i, l in enumerate(lines) if l.startswith('update T:value [')),
                        None)
     assert first_value is not None and first_value < first_ok, lines[:first_ok + 1]
+
+
+def test_a_steady_value_is_sent_with_a_recent_timestamp(start_gateway, pty_sim, recorders):
+    """a value that does not change is still polled: a client that activates later gets
+    it with the time it was last confirmed (within the 1 s refresh and a poll), not the
+    time it was first read; clients still get no update while it stays the same"""
+    inst = pty_sim(rate=0.0, temperature=77.0)
+    gw = start_gateway(NODE + ascii_link(inst.path) + lakeshore_module(), 'steady')
+    early = Line(gw)
+    assert early.ask('read T:value').startswith('reply T:value [77.0,')
+    time.sleep(4.0)   # many polls of the same value
+    rec = recorders(gw)
+    assert rec.ask('activate') == 'active'
+    (t, data), = events(rec.lines(), 'T', 'value')[:1]
+    assert data[0] == 77.0
+    age = time.time() - data[1]['t']
+    assert age < 1.0 + 0.3 + 0.5, f'activate gave a value {age:.1f} s old'
+    start = rec.mark()
+    time.sleep(2.5)
+    again = events(rec.lines(start), 'T', 'value')
+    assert not again, f'unchanged value sent again: {again[:3]}'
+    early.close()
