@@ -342,10 +342,12 @@ impl<B: Backend> DeviceActor<B> {
         })
     }
 
-    fn broadcast(&self, updates: &[ParamUpdate], except: Option<SubscriberId>) {
+    fn broadcast(&mut self, updates: &[ParamUpdate], except: Option<SubscriberId>) {
         if updates.is_empty() {
             return;
         }
+        // A node that has ended (removed by a reload) takes nothing more.
+        self.subscribers.retain(|(_, sink)| sink.connected());
         for (id, sink) in &self.subscribers {
             if Some(*id) != except {
                 sink.do_send(DeviceUpdates(updates.to_vec()));

@@ -162,6 +162,13 @@ pub struct Start;
 #[rtype(result = "()")]
 pub struct CloseSessions;
 
+/// The node is gone (a reload removed it): its sessions are closed and the actor ends,
+/// so that it neither holds its history nor keeps taking the devices' updates (the
+/// devices drop a subscriber whose node has ended).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopNode;
+
 /// The node's description, as `check-config` and status pages show it.
 #[derive(Message)]
 #[rtype(result = "Arc<NodeDescription>")]
@@ -431,7 +438,11 @@ impl NodeActor {
         });
         state.value = update.value.clone();
         state.update_line = Bytes::new();
-        if let (Some(history), Some(series)) = (&mut self.history, state.series) {
+        // A value passed on again unchanged (the device's refresh of `t`) adds no point:
+        // a steady parameter keeps its few points, not a full ring.
+        if let (true, Some(history), Some(series)) =
+            (changed || force, &mut self.history, state.series)
+        {
             history.record(
                 series,
                 &update.value,
@@ -809,6 +820,10 @@ impl Actor for NodeActor {
         ctx.set_mailbox_capacity(4096);
         self.done_sink = Some(ctx.address().recipient());
     }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        tracing::info!(node = %self.description.equipment_id, "node actor ended");
+    }
 }
 
 impl Handler<Start> for NodeActor {
@@ -884,6 +899,18 @@ impl Handler<CloseSessions> for NodeActor {
         for s in self.drop_sessions() {
             s.outbox.close(CloseReason::Kicked);
         }
+    }
+}
+
+impl Handler<StopNode> for NodeActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopNode, ctx: &mut Self::Context) {
+        for s in self.drop_sessions() {
+            s.outbox.close(CloseReason::Kicked);
+        }
+        self.done_sink = None;
+        ctx.stop();
     }
 }
 

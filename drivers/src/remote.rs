@@ -458,7 +458,9 @@ impl RemoteNode {
             .unwrap_or(local)
     }
 
-    fn broadcast(&self, updates: Vec<ParamUpdate>) {
+    fn broadcast(&mut self, updates: Vec<ParamUpdate>) {
+        // A node that has ended (removed by a reload) takes nothing more.
+        self.subscribers.retain(|(_, sink, _)| sink.connected());
         let busy: Vec<SubscriberId> = self.pending.iter().filter_map(|p| p.origin).collect();
         for (id, sink, _) in &self.subscribers {
             if !busy.contains(id) {

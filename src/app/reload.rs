@@ -13,7 +13,7 @@ use super::{
 };
 use crate::config;
 use secop_actors::device::StopDevice;
-use secop_actors::node::{CloseSessions, Reconfigure};
+use secop_actors::node::{Reconfigure, StopNode};
 
 /// Why a reload was refused; the running configuration stays.
 #[derive(Debug, thiserror::Error)]
@@ -372,22 +372,35 @@ impl Running {
     ) -> Result<NodeRun, AppError> {
         let node = start_node(&self.shared, new, plan, handles).await?;
         let listener = match listener {
-            Some(l) => l,
+            Some(l) => Ok(l),
             None => bind(plan.address).map_err(|source| AppError::Bind {
                 address: plan.address,
                 source,
-            })?,
+            }),
         };
-        let run = serve_node(&self.shared, plan, node, listener).await?;
-        self.register_health(&run);
-        Ok(run)
+        let served = match listener {
+            Ok(l) => serve_node(&self.shared, plan, node.clone(), l).await,
+            Err(e) => Err(e),
+        };
+        match served {
+            Ok(run) => {
+                self.register_health(&run);
+                Ok(run)
+            }
+            Err(e) => {
+                // Not served: it must not live on, unseen, taking the devices' updates.
+                let _ = node.send(StopNode).await;
+                secop_actors::metrics::metrics().forget_node(&plan.equipment_id);
+                Err(e)
+            }
+        }
     }
 
     /// Stop a node: no new connections, its clients closed, out of the health checks.
     async fn stop_node(&mut self, mut run: NodeRun) {
         run.listener.abort();
         let _ = (&mut run.listener).await;
-        let _ = run.node.send(CloseSessions).await;
+        let _ = run.node.send(StopNode).await;
         if let Ok(mut list) = self.shared.health.nodes.lock() {
             list.retain(|n| *n != run.node);
         }

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -1179,4 +1180,9 @@ def test_a_steady_value_is_sent_with_a_recent_timestamp(start_gateway, pty_sim, 
     time.sleep(2.5)
     again = events(rec.lines(start), 'T', 'value')
     assert not again, f'unchanged value sent again: {again[:3]}'
+    # and the refreshes add no points to the history: one point for the steady value
+    with urllib.request.urlopen(
+            f'http://{gw.host}:{gw.port}/history?parameter=T:value', timeout=5) as r:
+        points = json.load(r)['parameters']['T:value']
+    assert len(points) == 1 and points[0][1] == 77.0, points
     early.close()

@@ -318,6 +318,10 @@ def test_readiness_discovery_and_metrics_follow_a_reload(start_gateway):
         assert node_series(last, node='reload_view')
         found = discover(gw, '127.0.0.4')
         assert set(found) == {'reload_main', 'reload_view'}, found
+        # the removed node's actor is gone, not left taking the devices' updates
+        wait_for(lambda: 'node=reload_new' in ' '.join(
+            l for l in gw.log_text().splitlines() if 'node actor ended' in l), 5,
+            'the removed node actor ended')
     finally:
         listener.close()
 
