@@ -82,11 +82,13 @@ impl Health {
             Ok(r) => r.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        let up = &secop_actors::metrics::metrics().device_up;
+        // Looked up without creating series: a device a reload removed has none.
+        let up = secop_actors::metrics::metrics().devices_up(&required);
         let down = required
             .iter()
-            .filter(|d| up.with_label_values(&[d.as_str()]).get() != 1)
-            .cloned()
+            .zip(up)
+            .filter(|(_, up)| *up != Some(true))
+            .map(|(d, _)| d.clone())
             .collect();
         (required, down)
     }

@@ -171,6 +171,21 @@ impl Metrics {
         remove_where(&self.history_bytes, n);
     }
 
+    /// Whether each of `devices` is up, without creating a series for one that has
+    /// none (a reload may just have removed it): `None` for those.
+    pub fn devices_up(&self, devices: &[String]) -> Vec<Option<bool>> {
+        use prometheus::core::Collector;
+        let mut up = std::collections::HashMap::new();
+        for family in self.device_up.collect() {
+            for metric in family.get_metric() {
+                if let Some(label) = metric.get_label().iter().find(|l| l.name() == "device") {
+                    up.insert(label.value().to_owned(), metric.get_gauge().value() == 1.0);
+                }
+            }
+        }
+        devices.iter().map(|d| up.get(d).copied()).collect()
+    }
+
     /// Forget the status of a module that a reload took out of a node.
     pub fn forget_module(&self, node: &str, module: &str) {
         let _ = self.module_status.remove_label_values(&[node, module]);
@@ -415,5 +430,15 @@ mod tests {
         assert!(!text.contains("\"forget_n1\""), "{text}");
         assert!(text.contains("module=\"a\",node=\"forget_n2\""));
         assert!(text.contains("action=\"read\",node=\"forget_n2\""));
+    }
+
+    #[test]
+    fn asking_whether_devices_are_up_creates_no_series() {
+        let m = metrics();
+        m.device_up.with_label_values(&["up_asked_1"]).set(1);
+        m.device_up.with_label_values(&["up_asked_0"]).set(0);
+        let names = ["up_asked_1", "up_asked_0", "up_asked_none"].map(String::from);
+        assert_eq!(m.devices_up(&names), [Some(true), Some(false), None]);
+        assert!(!render().contains("up_asked_none"));
     }
 }

@@ -322,6 +322,14 @@ impl Running {
         }
         self.nodes = nodes;
 
+        // /readyz asks for the new set before any device's series goes.
+        self.shared.health.set_required_devices(
+            specs
+                .iter()
+                .filter(|d| d.required)
+                .map(|d| d.name.clone())
+                .collect(),
+        );
         // Devices no longer used stop (changed links have already); the series of a
         // removed one go once it has stopped (a changed one keeps its name and series).
         for old in std::mem::take(&mut self.devices) {
@@ -340,13 +348,6 @@ impl Running {
             }
         }
         self.devices = devices;
-        self.shared.health.set_required_devices(
-            device_specs(&new)
-                .into_iter()
-                .filter(|d| d.required)
-                .map(|d| d.name)
-                .collect(),
-        );
         if let Some(discovery) = &self.discovery {
             let nodes = self
                 .nodes
