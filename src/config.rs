@@ -228,6 +228,10 @@ impl Default for DiscoveryConfig {
     }
 }
 
+/// Why a link or remote may not take a simulated module's name.
+const SIMULATED_NAME: &str =
+    "a simulated module has this name (each device needs its own: metrics, logs and /readyz name devices)";
+
 /// A file the gateway writes (audit trail, state) must be a file name in a folder that
 /// exists, and if it exists, a regular file (not a device such as `/dev/zero`, which
 /// would never end when read, nor a directory or a pipe): the problem, naming `key`, if
@@ -1130,6 +1134,14 @@ impl Loaded {
                 }
             }
         }
+        // A simulated module is a device of its own name: a link or remote of the same
+        // name would share its metric series, log lines and /readyz entry.
+        let simulated: Vec<&str> = c
+            .modules
+            .iter()
+            .filter(|m| m.driver.is_some())
+            .map(|m| m.name.as_str())
+            .collect();
         for (i, r) in c.remotes.iter().enumerate() {
             let key = format!("remote[{i}] ({:?})", r.name);
             let authority = match r.address.strip_prefix("ws://") {
@@ -1159,12 +1171,18 @@ impl Loaded {
             {
                 problems.push(format!("{key}.name: another link or remote has this name"));
             }
+            if simulated.contains(&r.name.as_str()) {
+                problems.push(format!("{key}.name: {SIMULATED_NAME}"));
+            }
         }
         let mut link_names = Vec::new();
         for (i, l) in c.links.iter().enumerate() {
             let key = format!("link[{i}] ({:?})", l.name);
             if link_names.contains(&&l.name) {
                 problems.push(format!("{key}.name: another link has this name"));
+            }
+            if simulated.contains(&l.name.as_str()) {
+                problems.push(format!("{key}.name: {SIMULATED_NAME}"));
             }
             link_names.push(&l.name);
             let modules = self.modules_of(&l.name);
@@ -1634,6 +1652,20 @@ mod tests {
         let p = problems(&format!("{BASE}{T}{link}data_bits = -1\n"));
         assert!(
             p.contains("link[0] (\"l\").data_bits: -1 is out of range"),
+            "{p}"
+        );
+        // a link or remote named like a simulated module
+        let link = "[[link]]\nname='T'\nprotocol='modbus'\ntcp='h:1'\n";
+        let remote = "[[remote]]\nname='T'\naddress='127.0.0.1:9'\n";
+        let p = problems(&format!(
+            "{BASE}{T}[[module]]\nname='v'\nlink='T'\nclass='Readable'\n{link}{remote}"
+        ));
+        assert!(
+            p.contains("link[0] (\"T\").name: a simulated module has this name"),
+            "{p}"
+        );
+        assert!(
+            p.contains("remote[0] (\"T\").name: a simulated module has this name"),
             "{p}"
         );
         assert_eq!(dotted("module[0]unit_id"), "module[0].unit_id");
