@@ -136,6 +136,8 @@ async fn start_device(
 struct Device {
     key: String,
     handle: DeviceHandle,
+    /// A `[[link]]`: it holds a port or connection that its successor needs.
+    link: bool,
 }
 
 /// What every node's listener shares, fixed for the life of the process (a reload
@@ -188,6 +190,7 @@ pub async fn start(loaded: config::Loaded) -> Result<Running, AppError> {
         devices.push(Device {
             key: spec.key,
             handle,
+            link: matches!(spec.kind, DeviceKind::Link(_)),
         });
     }
     let l = &loaded.config.listen;

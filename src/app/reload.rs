@@ -133,16 +133,16 @@ impl Running {
         let plans = node_plans(&new)?;
         let mut summary = ReloadSummary::default();
 
-        // Devices: reuse those whose configuration is unchanged, start the new ones now
-        // (a failure refuses the reload). A changed link is replaced only once every
-        // check has passed: its old actor must let go of its port first (a serial port
-        // is opened exclusively, a Modbus TCP device may take one connection only), so
-        // it cannot run next to the new one. A changed simulated module or remote node
-        // holds nothing exclusive: its successor starts now and the old one serves
-        // until the nodes have switched.
+        // Devices: reuse those whose configuration is unchanged; start new and changed
+        // simulated modules and remotes now (a failure refuses the reload; they hold
+        // nothing exclusive, so a changed one serves until the nodes have switched).
+        // Links are started only once every check has passed and every old link that
+        // is not kept has let go of its port: a serial port is opened exclusively and
+        // a Modbus TCP device may take one connection only, and a link renamed, or a
+        // new one on a removed link's port, needs that port just the same.
         let mut slots: Vec<Option<Device>> = Vec::new();
         let mut fresh = Vec::new();
-        let mut replace = Vec::new();
+        let mut links = Vec::new();
         let specs = device_specs(&new);
         for (slot, spec) in specs.iter().enumerate() {
             let kept = self
@@ -154,11 +154,10 @@ impl Running {
                 slots.push(Some(Device {
                     key: d.key.clone(),
                     handle: d.handle.clone(),
+                    link: d.link,
                 }));
-            } else if matches!(spec.kind, DeviceKind::Link(_))
-                && self.devices.iter().any(|d| *d.handle.name == *spec.name)
-            {
-                replace.push(slot);
+            } else if matches!(spec.kind, DeviceKind::Link(_)) {
+                links.push(slot);
                 slots.push(None);
             } else {
                 match start_device(&new, spec, self.state.as_ref()).await {
@@ -168,6 +167,7 @@ impl Running {
                         slots.push(Some(Device {
                             key: spec.key.clone(),
                             handle,
+                            link: false,
                         }));
                     }
                     Err(e) => {
@@ -211,13 +211,23 @@ impl Running {
         // every node stays accounted for, so that later reloads and the shutdown still
         // reach them.
         //
-        // Changed links: the old actor stops (and its transport closes), then the new
-        // one starts under the same name.
-        for slot in replace {
+        // Links: every old link that is not kept stops (together) and its transport
+        // closes; then the new and changed ones start.
+        let leaving: Vec<_> = self
+            .devices
+            .iter()
+            .filter(|d| {
+                d.link
+                    && !slots
+                        .iter()
+                        .flatten()
+                        .any(|k| k.handle.name == d.handle.name && k.key == d.key)
+            })
+            .map(|d| d.handle.clone())
+            .collect();
+        futures_util::future::join_all(leaving.iter().map(stop_and_wait)).await;
+        for slot in links {
             let spec = &specs[slot];
-            if let Some(old) = self.devices.iter().find(|d| *d.handle.name == *spec.name) {
-                stop_and_wait(&old.handle).await;
-            }
             match start_device(&new, spec, self.state.as_ref()).await {
                 Ok(handle) => {
                     fresh.push(handle.name.clone());
@@ -225,11 +235,12 @@ impl Running {
                     slots[slot] = Some(Device {
                         key: spec.key.clone(),
                         handle,
+                        link: true,
                     });
                 }
                 Err(e) => summary
                     .failures
-                    .push(format!("restarting device {}: {e}", spec.name)),
+                    .push(format!("starting link {}: {e}", spec.name)),
             }
         }
         let devices: Vec<Device> = slots.into_iter().flatten().collect();
@@ -330,8 +341,9 @@ impl Running {
                 .map(|d| d.name.clone())
                 .collect(),
         );
-        // Devices no longer used stop (changed links have already); the series of a
-        // removed one go once it has stopped (a changed one keeps its name and series).
+        // Devices no longer used stop (links have already); the series of a removed
+        // one go once it has stopped (a changed one keeps its name and series).
+        let mut removed = Vec::new();
         for old in std::mem::take(&mut self.devices) {
             let reused = devices
                 .iter()
@@ -343,9 +355,12 @@ impl Running {
             if specs.iter().any(|s| *s.name == *old.handle.name) {
                 old.handle.stop.do_send(StopDevice);
             } else {
-                stop_and_wait(&old.handle).await;
-                secop_actors::metrics::metrics().forget_device(&old.handle.name);
+                removed.push(old.handle);
             }
+        }
+        futures_util::future::join_all(removed.iter().map(stop_and_wait)).await;
+        for gone in &removed {
+            secop_actors::metrics::metrics().forget_device(&gone.name);
         }
         self.devices = devices;
         if let Some(discovery) = &self.discovery {

@@ -340,30 +340,33 @@ def test_a_new_main_equipment_id_is_refused_by_name(start_gateway):
 
 def test_a_changed_serial_link_takes_over_its_port_without_an_error(start_gateway, tmp_path):
     """the old actor of a changed link lets go of its serial port (opened exclusively)
-    before the new one opens it: no failed open, no ERROR status, values go on"""
+    before the new one opens it — also when the link is renamed: no failed open, no
+    ERROR status, values go on"""
     metrics = free_port()
     inst = PtyInstrument(LakeShoreSim(rate=0.0, temperature=10.0),
                          str(tmp_path / 'ls.tty')).start()
     try:
-        def config(timeout):
-            return BASE.format(metrics=metrics) + ascii_link(inst.path, timeout=timeout) \
-                + lakeshore_module('ls_T')
+        def config(timeout, name='ls'):
+            return BASE.format(metrics=metrics) \
+                + ascii_link(inst.path, name=name, timeout=timeout) \
+                + lakeshore_module('ls_T', link=name)
         gw = start_gateway(config(0.3), 'serial-change')
         rec = Recorder(gw)
         assert rec.ask('activate') == 'active'
         rec.wait_for('update ls_T:value')
         start = rec.mark()
-        for timeout in (0.4, 0.5):
-            gw.config.write_text(config(timeout))
+        for timeout, name in ((0.4, 'ls'), (0.5, 'ls'), (0.5, 'ls336')):
+            gw.config.write_text(config(timeout, name))
             reload(gw, metrics)
             reply = rec.ask('read ls_T:value')
             assert reply.startswith('reply ls_T:value [10.0,'), reply
         assert gw.log_text().count('devices_started=["ls"]') == 2, gw.log_text()[-3000:]
+        assert gw.log_text().count('devices_started=["ls336"]') == 1, gw.log_text()[-3000:]
         time.sleep(1.0)
         errors = [s for s in statuses(rec.lines(start), 'ls_T') if s[1] == ERROR]
         assert not errors, errors[:3]
         log = gw.log_text()
-        assert log.count('link connected') >= 3, log[-3000:]
+        assert log.count('link connected') >= 4, log[-3000:]
         assert 'cannot open' not in log and 'Resource busy' not in log \
             and 'temporarily unavailable' not in log, log[-3000:]
         rec.close()
