@@ -259,6 +259,17 @@ impl Running {
             }
         }
 
+        // Every listener that moves stops first, so that addresses swapped between
+        // nodes, or vacated by a node later in the list, are free when they are bound.
+        for (plan, (needs_listener, _)) in plans.iter().zip(&prebound) {
+            if *needs_listener {
+                if let Some(run) = kept_nodes.iter_mut().find(|n| n.key == plan.key) {
+                    run.listener.abort();
+                    let _ = (&mut run.listener).await;
+                }
+            }
+        }
+
         // Nodes kept (reconfigured, rebound if needed) and added.
         let mut nodes = Vec::new();
         for (plan, (needs_listener, listener)) in plans.iter().zip(prebound) {
@@ -305,9 +316,6 @@ impl Running {
                 ),
             }
             if needs_listener {
-                // Its old listener goes first when the address stays the same.
-                run.listener.abort();
-                let _ = (&mut run.listener).await;
                 let listener = match listener {
                     Some(l) => Ok(l),
                     None => bind(plan.address).map_err(|source| AppError::Bind {
@@ -324,9 +332,31 @@ impl Running {
                         run = rebound;
                         summary.nodes_rebound.push(node_name(plan));
                     }
-                    Err(e) => summary
-                        .failures
-                        .push(format!("rebinding {}: {e}", node_name(plan))),
+                    Err(e) => {
+                        summary
+                            .failures
+                            .push(format!("rebinding {}: {e}", node_name(plan)));
+                        // Back on the address it had, so that its clients can still
+                        // reach it; a later reload tries the new address again.
+                        let (old_address, old_access) = (run.address, run.access_text.clone());
+                        let back = match bind(run.bound) {
+                            Ok(l) => serve_node(&self.shared, plan, run.node.clone(), l).await,
+                            Err(source) => Err(AppError::Bind {
+                                address: run.bound,
+                                source,
+                            }),
+                        };
+                        match back {
+                            Ok(restored) => {
+                                run = restored;
+                                run.address = old_address;
+                                run.access_text = old_access;
+                            }
+                            Err(e) => summary
+                                .failures
+                                .push(format!("{} has no listener: {e}", node_name(plan))),
+                        }
+                    }
                 }
             }
             nodes.push(run);

@@ -395,3 +395,36 @@ def test_a_changed_simulated_module_is_replaced_and_its_old_actor_stops(start_ga
     stopped = [l for l in gw.log_text().splitlines() if 'device stopped' in l]
     assert all('device=p' in l for l in stopped), stopped
     line.close()
+
+
+def test_two_nodes_swap_their_addresses(start_gateway):
+    """listeners that move stop before any is bound: two nodes that swap their ports
+    both listen afterwards, each on the other's old port"""
+    metrics = free_port()
+    first, second = free_port(), free_port()
+
+    def config(a, b):
+        return BASE.format(metrics=metrics) + ''.join(f'''
+[[extra_node]]
+equipment_id = "{name}"
+description = "node {name}"
+listen = "127.0.0.1:{port}"
+modules = ["T"]
+''' for name, port in (('swap_a', a), ('swap_b', b)))
+
+    def node_on(port):
+        with socket.create_connection(('127.0.0.1', port), timeout=3) as s:
+            s.sendall(b'describe\n')
+            data = b''
+            while not data.endswith(b'\n'):
+                chunk = s.recv(65536)
+                assert chunk, 'closed'
+                data += chunk
+        return json.loads(data.split(b' ', 2)[2])['equipment_id']
+
+    gw = start_gateway(config(first, second), 'swap')
+    assert (node_on(first), node_on(second)) == ('swap_a', 'swap_b')
+    gw.config.write_text(config(second, first))
+    reload(gw, metrics)
+    assert (node_on(first), node_on(second)) == ('swap_b', 'swap_a')
+    assert 'some steps failed' not in gw.log_text(), gw.log_text()[-2000:]
