@@ -315,7 +315,8 @@ impl<B: Backend> DeviceActor<B> {
         let key = (module, parameter);
         match self.last.get_mut(&key) {
             Some(last) if last.value == value => {
-                if !all && t - last.reported_at < REFRESH_INTERVAL {
+                // (a clock stepped back counts as due, so refreshes never stall)
+                if !all && (0.0..REFRESH_INTERVAL).contains(&(t - last.reported_at)) {
                     return None;
                 }
                 last.reported_at = t;
@@ -668,6 +669,9 @@ mod tests {
         assert!(d
             .record_at(vec![value("p", json!(1))], false, 2.9)
             .is_empty());
+        // the clock stepped back: due at once, not after the clock has caught up
+        let stepped = d.record_at(vec![value("p", json!(1))], false, 0.5);
+        assert_eq!(stepped.len(), 1, "refresh after a clock step back");
         let read = d.record_at(vec![value("p", json!(1))], true, 3.0);
         assert_eq!((read.len(), read[0].timestamp), (1, 3.0), "a read reports");
         let changed = d.record_at(vec![value("p", json!(2))], false, 3.5);

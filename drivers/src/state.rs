@@ -26,6 +26,8 @@ pub enum StateError {
     Corrupt { path: String, reason: String },
     #[error("{path}: not a regular file")]
     NotRegular { path: String },
+    #[error("{path}: not written: it would be {bytes} bytes, more than the {MAX_STATE_BYTES} a start reads back (the previous file stays)")]
+    TooLarge { path: String, bytes: usize },
 }
 
 /// How a parameter is persisted (`persist` of a `[[module.parameter]]`).
@@ -165,7 +167,7 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if let Err(e) = write_atomically(&self.path, &json!({"version": 1, "values": snapshot})) {
-            tracing::warn!("state file not written: {e}");
+            tracing::error!("state file not written: {e}");
         }
     }
 }
@@ -228,6 +230,13 @@ fn write_atomically(path: &Path, json: &Value) -> Result<(), StateError> {
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
     let bytes = serde_json::to_vec_pretty(json).map_err(|e| io(std::io::Error::other(e)))?;
+    // A file the next start would set aside must not replace one it can read.
+    if bytes.len() as u64 > MAX_STATE_BYTES {
+        return Err(StateError::TooLarge {
+            path: path.display().to_string(),
+            bytes: bytes.len(),
+        });
+    }
     let mut file = std::fs::File::create(&tmp).map_err(io)?;
     file.write_all(&bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
@@ -259,12 +268,14 @@ mod tests {
         store.flush();
         let again = StateStore::open(&path, Duration::from_millis(1));
         assert_eq!(again.get("T:target"), Some(json!(12.5)));
-        std::fs::write(&path, b"{\"version\": 1, \"values\": {\"T:tar").unwrap();
-        let fresh = StateStore::open(&path, Duration::from_millis(1));
+        // (a file of its own: the writer threads of the stores above may still write)
+        let broken = dir.join("broken.json");
+        std::fs::write(&broken, b"{\"version\": 1, \"values\": {\"T:tar").unwrap();
+        let fresh = StateStore::open(&broken, Duration::from_millis(1));
         assert_eq!(fresh.get("T:target"), None, "a corrupt file is ignored");
-        assert!(corrupt_name(&path).exists(), "and kept aside");
+        assert!(corrupt_name(&broken).exists(), "and kept aside");
         assert!(matches!(
-            load(&corrupt_name(&path)),
+            load(&corrupt_name(&broken)),
             Err(StateError::Corrupt { .. })
         ));
         let _ = std::fs::remove_dir_all(&dir);
@@ -293,6 +304,17 @@ mod tests {
             Err(StateError::NotRegular { .. })
         ));
         assert!(matches!(load(&dir), Err(StateError::NotRegular { .. })));
+        // the gateway never writes a file it would refuse to read back
+        let store = StateStore::open(&path, Duration::from_millis(1));
+        store.set("T:target", json!(1.5));
+        store.flush();
+        store.set("label", json!("x".repeat(MAX_STATE_BYTES as usize)));
+        store.flush();
+        assert_eq!(
+            load(&path).unwrap().unwrap().get("T:target"),
+            Some(&json!(1.5)),
+            "the previous file stays"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

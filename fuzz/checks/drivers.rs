@@ -46,7 +46,7 @@ fn stock_datainfos() -> Vec<Value> {
         json!({"type": "array", "minlen": 1, "maxlen": 3, "members": {"type": "double", "max": 10}}),
         json!({"type": "tuple", "members": [{"type": "int", "min": 0, "max": 9}, {"type": "string"}]}),
         json!({"type": "struct", "members": {"a": {"type": "double"}, "b": {"type": "bool"}}}),
-        json!({"type": "matrix", "elementtype": {"type": "double"}, "names": ["x", "y"], "maxlen": [2, 2]}),
+        json!({"type": "matrix", "elementtype": "<f8", "names": ["x", "y"], "maxlen": [2, 2]}),
     ]
 }
 
