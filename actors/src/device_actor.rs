@@ -236,6 +236,14 @@ async fn poll_cycle<B: Backend>(
     (values, wire)
 }
 
+/// The answer to a request that a device had not finished when it was stopped (a
+/// reload removed or changed it).
+pub fn stopped_error() -> SecopError {
+    SecopError::communication_failed(
+        "the device was stopped by a configuration reload before it answered; ask again",
+    )
+}
+
 /// How often an unchanged value is passed on to the nodes again (they refresh its
 /// timestamp and history, and send clients nothing).
 pub const REFRESH_INTERVAL: f64 = 1.0;
@@ -259,6 +267,9 @@ pub struct DeviceActor<B: Backend> {
     queue: VecDeque<DeviceRequest>,
     /// Whether a request is being worked on (the worker takes the next when done).
     working: bool,
+    /// Where the request being worked on is answered, and its slots: answered with an
+    /// error if the device is stopped before it is done.
+    in_flight: Option<(crate::device::Responder, Vec<u32>)>,
     /// Shared with the transactions in flight, which count wire stats as they drain them.
     metrics: Rc<DeviceMetrics>,
 }
@@ -273,6 +284,7 @@ impl<B: Backend> DeviceActor<B> {
             interned: HashMap::default(),
             queue: VecDeque::new(),
             working: false,
+            in_flight: None,
             metrics: Rc::new(DeviceMetrics::new(name)),
         }
     }
@@ -419,6 +431,7 @@ impl<B: Backend> DeviceActor<B> {
             deadline,
             reply,
         } = request;
+        self.in_flight = Some((reply.clone(), calls.iter().map(|c| c.slot).collect()));
         let backend = self.backend.clone();
         let metrics = self.metrics.clone();
         let transactions = async move {
@@ -526,6 +539,7 @@ impl<B: Backend> DeviceActor<B> {
             }
             act.broadcast(&others, origin);
             reply.send(replies);
+            act.in_flight = None;
             act.working = false;
             act.work_next(ctx);
         }));
@@ -573,6 +587,21 @@ impl<B: Backend> Handler<StopDevice> for DeviceActor<B> {
     /// in flight is dropped) its backend and link.
     fn handle(&mut self, _: StopDevice, ctx: &mut Self::Context) {
         tracing::info!(device = %self.name, "device stopped");
+        // What was asked and not done is answered now, not left to time out.
+        let error = stopped_error();
+        let unanswered = self.in_flight.take().into_iter().chain(
+            self.queue
+                .drain(..)
+                .map(|r| (r.reply, r.calls.iter().map(|c| c.slot).collect())),
+        );
+        for (reply, slots) in unanswered {
+            reply.send(
+                slots
+                    .into_iter()
+                    .map(|slot| (slot, DeviceReply::error(error.clone())))
+                    .collect(),
+            );
+        }
         ctx.stop();
     }
 }
@@ -813,6 +842,81 @@ mod metrics_tests {
         fn handle(&mut self, done: DeviceDone, _: &mut Self::Context) {
             let _ = self.0.send(done);
         }
+    }
+
+    /// A link that never answers a read (a stalled instrument).
+    struct Stuck;
+
+    impl Backend for Stuck {
+        fn modules(&self) -> Vec<ModuleDescription> {
+            Vec::new()
+        }
+        fn poll_interval(&self) -> Duration {
+            Duration::from_secs(3600)
+        }
+        async fn poll(&mut self, _: usize) -> Vec<Produced> {
+            Vec::new()
+        }
+        async fn read(&mut self, _: &str, _: &str) -> Result<Value, SecopError> {
+            std::future::pending().await
+        }
+        async fn change(
+            &mut self,
+            _: &str,
+            _: &str,
+            _: Value,
+            _: &mut Effects,
+        ) -> Result<Value, SecopError> {
+            std::future::pending().await
+        }
+        async fn execute(
+            &mut self,
+            _: &str,
+            _: &str,
+            _: Value,
+            _: &mut Effects,
+        ) -> Result<Value, SecopError> {
+            std::future::pending().await
+        }
+    }
+
+    /// A device stopped by a reload answers what it was doing and what was queued at
+    /// once (clients would otherwise wait for their whole device timeout).
+    #[actix_rt::test]
+    async fn a_stopped_device_answers_what_it_had_not_done() {
+        let device = DeviceActor::new("stopped_device", Stuck).start();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let sink = Collector(tx).start().recipient();
+        for token in [1, 2] {
+            device.do_send(DeviceRequest {
+                calls: vec![DeviceCall {
+                    module: Arc::from("m"),
+                    action: DeviceAction::Read {
+                        parameter: "p".into(),
+                    },
+                    slot: 3,
+                }],
+                origin: None,
+                deadline: Instant::now() + PATIENCE,
+                reply: Responder::new(sink.clone(), token),
+            });
+        }
+        tokio::time::sleep(POLL).await; // the first is in flight, the second queued
+        device.do_send(StopDevice);
+        let mut tokens = Vec::new();
+        for _ in 0..2 {
+            let done = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+                .await
+                .expect("answered at once")
+                .expect("the collector lives");
+            assert_eq!(done.replies.len(), 1);
+            let (slot, reply) = &done.replies[0];
+            assert_eq!(*slot, 3);
+            assert_eq!(reply.result, Err(stopped_error()));
+            tokens.push(done.token);
+        }
+        tokens.sort();
+        assert_eq!(tokens, [1, 2]);
     }
 
     /// `read m:p` and `change m:p 2`, answered.

@@ -670,6 +670,12 @@ impl Handler<StopDevice> for RemoteNode {
     fn handle(&mut self, _: StopDevice, ctx: &mut Self::Context) {
         tracing::info!(remote = %self.name, "remote stopped");
         self.writer = None;
+        // Requests waiting for the remote are answered now, not left to time out.
+        let error = secop_actors::device_actor::stopped_error();
+        for p in self.pending.drain(..) {
+            p.reply
+                .send(vec![(p.slot, DeviceReply::error(error.clone()))]);
+        }
         ctx.stop();
     }
 }
