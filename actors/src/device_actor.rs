@@ -638,21 +638,32 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// A link without modules: these tests drive the value memory only.
-    struct NoLink;
+    /// A link without modules: these tests drive the value memory only. With `true`
+    /// it never answers (a stalled instrument).
+    pub(super) struct NoLink(pub(super) bool);
+
+    impl NoLink {
+        async fn answer(&self) -> Result<Value, SecopError> {
+            if self.0 {
+                std::future::pending().await
+            } else {
+                Err(SecopError::internal("no link"))
+            }
+        }
+    }
 
     impl Backend for NoLink {
         fn modules(&self) -> Vec<ModuleDescription> {
             Vec::new()
         }
         fn poll_interval(&self) -> Duration {
-            Duration::from_secs(1)
+            Duration::from_secs(if self.0 { 3600 } else { 1 })
         }
         async fn poll(&mut self, _: usize) -> Vec<Produced> {
             Vec::new()
         }
         async fn read(&mut self, _: &str, _: &str) -> Result<Value, SecopError> {
-            Err(SecopError::internal("no link"))
+            self.answer().await
         }
         async fn change(
             &mut self,
@@ -661,7 +672,7 @@ mod tests {
             _: Value,
             _: &mut Effects,
         ) -> Result<Value, SecopError> {
-            Err(SecopError::internal("no link"))
+            self.answer().await
         }
         async fn execute(
             &mut self,
@@ -670,7 +681,7 @@ mod tests {
             _: Value,
             _: &mut Effects,
         ) -> Result<Value, SecopError> {
-            Err(SecopError::internal("no link"))
+            self.answer().await
         }
     }
 
@@ -680,7 +691,7 @@ mod tests {
 
     #[test]
     fn polls_report_changes_and_reads_report_always() {
-        let mut d = DeviceActor::new("d", NoLink);
+        let mut d = DeviceActor::new("d", NoLink(false));
         let first = d.record_at(
             vec![value("p", json!(1)), value("q", json!("a"))],
             false,
@@ -844,47 +855,11 @@ mod metrics_tests {
         }
     }
 
-    /// A link that never answers a read (a stalled instrument).
-    struct Stuck;
-
-    impl Backend for Stuck {
-        fn modules(&self) -> Vec<ModuleDescription> {
-            Vec::new()
-        }
-        fn poll_interval(&self) -> Duration {
-            Duration::from_secs(3600)
-        }
-        async fn poll(&mut self, _: usize) -> Vec<Produced> {
-            Vec::new()
-        }
-        async fn read(&mut self, _: &str, _: &str) -> Result<Value, SecopError> {
-            std::future::pending().await
-        }
-        async fn change(
-            &mut self,
-            _: &str,
-            _: &str,
-            _: Value,
-            _: &mut Effects,
-        ) -> Result<Value, SecopError> {
-            std::future::pending().await
-        }
-        async fn execute(
-            &mut self,
-            _: &str,
-            _: &str,
-            _: Value,
-            _: &mut Effects,
-        ) -> Result<Value, SecopError> {
-            std::future::pending().await
-        }
-    }
-
     /// A device stopped by a reload answers what it was doing and what was queued at
     /// once (clients would otherwise wait for their whole device timeout).
     #[actix_rt::test]
     async fn a_stopped_device_answers_what_it_had_not_done() {
-        let device = DeviceActor::new("stopped_device", Stuck).start();
+        let device = DeviceActor::new("stopped_device", super::tests::NoLink(true)).start();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let sink = Collector(tx).start().recipient();
         for token in [1, 2] {
