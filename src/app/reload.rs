@@ -171,7 +171,7 @@ impl Running {
                         }));
                     }
                     Err(e) => {
-                        stop_fresh(&slots, &fresh);
+                        self.undo(&slots, &fresh).await;
                         return Err(e.into());
                     }
                 }
@@ -191,7 +191,7 @@ impl Running {
                 match bind(plan.address) {
                     Ok(l) => Some(l),
                     Err(source) => {
-                        stop_fresh(&slots, &fresh);
+                        self.undo(&slots, &fresh).await;
                         return Err(AppError::Bind {
                             address: plan.address,
                             source,
@@ -497,11 +497,18 @@ impl Running {
     }
 }
 
-/// Undo the devices a refused reload started.
-fn stop_fresh(devices: &[Option<Device>], fresh: &[std::sync::Arc<str>]) {
-    for d in devices.iter().flatten() {
-        if fresh.contains(&d.handle.name) {
-            d.handle.stop.do_send(StopDevice);
+impl Running {
+    /// Undo the devices a refused reload started; the series of those that are not
+    /// also running under the old configuration go with them.
+    async fn undo(&self, devices: &[Option<Device>], fresh: &[std::sync::Arc<str>]) {
+        for d in devices.iter().flatten() {
+            if !fresh.contains(&d.handle.name) {
+                continue;
+            }
+            stop_and_wait(&d.handle).await;
+            if !self.devices.iter().any(|o| o.handle.name == d.handle.name) {
+                secop_actors::metrics::metrics().forget_device(&d.handle.name);
+            }
         }
     }
 }

@@ -428,3 +428,31 @@ modules = ["T"]
     reload(gw, metrics)
     assert (node_on(first), node_on(second)) == ('swap_b', 'swap_a')
     assert 'some steps failed' not in gw.log_text(), gw.log_text()[-2000:]
+
+
+def test_a_refused_reload_leaves_no_trace_of_what_it_started(start_gateway):
+    """a reload refused late (a port in use) stops the devices it had started, and their
+    series do not stay in /metrics"""
+    metrics = free_port()
+    gw = start_gateway(BASE.format(metrics=metrics), 'undo')
+    with socket.socket() as busy:
+        busy.bind(('127.0.0.1', 0))
+        busy.listen()
+        gw.config.write_text(BASE.format(metrics=metrics) + f'''
+[[module]]
+name = "q"
+driver = "sim_pressure"
+
+[[extra_node]]
+equipment_id = "reload_blocked"
+description = "on a port in use"
+listen = "127.0.0.1:{busy.getsockname()[1]}"
+modules = ["q"]
+''')
+        reload(gw, metrics, result='refused')
+    assert 'Address already in use' in gw.log_text() or 'cannot listen' in gw.log_text()
+    wait_for(lambda: not node_series(scrape('127.0.0.1', metrics), device='q'), 5,
+             "the refused reload's device q gone from /metrics")
+    line = Line(gw)
+    assert line.ask('read p:value').startswith('reply p:value')
+    line.close()
