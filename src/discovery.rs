@@ -99,7 +99,17 @@ pub fn node_datagram(identity: &Identity, port: u16) -> Vec<u8> {
         });
         secop_proto::json::to_json(&v).into_bytes()
     };
+    // Start from at most the datagram's size (on a character boundary): the loop below
+    // then trims only what escaping adds, not a long description one character at a
+    // time.
     let mut description: &str = &identity.description;
+    if description.len() > MAX_DATAGRAM {
+        let mut cut = MAX_DATAGRAM;
+        while !description.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        description = &description[..cut];
+    }
     loop {
         let datagram = build(description);
         if datagram.len() <= MAX_DATAGRAM || description.is_empty() {
