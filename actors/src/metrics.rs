@@ -147,7 +147,13 @@ impl Metrics {
     /// firing. Called after the device's actor has stopped (it holds its handles; a
     /// handle of a removed series updates nothing).
     pub fn forget_device(&self, device: &str) {
-        let d = ("device", device);
+        self.forget_devices(&[device]);
+    }
+
+    /// [`Self::forget_device`] for many at once: one pass over each family, whatever
+    /// their number (a reload may remove hundreds).
+    pub fn forget_devices(&self, devices: &[&str]) {
+        let d = ("device", devices);
         remove_where(&self.device_transactions, d);
         remove_where(&self.device_transaction_duration, d);
         remove_where(&self.device_cache_hits, d);
@@ -161,7 +167,7 @@ impl Metrics {
     /// Forget a node that a reload removed (its requests, updates, module statuses,
     /// audit counts and history sizes).
     pub fn forget_node(&self, node: &str) {
-        let n = ("node", node);
+        let n = ("node", &[node][..]);
         remove_where(&self.requests, n);
         remove_where(&self.request_duration, n);
         remove_where(&self.updates_emitted, n);
@@ -192,11 +198,11 @@ impl Metrics {
     }
 }
 
-/// Remove every series of `vec` whose label `name` has `value`, whatever its other
-/// labels (the crate removes only by a complete set of label values).
+/// Remove every series of `vec` whose label `name` has one of `values`, whatever its
+/// other labels (the crate removes only by a complete set of label values).
 fn remove_where<T: prometheus::core::MetricVecBuilder>(
     vec: &prometheus::core::MetricVec<T>,
-    (name, value): (&str, &str),
+    (name, values): (&str, &[&str]),
 ) {
     use prometheus::core::Collector;
     for family in vec.collect() {
@@ -206,7 +212,7 @@ fn remove_where<T: prometheus::core::MetricVecBuilder>(
                 .iter()
                 .map(|p| (p.name(), p.value()))
                 .collect();
-            if labels.get(name) == Some(&value) {
+            if labels.get(name).is_some_and(|v| values.contains(v)) {
                 let _ = vec.remove(&labels);
             }
         }

@@ -389,9 +389,8 @@ impl Running {
             }
         }
         futures_util::future::join_all(removed.iter().map(stop_and_wait)).await;
-        for gone in &removed {
-            secop_actors::metrics::metrics().forget_device(&gone.name);
-        }
+        let gone: Vec<&str> = removed.iter().map(|d| &*d.name).collect();
+        secop_actors::metrics::metrics().forget_devices(&gone);
         self.devices = devices;
         if let Some(discovery) = &self.discovery {
             let nodes = self
