@@ -450,6 +450,10 @@ impl Running {
             list.retain(|n| *n != run.node);
         }
         if let Some(equipment_id) = &run.key {
+            // The audit writer counts the records still queued for this node first, so
+            // that its series do not come back after they were removed.
+            let audit = self.shared.audit.clone();
+            let _ = tokio::task::spawn_blocking(move || audit.sync(STOP_DEADLINE)).await;
             secop_actors::metrics::metrics().forget_node(equipment_id);
         }
     }
