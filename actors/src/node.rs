@@ -786,6 +786,28 @@ impl NodeActor {
 /// The modules of a device as a node with these settings exports them: only the
 /// exported modules, without hidden accessibles, read-only in a read-only view. The
 /// node's description is made of these; `check-config` builds it the same way.
+/// What is wrong with the description a node would assemble from these devices'
+/// modules (duplicate module names, ...): exactly what [`Reconfigure`] would refuse, so
+/// that a reload can be refused before it changes anything.
+pub fn assembly_problems(
+    settings: &NodeSettings,
+    equipment_id: &str,
+    description: &str,
+    properties: &serde_json::Map<String, Value>,
+    devices: &[Vec<ModuleDescription>],
+) -> Vec<String> {
+    NodeDescription {
+        equipment_id: equipment_id.to_owned(),
+        description: description.to_owned(),
+        modules: devices
+            .iter()
+            .flat_map(|modules| exported_modules(settings, modules.clone()))
+            .collect(),
+        properties: properties.clone(),
+    }
+    .problems()
+}
+
 pub fn exported_modules(
     settings: &NodeSettings,
     mut modules: Vec<ModuleDescription>,

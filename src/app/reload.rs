@@ -178,6 +178,40 @@ impl Running {
             }
         }
 
+        // Every node must assemble from the devices it will have: a remote's modules
+        // are known only now, from its connection, and may collide with others.
+        // Refused here, before anything changed (a node that refused its new devices
+        // later would be left with stopped ones).
+        let device_modules: Vec<_> = specs
+            .iter()
+            .zip(&slots)
+            .map(|(spec, slot)| match (slot, &spec.kind) {
+                (Some(d), _) => d.handle.modules.clone(),
+                (None, DeviceKind::Link(i)) => {
+                    let link = &new.config.links[*i];
+                    secop_drivers::describe_link(link, &new.modules_of(&link.name))
+                        .unwrap_or_default()
+                }
+                (None, _) => Vec::new(),
+            })
+            .collect();
+        for plan in &plans {
+            let problems = secop_actors::node::assembly_problems(
+                &node_settings(&self.shared, &new, plan),
+                &plan.equipment_id,
+                &plan.description,
+                &node_properties(&new, plan),
+                &device_modules,
+            );
+            if !problems.is_empty() {
+                self.undo(&slots, &fresh).await;
+                return Err(ReloadError::Node {
+                    node: node_name(plan),
+                    problems,
+                });
+            }
+        }
+
         // Listeners on addresses no node of ours holds now are bound before anything
         // changes, so that a busy port refuses the reload.
         let held: Vec<_> = self.nodes.iter().map(|n| n.address).collect();

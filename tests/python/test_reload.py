@@ -456,3 +456,30 @@ modules = ["q"]
     line = Line(gw)
     assert line.ask('read p:value').startswith('reply p:value')
     line.close()
+
+
+def test_a_remote_whose_modules_collide_is_refused_before_anything_changes(start_gateway):
+    """a remote's modules are known only once it is connected: a reload adding one whose
+    module names collide with local ones is refused as a whole, and a simulated module
+    changed in the same file keeps running as it was (it was stopped, and the node kept
+    its stopped handle)"""
+    upstream = start_gateway(BASE.format(metrics=free_port()), 'upstream')
+    metrics = free_port()
+    gw = start_gateway(BASE.format(metrics=metrics), 'collide')
+    colliding = BASE.format(metrics=metrics).replace(
+        'driver = "sim_pressure"', 'driver = "sim_pressure"\ndescription = "changed"') + f'''
+[[remote]]
+name = "up"
+address = "{upstream.host}:{upstream.port}"
+timeout = 2
+'''
+    gw.config.write_text(colliding)
+    reload(gw, metrics, result='refused')
+    assert 'T' in gw.log_text() and 'refused' in gw.log_text()
+    line = Line(gw)
+    for _ in range(3):
+        assert line.ask('read p:value').startswith('reply p:value'), 'p stopped'
+        time.sleep(0.3)
+    description = json.loads(line.ask('describe').split(' ', 2)[2])
+    assert description['modules']['p']['description'] != 'changed'
+    line.close()
