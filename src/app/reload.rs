@@ -245,6 +245,22 @@ impl Running {
         // every node stays accounted for, so that later reloads and the shutdown still
         // reach them.
         //
+        // Nodes gone (first: they take no more of the time in which links are switched):
+        // their listener stops, their clients are closed, the actor ends.
+        let mut kept_nodes = Vec::new();
+        let mut removed_nodes = Vec::new();
+        for run in std::mem::take(&mut self.nodes) {
+            if plans.iter().any(|p| p.key == run.key) {
+                kept_nodes.push(run);
+            } else {
+                summary
+                    .nodes_removed
+                    .push(run.key.clone().unwrap_or_else(|| "main".into()));
+                removed_nodes.extend(run.key.clone());
+                self.stop_node(run).await;
+            }
+        }
+
         // Links: every old link that is not kept stops (together) and its transport
         // closes; then the new and changed ones start.
         let leaving: Vec<_> = self
@@ -280,33 +296,33 @@ impl Running {
         let devices: Vec<Device> = slots.into_iter().flatten().collect();
         let handles: Vec<_> = devices.iter().map(|d| d.handle.clone()).collect();
 
-        // Nodes gone: their listener stops, their clients are closed.
-        let mut kept_nodes = Vec::new();
-        for run in std::mem::take(&mut self.nodes) {
-            if plans.iter().any(|p| p.key == run.key) {
-                kept_nodes.push(run);
-            } else {
-                summary
-                    .nodes_removed
-                    .push(run.key.clone().unwrap_or_else(|| "main".into()));
-                self.stop_node(run).await;
-            }
-        }
-
         // Every listener that moves stops first, so that addresses swapped between
-        // nodes, or vacated by a node later in the list, are free when they are bound.
+        // nodes, or vacated by a node later in the list, are free when they are bound;
+        // then they are all bound again at once, before any node is reconfigured or
+        // added (that may take a poll cycle each): a node is without a listener only
+        // for this moment.
         for (plan, (needs_listener, _)) in plans.iter().zip(&prebound) {
             if *needs_listener {
                 if let Some(run) = kept_nodes.iter_mut().find(|n| n.key == plan.key) {
-                    run.listener.abort();
-                    let _ = (&mut run.listener).await;
+                    end_listener(&mut run.listener).await;
                 }
             }
         }
+        for (plan, (needs_listener, listener)) in plans.iter().zip(prebound.iter_mut()) {
+            let Some(i) = kept_nodes.iter().position(|n| n.key == plan.key) else {
+                continue;
+            };
+            if !*needs_listener {
+                continue;
+            }
+            let run = kept_nodes.swap_remove(i);
+            let run = self.rebind(plan, run, listener.take(), &mut summary).await;
+            kept_nodes.push(run);
+        }
 
-        // Nodes kept (reconfigured, rebound if needed) and added.
+        // Nodes kept (reconfigured) and added.
         let mut nodes = Vec::new();
-        for (plan, (needs_listener, listener)) in plans.iter().zip(prebound) {
+        for (plan, (_, listener)) in plans.iter().zip(prebound) {
             let position = kept_nodes.iter().position(|n| n.key == plan.key);
             let Some(i) = position else {
                 match self.add_node(&new, plan, handles.clone(), listener).await {
@@ -320,7 +336,7 @@ impl Running {
                 }
                 continue;
             };
-            let mut run = kept_nodes.swap_remove(i);
+            let run = kept_nodes.swap_remove(i);
             let reconfigured = run
                 .node
                 .send(Reconfigure {
@@ -348,50 +364,6 @@ impl Running {
                     }
                     .to_string(),
                 ),
-            }
-            if needs_listener {
-                let listener = match listener {
-                    Some(l) => Ok(l),
-                    None => bind(plan.address).map_err(|source| AppError::Bind {
-                        address: plan.address,
-                        source,
-                    }),
-                };
-                let served = match listener {
-                    Ok(l) => serve_node(&self.shared, plan, run.node.clone(), l).await,
-                    Err(e) => Err(e),
-                };
-                match served {
-                    Ok(rebound) => {
-                        run = rebound;
-                        summary.nodes_rebound.push(node_name(plan));
-                    }
-                    Err(e) => {
-                        summary
-                            .failures
-                            .push(format!("rebinding {}: {e}", node_name(plan)));
-                        // Back on the address it had, so that its clients can still
-                        // reach it; a later reload tries the new address again.
-                        let (old_address, old_access) = (run.address, run.access_text.clone());
-                        let back = match bind(run.bound) {
-                            Ok(l) => serve_node(&self.shared, plan, run.node.clone(), l).await,
-                            Err(source) => Err(AppError::Bind {
-                                address: run.bound,
-                                source,
-                            }),
-                        };
-                        match back {
-                            Ok(restored) => {
-                                run = restored;
-                                run.address = old_address;
-                                run.access_text = old_access;
-                            }
-                            Err(e) => summary
-                                .failures
-                                .push(format!("{} has no listener: {e}", node_name(plan))),
-                        }
-                    }
-                }
             }
             nodes.push(run);
         }
@@ -438,6 +410,7 @@ impl Running {
             discovery.replace(nodes).await;
         }
         self.loaded = new;
+        self.forget_nodes(removed_nodes).await;
         Ok(summary)
     }
 
@@ -476,19 +449,77 @@ impl Running {
     }
 
     /// Stop a node: no new connections, its clients closed, out of the health checks.
+    /// Serve a kept node on its new address (or with its new access rules); if that
+    /// address cannot be bound, back on the one it had, so that its clients can still
+    /// reach it (a later reload tries the new address again).
+    async fn rebind(
+        &self,
+        plan: &NodePlan,
+        mut run: NodeRun,
+        listener: Option<tokio::net::TcpListener>,
+        summary: &mut ReloadSummary,
+    ) -> NodeRun {
+        let listener = match listener {
+            Some(l) => Ok(l),
+            None => bind(plan.address).map_err(|source| AppError::Bind {
+                address: plan.address,
+                source,
+            }),
+        };
+        let served = match listener {
+            Ok(l) => serve_node(&self.shared, plan, run.node.clone(), l).await,
+            Err(e) => Err(e),
+        };
+        match served {
+            Ok(rebound) => {
+                summary.nodes_rebound.push(node_name(plan));
+                return rebound;
+            }
+            Err(e) => summary
+                .failures
+                .push(format!("rebinding {}: {e}", node_name(plan))),
+        }
+        let (old_address, old_access) = (run.address, run.access_text.clone());
+        let back = match bind(run.bound) {
+            Ok(l) => serve_node(&self.shared, plan, run.node.clone(), l).await,
+            Err(source) => Err(AppError::Bind {
+                address: run.bound,
+                source,
+            }),
+        };
+        match back {
+            Ok(restored) => {
+                run = restored;
+                run.address = old_address;
+                run.access_text = old_access;
+            }
+            Err(e) => summary
+                .failures
+                .push(format!("{} has no listener: {e}", node_name(plan))),
+        }
+        run
+    }
+
+    /// (Out of the health checks first: a health probe must not find it stopping.)
+    /// Its metric series go later, in [`Running::forget_nodes`].
     async fn stop_node(&mut self, mut run: NodeRun) {
-        run.listener.abort();
-        let _ = (&mut run.listener).await;
-        let _ = run.node.send(StopNode).await;
         if let Ok(mut list) = self.shared.health.nodes.lock() {
             list.retain(|n| *n != run.node);
         }
-        if let Some(equipment_id) = &run.key {
-            // The audit writer counts the records still queued for this node first, so
-            // that its series do not come back after they were removed.
-            let audit = self.shared.audit.clone();
-            let _ = tokio::task::spawn_blocking(move || audit.sync(STOP_DEADLINE)).await;
-            secop_actors::metrics::metrics().forget_node(equipment_id);
+        end_listener(&mut run.listener).await;
+        let _ = run.node.send(StopNode).await;
+    }
+
+    /// Remove the series of nodes a reload removed, once the audit writer has counted
+    /// their records still queued (else those series would come back).
+    async fn forget_nodes(&self, equipment_ids: Vec<String>) {
+        if equipment_ids.is_empty() {
+            return;
+        }
+        let audit = self.shared.audit.clone();
+        let _ = tokio::task::spawn_blocking(move || audit.sync(STOP_DEADLINE)).await;
+        for id in equipment_ids {
+            secop_actors::metrics::metrics().forget_node(&id);
         }
     }
 
@@ -503,10 +534,8 @@ impl Running {
         let m = secop_actors::metrics::metrics();
         let started = std::time::Instant::now();
         match self.reload(listen).await {
+            // Logged first, counted second: whoever sees the count finds the log line.
             Ok(s) => {
-                m.config_reloads.with_label_values(&["ok"]).inc();
-                m.config_last_reload_success
-                    .set(secop_actors::device::now());
                 tracing::info!(
                     took_ms = started.elapsed().as_millis() as u64,
                     devices_started = ?s.devices_started,
@@ -521,13 +550,16 @@ impl Running {
                 if !s.failures.is_empty() {
                     tracing::error!(failures = ?s.failures, "configuration reloaded, but some steps failed");
                 }
+                m.config_reloads.with_label_values(&["ok"]).inc();
+                m.config_last_reload_success
+                    .set(secop_actors::device::now());
                 true
             }
             Err(e) => {
-                m.config_reloads.with_label_values(&["refused"]).inc();
                 tracing::error!(
                     "configuration reload refused, the running configuration stays:\n{e}"
                 );
+                m.config_reloads.with_label_values(&["refused"]).inc();
                 false
             }
         }
@@ -547,6 +579,15 @@ impl Running {
                 secop_actors::metrics::metrics().forget_device(&d.handle.name);
             }
         }
+    }
+}
+
+/// Stop a listener task and wait until it has ended. Safe on a task that has ended
+/// (or been waited for) already: a `JoinHandle` must not be awaited twice.
+async fn end_listener(listener: &mut tokio::task::JoinHandle<()>) {
+    listener.abort();
+    if !listener.is_finished() {
+        let _ = listener.await;
     }
 }
 
