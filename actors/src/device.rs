@@ -198,9 +198,25 @@ pub struct DeviceHandle {
     pub requests: Recipient<DeviceRequest>,
     pub subscribe: Recipient<Subscribe>,
     pub stop: Recipient<StopDevice>,
+    /// For a device whose modules change at run time (a remote node): its modules as
+    /// they are now, kept up to date by the device, so that a reload hands nodes the
+    /// current list and not the one from when the device started.
+    pub live_modules: Option<Arc<std::sync::Mutex<Vec<ModuleDescription>>>>,
 }
 
 impl DeviceHandle {
+    /// This handle with the device's modules as they are now (see `live_modules`).
+    pub fn current(&self) -> DeviceHandle {
+        let mut handle = self.clone();
+        if let Some(live) = &self.live_modules {
+            handle.modules = match live.lock() {
+                Ok(m) => m.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            };
+        }
+        handle
+    }
+
     /// The same device as another node sees it: only the modules in `modules` (all
     /// if `None`), without the accessibles named in `hide` (`module:accessible`).
     pub fn restricted(&self, modules: Option<&[String]>, hide: &[String]) -> DeviceHandle {
@@ -223,6 +239,7 @@ impl DeviceHandle {
             requests: addr.clone().recipient(),
             subscribe: addr.clone().recipient(),
             stop: addr.clone().recipient(),
+            live_modules: None,
         }
     }
 }

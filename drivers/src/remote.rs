@@ -354,6 +354,8 @@ pub struct RemoteNode {
     last: HashMap<(String, String), ParamUpdate>,
     backoff: crate::backoff::Backoff,
     connection: u64,
+    /// `modules`, shared with every handle of this remote (`DeviceHandle::current`).
+    live_modules: Arc<std::sync::Mutex<Vec<ModuleDescription>>>,
 }
 
 impl RemoteNode {
@@ -365,7 +367,9 @@ impl RemoteNode {
             .map(|c| local_modules(&config, &c.description))
             .unwrap_or_default();
         let name = config.name.clone();
+        let live_modules = Arc::new(std::sync::Mutex::new(modules.clone()));
         let actor = RemoteNode {
+            live_modules: live_modules.clone(),
             name: Arc::from(config.name.as_str()),
             backoff: crate::backoff::Backoff::new(config.reconnect_min, config.reconnect_max),
             config,
@@ -389,7 +393,17 @@ impl RemoteNode {
         });
         DeviceHandle {
             checks: true,
+            live_modules: Some(live_modules),
             ..DeviceHandle::of(&name, modules, &addr)
+        }
+    }
+
+    /// This remote's handle, with its modules as they are now.
+    fn device_handle(&self, ctx: &Context<Self>) -> DeviceHandle {
+        DeviceHandle {
+            checks: true,
+            live_modules: Some(self.live_modules.clone()),
+            ..DeviceHandle::of(&self.config.name, self.modules.clone(), &ctx.address())
         }
     }
 
@@ -425,12 +439,12 @@ impl RemoteNode {
                         act.description_json = Some(json);
                         if changed {
                             act.modules = local_modules(&act.config, &connected.description);
+                            match act.live_modules.lock() {
+                                Ok(mut live) => *live = act.modules.clone(),
+                                Err(poisoned) => *poisoned.into_inner() = act.modules.clone(),
+                            }
                             act.last.clear();
-                            let handle = DeviceHandle::of(
-                                &act.config.name,
-                                act.modules.clone(),
-                                &ctx.address(),
-                            );
+                            let handle = act.device_handle(ctx);
                             for (_, _, on_change) in &act.subscribers {
                                 if let Some(r) = on_change {
                                     r.do_send(DeviceModulesChanged(handle.clone()));
@@ -828,6 +842,7 @@ mod tests {
             subscribers: Vec::new(),
             last: HashMap::new(),
             connection: 0,
+            live_modules: Default::default(),
         };
         for i in 0..1000 {
             node.on_line(&format!("update m{i}:p{i} [1,{{}}]"));

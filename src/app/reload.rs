@@ -151,9 +151,10 @@ impl Running {
                 .find(|d| *d.handle.name == *spec.name && d.key == spec.key);
             if let Some(d) = kept {
                 summary.devices_kept += 1;
+                // With its modules as they are now (a remote's change since it started).
                 slots.push(Some(Device {
                     key: d.key.clone(),
-                    handle: d.handle.clone(),
+                    handle: d.handle.current(),
                     link: d.link,
                 }));
             } else if matches!(spec.kind, DeviceKind::Link(_)) {

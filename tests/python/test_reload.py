@@ -10,6 +10,7 @@ import time
 import pytest
 
 from modbus_sim import ModbusSim
+from conftest import Gateway
 from instruments import LakeShoreSim, PtyInstrument
 from rawsecop import Line, Recorder
 from test_faults import ERROR, ascii_link, lakeshore_module, statuses
@@ -484,3 +485,44 @@ timeout = 2
     description = json.loads(line.ask('describe').split(' ', 2)[2])
     assert description['modules']['p']['description'] != 'changed'
     line.close()
+
+
+def described_modules(gw):
+    line = Line(gw)
+    try:
+        return set(json.loads(line.ask('describe').split(' ', 2)[2])['modules'])
+    finally:
+        line.close()
+
+
+def test_a_remote_that_connected_later_keeps_its_modules_through_a_reload(start_gateway,
+                                                                         tmp_path):
+    """a remote that was down at start brings its modules when it connects; a later
+    reload of an unrelated change keeps them (it handed the nodes the remote's module
+    list from its start: none)"""
+    port, metrics = free_port(), free_port()
+    remote = f'''
+[[remote]]
+name = "up"
+address = "127.0.0.1:{port}"
+prefix = "up_"
+timeout = 2
+reconnect_min = 0.1
+reconnect_max = 0.3
+'''
+    config = BASE.format(metrics=metrics) + remote
+    gw = start_gateway(config, 'late-remote')
+    assert 'up_T' not in described_modules(gw)
+    workdir = tmp_path / 'upstream'
+    workdir.mkdir()
+    (workdir / 'gateway.toml').write_text(BASE.format(metrics=free_port()))
+    upstream = Gateway(workdir, config=workdir / 'gateway.toml', name='gateway[upstream]',
+                       listen=f'127.0.0.1:{port}').start()
+    try:
+        wait_for(lambda: 'up_T' in described_modules(gw), 10, "the remote's modules")
+        gw.config.write_text(config.replace('description = "main node"',
+                                            'description = "main node, edited"'))
+        reload(gw, metrics)
+        assert {'up_T', 'up_p', 'T', 'p'} <= described_modules(gw)
+    finally:
+        upstream.stop()
