@@ -7,7 +7,9 @@
 //!   not. The node records every value it puts into its cache (polls, changes, remote
 //!   updates), at the time the update carries.
 //! - **Resolution**: at most one point per `resolution` slot (`floor(t / resolution)`):
-//!   a newer value in the slot replaces the slot's value. Errors are the exception: an
+//!   a newer value in the slot replaces the slot's value. A run of equal values is kept
+//!   as its first and last point (a steady parameter, confirmed every second, moves its
+//!   last point on instead of filling the ring). Errors are the exception: an
 //!   error after a value appends a gap marker (`null` on the wire; once per error
 //!   episode, never replaced), and the first value after a gap is appended too.
 //! - **Window**: points older than `window` seconds fall out when the series gets a new
@@ -247,8 +249,13 @@ impl Series {
                     !p.is_gap()
                         && (p.t / settings.resolution).floor() == (t / settings.resolution).floor()
                 });
+                // A flat run is its first and its last point: the same value again
+                // (a steady parameter confirmed every second) moves the last point on.
+                let flat = self.ring.len >= 2
+                    && last.is_some_and(|p| p.v == v)
+                    && self.ring.get(self.ring.len - 2).is_some_and(|p| p.v == v);
                 match self.ring.back_mut() {
-                    Some(p) if same_slot => *p = Point { t, v },
+                    Some(p) if same_slot || flat => *p = Point { t, v },
                     _ => self.ring.push(Point { t, v }, max),
                 }
             }
@@ -597,6 +604,32 @@ mod tests {
         );
         assert_eq!(h.points(), 2);
         assert_eq!(h.bytes(), FIRST_CAPACITY * 16);
+    }
+
+    #[test]
+    fn a_steady_value_is_its_first_and_last_point() {
+        let mut h = history(3600.0, 1.0);
+        for i in 0..100 {
+            h.record(0, &Ok(json!(5)), NOW + f64::from(i), NOW + f64::from(i));
+        }
+        assert_eq!(
+            points(&h, 0),
+            vec![(NOW, Some(5.0)), (NOW + 99.0, Some(5.0))],
+            "a flat run moves its last point on"
+        );
+        h.record(0, &Ok(json!(6)), NOW + 100.0, NOW + 100.0);
+        h.record(0, &Ok(json!(6)), NOW + 101.0, NOW + 101.0);
+        h.record(0, &Ok(json!(6)), NOW + 102.0, NOW + 102.0);
+        assert_eq!(
+            points(&h, 0),
+            vec![
+                (NOW, Some(5.0)),
+                (NOW + 99.0, Some(5.0)),
+                (NOW + 100.0, Some(6.0)),
+                (NOW + 102.0, Some(6.0))
+            ],
+            "a step keeps both runs"
+        );
     }
 
     #[test]

@@ -438,11 +438,10 @@ impl NodeActor {
         });
         state.value = update.value.clone();
         state.update_line = Bytes::new();
-        // A value passed on again unchanged (the device's refresh of `t`) adds no point:
-        // a steady parameter keeps its few points, not a full ring.
-        if let (true, Some(history), Some(series)) =
-            (changed || force, &mut self.history, state.series)
-        {
+        // A value passed on again unchanged (the device's refresh of `t`) moves the
+        // series' last point on (a flat run is two points), so that a steady parameter
+        // still shows in the window.
+        if let (Some(history), Some(series)) = (&mut self.history, state.series) {
             history.record(
                 series,
                 &update.value,
