@@ -240,7 +240,7 @@ async fn poll_cycle<B: Backend>(
 /// reload removed or changed it).
 pub fn stopped_error() -> SecopError {
     SecopError::communication_failed(
-        "the device was stopped by a configuration reload before it answered; ask again",
+        "the device was stopped by a configuration reload before it answered (the request may have reached the instrument)",
     )
 }
 
