@@ -163,6 +163,13 @@ impl Ring {
         self.get(0)
     }
 
+    fn front_mut(&mut self) -> Option<&mut Point> {
+        if self.len == 0 {
+            return None;
+        }
+        self.buf.get_mut(self.head)
+    }
+
     fn back(&self) -> Option<&Point> {
         self.len.checked_sub(1).and_then(|i| self.get(i))
     }
@@ -251,16 +258,35 @@ impl Series {
                 });
                 // A flat run is its first and its last point: the same value again
                 // (a steady parameter confirmed every second) moves the last point on.
-                let flat = self.ring.len >= 2
-                    && last.is_some_and(|p| p.v == v)
-                    && self.ring.get(self.ring.len - 2).is_some_and(|p| p.v == v);
+                // The end of a run is never replaced by another value in its slot (the
+                // step would become a ramp from the run's start).
+                let before_last = self
+                    .ring
+                    .len
+                    .checked_sub(2)
+                    .and_then(|i| self.ring.get(i))
+                    .copied();
+                let run_end = last.is_some_and(|p| before_last.is_some_and(|b| b.v == p.v));
+                let flat = run_end && last.is_some_and(|p| p.v == v);
                 match self.ring.back_mut() {
-                    Some(p) if same_slot || flat => *p = Point { t, v },
+                    Some(p) if flat || (same_slot && !run_end) => *p = Point { t, v },
                     _ => self.ring.push(Point { t, v }, max),
                 }
             }
         }
-        while self.ring.front().is_some_and(|p| p.t < t - settings.window) {
+        // Points older than the window go; a run that began before the window keeps its
+        // start at the window's edge, so a steady value still spans the whole window.
+        let oldest = t - settings.window;
+        while let Some(front) = self.ring.front().copied() {
+            if front.t >= oldest {
+                break;
+            }
+            if self.ring.get(1).is_some_and(|next| next.v == front.v) {
+                if let Some(p) = self.ring.front_mut() {
+                    p.t = oldest;
+                }
+                break;
+            }
             self.ring.pop_front();
         }
     }
@@ -629,6 +655,24 @@ mod tests {
                 (NOW + 102.0, Some(6.0))
             ],
             "a step keeps both runs"
+        );
+        // another value in the slot of a run's end: a step, not a ramp from its start
+        h.record(0, &Ok(json!(7)), NOW + 102.5, NOW + 102.5);
+        assert_eq!(
+            points(&h, 0)[3..],
+            [(NOW + 102.0, Some(6.0)), (NOW + 102.5, Some(7.0))]
+        );
+    }
+
+    #[test]
+    fn a_run_longer_than_the_window_spans_the_window() {
+        let mut h = history(10.0, 1.0);
+        for i in 0..30 {
+            h.record(0, &Ok(json!(5)), NOW + f64::from(i), NOW + f64::from(i));
+        }
+        assert_eq!(
+            points(&h, 0),
+            vec![(NOW + 19.0, Some(5.0)), (NOW + 29.0, Some(5.0))]
         );
     }
 

@@ -999,7 +999,10 @@ impl Handler<Reconfigure> for NodeActor {
         let old_description = self.description.clone();
         let old_modules = std::mem::take(&mut self.modules);
         let old_settings = std::mem::replace(&mut self.settings, msg.settings);
-        let old_devices = std::mem::replace(&mut self.devices, msg.devices);
+        // (Each with its modules as they are now: a remote's may have changed since the
+        // reload read them, and this node may have heard of that already.)
+        let devices = msg.devices.iter().map(DeviceHandle::current).collect();
+        let old_devices = std::mem::replace(&mut self.devices, devices);
         let before = self.describing.clone();
         // The new description text and properties, through the same assembly.
         self.description = Arc::new(NodeDescription {

@@ -309,6 +309,9 @@ impl Running {
                 }
             }
         }
+        // (Each reconfigured first: on its new listener it takes clients with its new
+        // settings only — a view made read-only must not take a write there.)
+        let mut reconfigured = Vec::new();
         for (plan, (needs_listener, listener)) in plans.iter().zip(prebound.iter_mut()) {
             let Some(i) = kept_nodes.iter().position(|n| n.key == plan.key) else {
                 continue;
@@ -317,6 +320,9 @@ impl Running {
                 continue;
             }
             let run = kept_nodes.swap_remove(i);
+            self.reconfigure(&new, plan, &run, &handles, &fresh, &mut summary)
+                .await;
+            reconfigured.push(plan.key.clone());
             let run = self.rebind(plan, run, listener.take(), &mut summary).await;
             kept_nodes.push(run);
         }
@@ -338,33 +344,9 @@ impl Running {
                 continue;
             };
             let run = kept_nodes.swap_remove(i);
-            let reconfigured = run
-                .node
-                .send(Reconfigure {
-                    settings: node_settings(&self.shared, &new, plan),
-                    description: plan.description.clone(),
-                    properties: node_properties(&new, plan),
-                    devices: handles.clone(),
-                    fresh: fresh.clone(),
-                })
-                .await;
-            match reconfigured {
-                Ok(Ok(true)) => summary.nodes_described_anew.push(node_name(plan)),
-                Ok(Ok(false)) => {}
-                Ok(Err(problems)) => summary.failures.push(
-                    ReloadError::Node {
-                        node: node_name(plan),
-                        problems,
-                    }
-                    .to_string(),
-                ),
-                Err(e) => summary.failures.push(
-                    ReloadError::NodeGone {
-                        node: node_name(plan),
-                        reason: e.to_string(),
-                    }
-                    .to_string(),
-                ),
+            if !reconfigured.contains(&plan.key) {
+                self.reconfigure(&new, plan, &run, &handles, &fresh, &mut summary)
+                    .await;
             }
             nodes.push(run);
         }
@@ -450,6 +432,46 @@ impl Running {
     }
 
     /// Stop a node: no new connections, its clients closed, out of the health checks.
+    /// Hand a kept node its new settings, description text, properties and devices.
+    async fn reconfigure(
+        &self,
+        new: &config::Loaded,
+        plan: &NodePlan,
+        run: &NodeRun,
+        handles: &[secop_actors::device::DeviceHandle],
+        fresh: &[std::sync::Arc<str>],
+        summary: &mut ReloadSummary,
+    ) {
+        let reconfigured = run
+            .node
+            .send(Reconfigure {
+                settings: node_settings(&self.shared, new, plan),
+                description: plan.description.clone(),
+                properties: node_properties(new, plan),
+                devices: handles.to_vec(),
+                fresh: fresh.to_vec(),
+            })
+            .await;
+        match reconfigured {
+            Ok(Ok(true)) => summary.nodes_described_anew.push(node_name(plan)),
+            Ok(Ok(false)) => {}
+            Ok(Err(problems)) => summary.failures.push(
+                ReloadError::Node {
+                    node: node_name(plan),
+                    problems,
+                }
+                .to_string(),
+            ),
+            Err(e) => summary.failures.push(
+                ReloadError::NodeGone {
+                    node: node_name(plan),
+                    reason: e.to_string(),
+                }
+                .to_string(),
+            ),
+        }
+    }
+
     /// Serve a kept node on its new address (or with its new access rules); if that
     /// address cannot be bound, back on the one it had, so that its clients can still
     /// reach it (a later reload tries the new address again).

@@ -1188,5 +1188,6 @@ def test_a_steady_value_is_sent_with_a_recent_timestamp(start_gateway, pty_sim, 
     gaps = sum(1 for _, v in points if v is None)
     assert all(v in (77.0, None) for _, v in points), points
     assert len(points) <= 2 + 3 * gaps, points
-    assert points[-1][1] == 77.0 and time.time() - points[-1][0] < 2.0, points
+    values = [p for p in points if p[1] is not None]
+    assert values and time.time() - values[-1][0] < 2.0, points
     early.close()
