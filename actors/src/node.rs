@@ -963,31 +963,68 @@ impl Handler<GetHistory> for NodeActor {
     }
 }
 
+impl NodeActor {
+    /// After a reassembly: keep the cached values of the parameters still exported, and
+    /// drop the status series of modules no longer exported (an ERROR gauge of a module
+    /// that is gone would keep an alert firing).
+    fn carry_over(&mut self, old_description: &NodeDescription, old_modules: Vec<ModuleState>) {
+        for (old, module) in old_description.modules.iter().zip(old_modules) {
+            let Some(&m) = self.module_index.get(&old.name) else {
+                continue;
+            };
+            for (a, state) in old.accessibles.iter().zip(module.params) {
+                let Some(state) = state else { continue };
+                if let Some(p) = self.description.modules[m].accessible_index(&a.name) {
+                    if let Some(slot) = self.modules[m].params[p].as_mut() {
+                        *slot = state;
+                    }
+                }
+            }
+        }
+        for old in &old_description.modules {
+            if !self.module_index.contains_key(&old.name) {
+                metrics().forget_module(&self.description.equipment_id, &old.name);
+            }
+        }
+    }
+}
+
 impl Handler<DeviceModulesChanged> for NodeActor {
     type Result = ();
 
-    /// A device's modules changed (a remote node was reconfigured): rebuild the
-    /// description and disconnect this node's clients, so that they read it again.
+    /// A device's modules changed (a remote node was reconfigured), or a device tells a
+    /// new subscriber its modules as they are now: rebuild the description (cached
+    /// values of what stays are kept) and, if it changed, disconnect this node's
+    /// clients, so that they read it again.
     fn handle(&mut self, msg: DeviceModulesChanged, _: &mut Self::Context) {
         let name = msg.0.name.clone();
+        let old_description = self.description.clone();
+        let old_modules = std::mem::take(&mut self.modules);
+        let old_devices = self.devices.clone();
         match self.devices.iter_mut().find(|d| d.name == name) {
             Some(d) => *d = msg.0,
             None => self.devices.push(msg.0),
         }
         let before = self.describing.clone();
         match self.assemble() {
-            Ok(()) if self.describing == before => {
-                // Nothing this node exports changed: its clients keep their connection.
-            }
             Ok(()) => {
-                tracing::warn!(node = %self.description.equipment_id, device = %name,
-                    "description changed; disconnecting this node's clients");
-                for s in self.drop_sessions() {
-                    s.outbox.close(CloseReason::Kicked);
+                self.carry_over(&old_description, old_modules);
+                if self.describing != before {
+                    tracing::warn!(node = %self.description.equipment_id, device = %name,
+                        "description changed; disconnecting this node's clients");
+                    for s in self.drop_sessions() {
+                        s.outbox.close(CloseReason::Kicked);
+                    }
                 }
+                // Else nothing this node exports changed: its clients keep their
+                // connection and see no gap.
             }
-            Err(problems) => tracing::error!(node = %self.description.equipment_id, device = %name,
-                "the new modules do not fit this node: {}", problems.join("; ")),
+            Err(problems) => {
+                self.devices = old_devices;
+                self.modules = old_modules;
+                tracing::error!(node = %self.description.equipment_id, device = %name,
+                    "the new modules do not fit this node: {}", problems.join("; "));
+            }
         }
     }
 }
@@ -1018,27 +1055,7 @@ impl Handler<Reconfigure> for NodeActor {
             self.modules = old_modules;
             return Box::pin(fut::ready(Err(problems)));
         }
-        // Keep the cached values of the parameters still exported.
-        for (old, module) in old_description.modules.iter().zip(old_modules) {
-            let Some(&m) = self.module_index.get(&old.name) else {
-                continue;
-            };
-            for (a, state) in old.accessibles.iter().zip(module.params) {
-                let Some(state) = state else { continue };
-                if let Some(p) = self.description.modules[m].accessible_index(&a.name) {
-                    if let Some(slot) = self.modules[m].params[p].as_mut() {
-                        *slot = state;
-                    }
-                }
-            }
-        }
-        // The status series of modules no longer exported go (an ERROR gauge of a
-        // module that is gone would keep an alert firing).
-        for old in &old_description.modules {
-            if !self.module_index.contains_key(&old.name) {
-                metrics().forget_module(&self.description.equipment_id, &old.name);
-            }
-        }
+        self.carry_over(&old_description, old_modules);
         let changed = self.describing != before;
         if changed {
             tracing::warn!(node = %self.description.equipment_id,

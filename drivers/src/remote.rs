@@ -697,8 +697,14 @@ impl Handler<StopDevice> for RemoteNode {
 impl Handler<Subscribe> for RemoteNode {
     type Result = MessageResult<Subscribe>;
 
-    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
+    /// A new subscriber also hears this remote's modules as they are now: they may
+    /// have changed since its node was handed this remote's handle (a remote that
+    /// connected in between), and no change would tell it later.
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Self::Result {
         self.subscribers.retain(|(id, _, _)| *id != msg.id);
+        if let Some(on_change) = &msg.on_change {
+            on_change.do_send(DeviceModulesChanged(self.device_handle(ctx)));
+        }
         self.subscribers.push((msg.id, msg.sink, msg.on_change));
         MessageResult(self.last.values().cloned().collect())
     }

@@ -526,3 +526,65 @@ reconnect_max = 0.3
         assert {'up_T', 'up_p', 'T', 'p'} <= described_modules(gw)
     finally:
         upstream.stop()
+
+
+def test_a_remote_changing_its_modules_leaves_other_nodes_values_alone(start_gateway,
+                                                                       tmp_path):
+    """a remote whose description changed makes every node reassemble; a node that does
+    not export it keeps its cached values (they were all reset to "no value read yet"
+    until the next poll, here 100 s away)"""
+    port, metrics = free_port(), free_port()
+    config = BASE.format(metrics=metrics) + f'''
+[[module]]
+name = "slow"
+driver = "sim_temperature"
+[module.settings]
+pollinterval = 100
+
+[[extra_node]]
+equipment_id = "slow_view"
+description = "the slow module only"
+listen = "127.0.0.1:0"
+modules = ["slow"]
+
+[[remote]]
+name = "up"
+address = "127.0.0.1:{port}"
+prefix = "up_"
+timeout = 2
+reconnect_min = 0.1
+reconnect_max = 0.3
+'''
+    gw = start_gateway(config, 'remote-change')
+
+    def upstream(extra=''):
+        workdir = tmp_path / f'upstream{len(extra)}'
+        workdir.mkdir()
+        (workdir / 'gateway.toml').write_text(BASE.format(metrics=free_port()) + extra)
+        return Gateway(workdir, config=workdir / 'gateway.toml', name='gateway[upstream]',
+                       listen=f'127.0.0.1:{port}').start()
+
+    first = upstream()
+    second = None
+    try:
+        wait_for(lambda: 'up_T' in described_modules(gw), 10, "the remote's modules")
+        view = Node(gw, 2)
+        line = Line(view)
+        assert line.ask('activate') == 'active'
+        line.close()
+        first.stop()
+        second = upstream('\n[[module]]\nname = "q"\ndriver = "sim_pressure"\n')
+        wait_for(lambda: 'up_q' in described_modules(gw), 10, "the remote's new module")
+        line = Line(view)
+        line.send('activate')
+        seen = []   # every cached value comes before `active`
+        while not seen or seen[-1] != 'active':
+            got = line.line()
+            assert got is not None, seen
+            seen.append(got)
+        line.close()
+        assert any(l.startswith('update slow:value') for l in seen), seen
+        assert not any(l.startswith('error_update slow:value') for l in seen), seen
+    finally:
+        if second:
+            second.stop()
