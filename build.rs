@@ -4,7 +4,11 @@
 use std::io::Write;
 use std::path::Path;
 
-fn main() {
+/// A failure here fails the build with its message (the inputs are the repository's
+/// own files, not anything a running gateway sees).
+type BuildError = Box<dyn std::error::Error>;
+
+fn main() -> Result<(), BuildError> {
     let hash = std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()
@@ -16,7 +20,7 @@ fn main() {
     println!("cargo:rustc-env=SECOP_GATEWAY_GIT_HASH={hash}");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs");
-    web_assets();
+    web_assets()
 }
 
 /// The files of web/ served under /assets/, with their content types (index.html is a
@@ -37,26 +41,29 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-fn web_assets() {
-    let out = std::env::var("OUT_DIR").expect("OUT_DIR");
+fn web_assets() -> Result<(), BuildError> {
+    let out = std::env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?;
     let out = Path::new(&out);
     let mut table = String::from("&[\n");
     for (name, content_type) in ASSETS {
         let source = Path::new("web").join(name);
         println!("cargo:rerun-if-changed={}", source.display());
-        let bytes = std::fs::read(&source)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", source.display()));
+        let context = |what: &str, e: std::io::Error| format!("{what} {}: {e}", source.display());
+        let bytes = std::fs::read(&source).map_err(|e| context("cannot read", e))?;
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        gz.write_all(&bytes).expect("gzip");
-        let gz = gz.finish().expect("gzip");
+        gz.write_all(&bytes)
+            .map_err(|e| context("cannot compress", e))?;
+        let gz = gz.finish().map_err(|e| context("cannot compress", e))?;
         let gz_path = out.join(format!("{name}.gz"));
-        std::fs::write(&gz_path, &gz).expect("write gzip asset");
-        let plain = std::fs::canonicalize(&source).expect("asset path");
+        std::fs::write(&gz_path, &gz).map_err(|e| context("cannot write the gzip of", e))?;
+        let plain = std::fs::canonicalize(&source).map_err(|e| context("cannot resolve", e))?;
         table.push_str(&format!(
             "    Asset {{ name: {name:?}, content_type: {content_type:?}, body: include_bytes!({plain:?}), gzip: include_bytes!({gz_path:?}), tag: \"{:016x}\" }},\n",
             fnv1a(&bytes)
         ));
     }
     table.push(']');
-    std::fs::write(out.join("web_assets.rs"), table).expect("write asset table");
+    std::fs::write(out.join("web_assets.rs"), table)
+        .map_err(|e| format!("cannot write the asset table: {e}"))?;
+    Ok(())
 }
