@@ -274,11 +274,7 @@ pub async fn start(loaded: config::Loaded) -> Result<Running, AppError> {
     let mut identities = Vec::new();
     for plan in node_plans(&loaded)? {
         let node = start_node(&shared, &loaded, &plan, handles.clone()).await?;
-        let listener = bind(plan.address).map_err(|source| AppError::Bind {
-            address: plan.address,
-            source,
-        })?;
-        let run = serve_node(&shared, &plan, node, listener).await?;
+        let run = serve_at(&shared, &plan, node, None, plan.address).await?;
         if let Ok(mut list) = shared.health.nodes.lock() {
             list.push(run.node.clone());
         }
@@ -383,6 +379,21 @@ async fn start_node(
 }
 
 /// Serve a node's clients (SECoP over TCP, HTTP and WebSocket) on a bound listener.
+/// [`serve_node`] on `listener` if one was bound already, else on `address`, bound now.
+async fn serve_at(
+    shared: &Shared,
+    plan: &NodePlan,
+    node: actix::Addr<NodeActor>,
+    listener: Option<tokio::net::TcpListener>,
+    address: std::net::SocketAddr,
+) -> Result<NodeRun, AppError> {
+    let listener = match listener {
+        Some(l) => l,
+        None => bind(address).map_err(|source| AppError::Bind { address, source })?,
+    };
+    serve_node(shared, plan, node, listener).await
+}
+
 async fn serve_node(
     shared: &Shared,
     plan: &NodePlan,

@@ -8,7 +8,7 @@
 //! nodes and modules go.
 
 use super::{
-    bind, device_specs, identity, node_plans, node_properties, node_settings, serve_node,
+    bind, device_specs, identity, node_plans, node_properties, node_settings, serve_at,
     start_device, start_node, AppError, Device, DeviceKind, NodePlan, NodeRun, Running,
 };
 use crate::config;
@@ -406,18 +406,7 @@ impl Running {
         listener: Option<tokio::net::TcpListener>,
     ) -> Result<NodeRun, AppError> {
         let node = start_node(&self.shared, new, plan, handles).await?;
-        let listener = match listener {
-            Some(l) => Ok(l),
-            None => bind(plan.address).map_err(|source| AppError::Bind {
-                address: plan.address,
-                source,
-            }),
-        };
-        let served = match listener {
-            Ok(l) => serve_node(&self.shared, plan, node.clone(), l).await,
-            Err(e) => Err(e),
-        };
-        match served {
+        match serve_at(&self.shared, plan, node.clone(), listener, plan.address).await {
             Ok(run) => {
                 self.register_health(&run);
                 Ok(run)
@@ -482,18 +471,7 @@ impl Running {
         listener: Option<tokio::net::TcpListener>,
         summary: &mut ReloadSummary,
     ) -> NodeRun {
-        let listener = match listener {
-            Some(l) => Ok(l),
-            None => bind(plan.address).map_err(|source| AppError::Bind {
-                address: plan.address,
-                source,
-            }),
-        };
-        let served = match listener {
-            Ok(l) => serve_node(&self.shared, plan, run.node.clone(), l).await,
-            Err(e) => Err(e),
-        };
-        match served {
+        match serve_at(&self.shared, plan, run.node.clone(), listener, plan.address).await {
             Ok(rebound) => {
                 summary.nodes_rebound.push(node_name(plan));
                 return rebound;
@@ -503,14 +481,7 @@ impl Running {
                 .push(format!("rebinding {}: {e}", node_name(plan))),
         }
         let (old_address, old_access) = (run.address, run.access_text.clone());
-        let back = match bind(run.bound) {
-            Ok(l) => serve_node(&self.shared, plan, run.node.clone(), l).await,
-            Err(source) => Err(AppError::Bind {
-                address: run.bound,
-                source,
-            }),
-        };
-        match back {
+        match serve_at(&self.shared, plan, run.node.clone(), None, run.bound).await {
             Ok(restored) => {
                 run = restored;
                 run.address = old_address;

@@ -495,13 +495,8 @@ def described_modules(gw):
         line.close()
 
 
-def test_a_remote_that_connected_later_keeps_its_modules_through_a_reload(start_gateway,
-                                                                         tmp_path):
-    """a remote that was down at start brings its modules when it connects; a later
-    reload of an unrelated change keeps them (it handed the nodes the remote's module
-    list from its start: none)"""
-    port, metrics = free_port(), free_port()
-    remote = f'''
+# a remote on a port where its upstream may not listen yet (fast reconnects)
+REMOTE = '''
 [[remote]]
 name = "up"
 address = "127.0.0.1:{port}"
@@ -510,14 +505,27 @@ timeout = 2
 reconnect_min = 0.1
 reconnect_max = 0.3
 '''
-    config = BASE.format(metrics=metrics) + remote
+
+
+def start_upstream(tmp_path, port, extra=''):
+    """a gateway (BASE plus `extra`) on 127.0.0.1:`port`, for a [[remote]] to reach"""
+    workdir = tmp_path / f'upstream-{port}-{len(extra)}'
+    workdir.mkdir()
+    (workdir / 'gateway.toml').write_text(BASE.format(metrics=free_port()) + extra)
+    return Gateway(workdir, config=workdir / 'gateway.toml', name='gateway[upstream]',
+                   listen=f'127.0.0.1:{port}').start()
+
+
+def test_a_remote_that_connected_later_keeps_its_modules_through_a_reload(start_gateway,
+                                                                         tmp_path):
+    """a remote that was down at start brings its modules when it connects; a later
+    reload of an unrelated change keeps them (it handed the nodes the remote's module
+    list from its start: none)"""
+    port, metrics = free_port(), free_port()
+    config = BASE.format(metrics=metrics) + REMOTE.format(port=port)
     gw = start_gateway(config, 'late-remote')
     assert 'up_T' not in described_modules(gw)
-    workdir = tmp_path / 'upstream'
-    workdir.mkdir()
-    (workdir / 'gateway.toml').write_text(BASE.format(metrics=free_port()))
-    upstream = Gateway(workdir, config=workdir / 'gateway.toml', name='gateway[upstream]',
-                       listen=f'127.0.0.1:{port}').start()
+    upstream = start_upstream(tmp_path, port)
     try:
         wait_for(lambda: 'up_T' in described_modules(gw), 10, "the remote's modules")
         gw.config.write_text(config.replace('description = "main node"',
@@ -546,25 +554,9 @@ equipment_id = "slow_view"
 description = "the slow module only"
 listen = "127.0.0.1:0"
 modules = ["slow"]
-
-[[remote]]
-name = "up"
-address = "127.0.0.1:{port}"
-prefix = "up_"
-timeout = 2
-reconnect_min = 0.1
-reconnect_max = 0.3
-'''
+''' + REMOTE.format(port=port)
     gw = start_gateway(config, 'remote-change')
-
-    def upstream(extra=''):
-        workdir = tmp_path / f'upstream{len(extra)}'
-        workdir.mkdir()
-        (workdir / 'gateway.toml').write_text(BASE.format(metrics=free_port()) + extra)
-        return Gateway(workdir, config=workdir / 'gateway.toml', name='gateway[upstream]',
-                       listen=f'127.0.0.1:{port}').start()
-
-    first = upstream()
+    first = start_upstream(tmp_path, port)
     second = None
     try:
         wait_for(lambda: 'up_T' in described_modules(gw), 10, "the remote's modules")
@@ -573,7 +565,8 @@ reconnect_max = 0.3
         assert line.ask('activate') == 'active'
         line.close()
         first.stop()
-        second = upstream('\n[[module]]\nname = "q"\ndriver = "sim_pressure"\n')
+        second = start_upstream(tmp_path, port,
+                                '\n[[module]]\nname = "q"\ndriver = "sim_pressure"\n')
         wait_for(lambda: 'up_q' in described_modules(gw), 10, "the remote's new module")
         line = Line(view)
         line.send('activate')
