@@ -50,13 +50,15 @@ enabled = false
 
 
 def ascii_link(path, name='ls', timeout=0.3, reconnect_min=0.2, reconnect_max=1.0,
-               pollinterval=0.3, extra=''):
-    """an ASCII `[[link]]` on the pty at `path`, LakeShore terminators and identify"""
+               pollinterval=0.3, extra='', tcp=None):
+    """an ASCII `[[link]]` on the pty at `path` (or to `tcp`, host:port), LakeShore
+    terminators and identify"""
+    transport = f'tcp = "{tcp}"' if tcp else f'serial = "{path}"'
     return f'''
 [[link]]
 name = "{name}"
 protocol = "ascii"
-serial = "{path}"
+{transport}
 timeout = {timeout}
 reconnect_min = {reconnect_min}
 reconnect_max = {reconnect_max}

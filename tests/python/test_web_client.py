@@ -20,6 +20,7 @@ import pytest
 from conftest import Gateway
 from instruments import LakeShoreSim, TcpInstrument
 from rawsecop import Line, value_of
+from test_faults import ascii_link
 from test_browser import (BROWSER_DIR, CHROMIUM, DEFAULT_CONFIG, REPO_ROOT, browser_tools,  # noqa: F401
                           free_loopback_port)
 
@@ -333,20 +334,8 @@ description = "values that the default node does not have"
 
 [discovery]
 enabled = false
-
-[[link]]
-name = "dev"
-protocol = "ascii"
-tcp = "127.0.0.1:{port}"
-timeout = 0.5
-reconnect_min = 0.1
-reconnect_max = 0.5
-pollinterval = 0.3
-[link.ascii]
-write_terminator = "\\r\\n"
-read_terminator = "\\r\\n"
-identify = "*IDN?"
-identify_expect = "^LSCI,MODEL336"
+{ascii_link(None, name='dev', tcp=f'127.0.0.1:{port}', timeout=0.5, reconnect_min=0.1,
+            reconnect_max=0.5)}
 
 [[module]]
 name = "T_sample"
